@@ -1,0 +1,9 @@
+//! authbridge: lets username+password mail clients reach Microsoft 365 through OAuth2 XOAUTH2.
+//!
+//! A session goes: listener → client TLS → sans-I/O pre-auth machine → local credential check →
+//! token provider → upstream connect + XOAUTH2 → success reply → byte pipe. `run` is the one entry
+//! point, used by `main.rs` and by the integration tests.
+#![forbid(unsafe_code)]
+
+pub mod secret;
+pub mod token;
