@@ -5,5 +5,7 @@
 //! point, used by `main.rs` and by the integration tests.
 #![forbid(unsafe_code)]
 
+pub mod limits;
+pub mod protocol;
 pub mod secret;
 pub mod token;

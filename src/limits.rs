@@ -1,0 +1,117 @@
+//! Every bound and timeout in one place, with safe defaults.
+//!
+//! Protocol machines get [`ProtocolLimits`] (sizes and counts); the session driver uses
+//! [`Timeouts`] (one named deadline per network phase).
+
+use std::time::Duration;
+
+/// Size and count limits the sans-I/O machines enforce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolLimits {
+    /// Longest ordinary command line, in octets, without CRLF (RFC 5321 §4.5.3.1.4 says 512; we
+    /// allow more for long EHLO names and IMAP IDs).
+    pub line_max: usize,
+    /// Longest AUTH command or SASL response line (RFC 4954 §4: 12,288 is sufficient).
+    pub auth_line_max: usize,
+    /// Largest IMAP literal accepted before login (user names and passwords only).
+    pub literal_max: usize,
+    /// Commands accepted before login; then the session is closed.
+    pub preauth_commands_max: u32,
+    /// Invalid or unknown commands before the session is closed.
+    pub bad_commands_max: u32,
+    /// Failed login attempts in one session before it is closed.
+    pub session_login_failures_max: u32,
+}
+
+impl Default for ProtocolLimits {
+    fn default() -> Self {
+        ProtocolLimits {
+            line_max: 4096,
+            auth_line_max: 12288,
+            literal_max: 8192,
+            preauth_commands_max: 100,
+            bad_commands_max: 10,
+            session_login_failures_max: 3,
+        }
+    }
+}
+
+/// Named deadlines, one per network phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Client-side TLS handshake (implicit TLS or after STARTTLS).
+    pub client_tls_handshake: Duration,
+    /// Silence from the client before it has logged in.
+    pub preauth_idle: Duration,
+    /// TCP connect to the upstream.
+    pub upstream_connect: Duration,
+    /// Upstream TLS handshake.
+    pub upstream_tls_handshake: Duration,
+    /// Upstream greeting, capabilities and STARTTLS dialogue, after connect.
+    pub upstream_setup: Duration,
+    /// Upstream SASL exchange.
+    pub upstream_auth: Duration,
+    /// Everything a login may take, token and upstream included, before the client gets a 4xx.
+    /// GLPI 11 gives up after 10 s of silence (FACTS.md), so this stays well under that.
+    pub login_budget: Duration,
+    /// How long an EHLO/CAPABILITY reply may wait for the upstream's capabilities.
+    pub capabilities_wait: Duration,
+    /// Silence in both directions after login before the pipe is closed.
+    pub pipe_idle: Duration,
+    /// How long a shutdown waits for live sessions.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            client_tls_handshake: Duration::from_secs(10),
+            preauth_idle: Duration::from_secs(60),
+            upstream_connect: Duration::from_secs(5),
+            upstream_tls_handshake: Duration::from_secs(5),
+            upstream_setup: Duration::from_secs(6),
+            upstream_auth: Duration::from_secs(6),
+            login_budget: Duration::from_secs(7),
+            capabilities_wait: Duration::from_secs(4),
+            pipe_idle: Duration::from_secs(30 * 60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connection and failure-rate limits the server enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Concurrent sessions per listener.
+    pub max_sessions: usize,
+    /// Concurrent sessions from one source address.
+    pub max_sessions_per_source: usize,
+    /// Failed logins from one source within [`ConnectionLimits::failure_window`] before every
+    /// further attempt from it is refused with a close.
+    pub login_failures_per_source: u32,
+    pub failure_window: Duration,
+    /// Delay added to a failed login reply, growing with the failures of that source.
+    pub failure_delay_base: Duration,
+    pub failure_delay_max: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_sessions: 20_000,
+            max_sessions_per_source: 20_000,
+            login_failures_per_source: 10,
+            failure_window: Duration::from_secs(60),
+            failure_delay_base: Duration::from_millis(250),
+            failure_delay_max: Duration::from_secs(3),
+        }
+    }
+}
+
+/// All limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub protocol: ProtocolLimits,
+    pub timeouts: Timeouts,
+    pub connections: ConnectionLimits,
+}
