@@ -1,1 +1,26 @@
-//! smtp (in progress)
+//! SMTP submission (RFC 5321, RFC 4954 AUTH, RFC 3207 STARTTLS): the pre-login server side toward
+//! the legacy client ([`SmtpClient`]) and the EHLO/STARTTLS/XOAUTH2 client side toward Exchange
+//! ([`SmtpUpstream`]).
+
+mod client;
+mod command;
+mod reply;
+mod upstream;
+
+pub use client::SmtpClient;
+pub use command::{Command, parse_command};
+pub use reply::{Reply, ReplyParser, ReplyStep};
+pub use upstream::SmtpUpstream;
+
+/// EHLO keywords passed from the upstream to the client (DESIGN §1). Everything else (AUTH,
+/// STARTTLS, vendor extensions) is dropped.
+const KEPT_EXTENSIONS: &[&str] = &[
+    "SIZE",
+    "PIPELINING",
+    "8BITMIME",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+    "SMTPUTF8",
+    "CHUNKING",
+    "BINARYMIME",
+];
