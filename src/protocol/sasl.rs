@@ -109,10 +109,7 @@ mod tests {
         );
         assert_eq!(decode_plain(b"glpi\0x").unwrap_err(), SaslError::BadPlain);
         assert_eq!(decode_plain(b"\0\0x").unwrap_err(), SaslError::BadPlain);
-        assert_eq!(
-            decode_plain(b"\0u\0p\0q").unwrap_err(),
-            SaslError::BadPlain
-        );
+        assert_eq!(decode_plain(b"\0u\0p\0q").unwrap_err(), SaslError::BadPlain);
         // an empty password is syntactically fine; the credential check refuses it
         assert!(decode_plain(b"\0u\0").is_ok());
     }
