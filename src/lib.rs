@@ -5,7 +5,10 @@
 //! point, used by `main.rs` and by the integration tests.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod config;
 pub mod limits;
 pub mod protocol;
 pub mod secret;
+pub mod tls;
 pub mod token;

@@ -1,0 +1,695 @@
+//! The YAML config (DESIGN §5): parsed strictly (unknown keys are errors), then validated and
+//! resolved into [`Config`]: relative paths made absolute against the config file's folder,
+//! secrets read from their `env`/`file` sources, password hashes parsed, TLS material loaded.
+//! Every error names the file, the key path and what is expected.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::limits::Limits;
+use crate::secret::SecretString;
+
+/// A config problem: `file: key.path: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}{message}", file.display(), if path.is_empty() { String::new() } else { format!("{path}: ") })]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub path: String,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written in YAML.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    /// Host name in greetings and EHLO replies; default `localhost`.
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    accounts: Vec<RawAccount>,
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    level: Option<String>,
+    #[serde(default)]
+    format: LogFormat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    #[serde(rename = "type")]
+    kind: ProviderType,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    cloud: CloudName,
+    client_id: String,
+    #[serde(default)]
+    client_secret: Option<SecretSource>,
+    #[serde(default)]
+    flow: FlowName,
+    #[serde(default)]
+    authorize_url: Option<String>,
+    #[serde(default)]
+    token_url: Option<String>,
+    #[serde(default)]
+    device_code_url: Option<String>,
+    #[serde(default)]
+    redirect_uri: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+/// `client_secret: "value"`, `{ env: NAME }` or `{ file: PATH }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SecretSource {
+    Plain(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    name: String,
+    provider: String,
+    mailbox: String,
+    #[serde(default)]
+    logins: Vec<RawLogin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    username: String,
+    password_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    protocol: Protocol,
+    listen: SocketAddr,
+    #[serde(default)]
+    mode: ListenerMode,
+    #[serde(default)]
+    tls: ClientTlsMode,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    allow_plaintext_remote: bool,
+    upstream: RawUpstream,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    host: String,
+    port: u16,
+    tls: UpstreamTls,
+    #[serde(default)]
+    server_name: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+/// Optional overrides of the defaults in [`crate::limits`] (seconds and counts).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    max_sessions: Option<usize>,
+    #[serde(default)]
+    max_sessions_per_source: Option<usize>,
+    #[serde(default)]
+    login_failures_per_source: Option<u32>,
+    #[serde(default)]
+    preauth_idle_secs: Option<u64>,
+    #[serde(default)]
+    pipe_idle_secs: Option<u64>,
+    #[serde(default)]
+    login_budget_secs: Option<u64>,
+    #[serde(default)]
+    shutdown_grace_secs: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enumerations shared by raw and resolved forms.
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderType {
+    Microsoft,
+    Google,
+    Custom,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudName {
+    #[default]
+    Global,
+    Usgov,
+    China,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowName {
+    #[default]
+    AuthorizationCode,
+    DeviceCode,
+    ClientCredentials,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    #[default]
+    Auth,
+    Relay,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    #[default]
+    None,
+    Starttls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    Implicit,
+    Starttls,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolved.
+
+/// A validated config, ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+    pub admin_listen: Option<SocketAddr>,
+    pub hostname: String,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub accounts: Vec<Account>,
+    pub listeners: Vec<Listener>,
+    pub limits: Limits,
+}
+
+/// A token provider.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderType,
+    pub tenant: Option<String>,
+    pub cloud: CloudName,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub flow: FlowName,
+    pub authorize_url: Option<String>,
+    pub token_url: Option<String>,
+    pub device_code_url: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// A mailbox and the local logins that map to it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub provider: Arc<Provider>,
+    pub mailbox: String,
+    pub logins: Vec<Login>,
+}
+
+/// One local username and its argon2 PHC hash.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub protocol: Protocol,
+    pub listen: SocketAddr,
+    pub mode: ListenerMode,
+    pub tls: ClientTlsMode,
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    pub upstream: Upstream,
+}
+
+/// Where a listener's sessions go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    /// Name checked against the server certificate (default: `host`).
+    pub server_name: String,
+    pub client_tls: Arc<rustls::ClientConfig>,
+}
+
+/// Default config path: `$AUTHBRIDGE_CONFIG` or `./config/authbridge.yaml`.
+pub fn default_path() -> PathBuf {
+    std::env::var_os("AUTHBRIDGE_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config/authbridge.yaml"))
+}
+
+impl Config {
+    /// Read, parse, validate and resolve a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            path: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parse config text; `file` names it in errors and anchors relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let de = serde_norway::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            path: e.path().to_string().trim_start_matches('.').to_string(),
+            message: e.inner().to_string(),
+        })?;
+        let base = file
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+        Resolver { file, base: &base }.resolve(raw)
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+}
+
+struct Resolver<'a> {
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Resolver<'_> {
+    fn err(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let state_dir = self.path(raw.state_dir.as_deref().unwrap_or(Path::new("state")));
+        let key_file = raw.key_file.as_deref().map(|p| self.path(p));
+        if let Some(level) = &raw.log.level {
+            if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+                return Err(self.err(
+                    "log.level",
+                    format!(
+                        "`{level}` is not a log level (expected error, warn, info, debug or trace)"
+                    ),
+                ));
+            }
+        }
+
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw.providers {
+            let provider = self.provider(&name, p)?;
+            providers.insert(name, Arc::new(provider));
+        }
+
+        let mut accounts = Vec::new();
+        let mut names = HashSet::new();
+        let mut usernames = HashSet::new();
+        for (i, a) in raw.accounts.into_iter().enumerate() {
+            let at = format!("accounts[{i}]");
+            if a.name.is_empty()
+                || !a
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(self.err(
+                    format!("{at}.name"),
+                    "expected a non-empty name of letters, digits, `-`, `_` or `.` (it names a state file and a CLI argument)",
+                ));
+            }
+            if !names.insert(a.name.clone()) {
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!("account `{}` is defined twice", a.name),
+                ));
+            }
+            let provider = providers.get(&a.provider).cloned().ok_or_else(|| {
+                self.err(
+                    format!("{at}.provider"),
+                    format!(
+                        "no provider named `{}` (defined: {})",
+                        a.provider,
+                        providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?;
+            if !a.mailbox.contains('@') {
+                return Err(self.err(
+                    format!("{at}.mailbox"),
+                    "expected a mailbox address like tickets@contoso.com",
+                ));
+            }
+            let mut logins = Vec::new();
+            for (j, l) in a.logins.into_iter().enumerate() {
+                let lat = format!("{at}.logins[{j}]");
+                if l.username.is_empty() {
+                    return Err(
+                        self.err(format!("{lat}.username"), "expected a non-empty user name")
+                    );
+                }
+                if !usernames.insert(l.username.clone()) {
+                    return Err(self.err(
+                        format!("{lat}.username"),
+                        format!(
+                            "login `{}` is used twice; a local user name must map to one account",
+                            l.username
+                        ),
+                    ));
+                }
+                crate::auth::check_hash(&l.password_hash).map_err(|why| {
+                    self.err(
+                        format!("{lat}.password_hash"),
+                        format!("{why}; create one with `authbridge hash-password`"),
+                    )
+                })?;
+                logins.push(Login {
+                    username: l.username,
+                    password_hash: l.password_hash,
+                });
+            }
+            accounts.push(Account {
+                name: a.name,
+                provider,
+                mailbox: a.mailbox,
+                logins,
+            });
+        }
+
+        let mut listeners = Vec::new();
+        let mut lnames = HashSet::new();
+        for (i, l) in raw.listeners.into_iter().enumerate() {
+            let listener = self.listener(&format!("listeners[{i}]"), l)?;
+            if !lnames.insert(listener.name.clone()) {
+                return Err(self.err(
+                    format!("listeners[{i}].name"),
+                    format!("listener `{}` is defined twice", listener.name),
+                ));
+            }
+            listeners.push(listener);
+        }
+
+        let mut limits = Limits::default();
+        let rl = raw.limits;
+        if let Some(v) = rl.max_sessions {
+            limits.connections.max_sessions = v;
+        }
+        if let Some(v) = rl.max_sessions_per_source {
+            limits.connections.max_sessions_per_source = v;
+        }
+        if let Some(v) = rl.login_failures_per_source {
+            limits.connections.login_failures_per_source = v;
+        }
+        let secs = std::time::Duration::from_secs;
+        if let Some(v) = rl.preauth_idle_secs {
+            limits.timeouts.preauth_idle = secs(v);
+        }
+        if let Some(v) = rl.pipe_idle_secs {
+            limits.timeouts.pipe_idle = secs(v);
+        }
+        if let Some(v) = rl.login_budget_secs {
+            if v == 0 || v > 60 {
+                return Err(self.err("limits.login_budget_secs", "expected 1 to 60 seconds"));
+            }
+            limits.timeouts.login_budget = secs(v);
+        }
+        if let Some(v) = rl.shutdown_grace_secs {
+            limits.timeouts.shutdown_grace = secs(v);
+        }
+
+        Ok(Config {
+            file: self.file.to_owned(),
+            state_dir,
+            key_file,
+            log_level: raw.log.level,
+            log_format: raw.log.format,
+            admin_listen: raw.admin.map(|a| a.listen),
+            hostname: raw.hostname.unwrap_or_else(|| "localhost".into()),
+            providers,
+            accounts,
+            listeners,
+            limits,
+        })
+    }
+
+    fn secret(&self, at: &str, source: SecretSource) -> Result<SecretString, ConfigError> {
+        match source {
+            SecretSource::Plain(s) => Ok(SecretString::new(s)),
+            SecretSource::Env { env } => std::env::var(&env).map(SecretString::new).map_err(|_| {
+                self.err(
+                    at,
+                    format!("environment variable {env} is not set (or not UTF-8)"),
+                )
+            }),
+            SecretSource::File { file } => {
+                let path = self.path(&file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.err(
+                        at,
+                        format!("cannot read secret file {}: {e}", path.display()),
+                    )
+                })?;
+                Ok(SecretString::new(
+                    text.trim_end_matches(['\r', '\n']).to_string(),
+                ))
+            }
+        }
+    }
+
+    fn provider(&self, name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
+        let at = format!("providers.{name}");
+        let client_secret = p
+            .client_secret
+            .map(|s| self.secret(&format!("{at}.client_secret"), s))
+            .transpose()?;
+        match p.kind {
+            ProviderType::Microsoft
+                if p.tenant.as_deref().unwrap_or("").is_empty() && p.token_url.is_none() =>
+            {
+                return Err(self.err(
+                    format!("{at}.tenant"),
+                    "a microsoft provider needs `tenant` (e.g. contoso.onmicrosoft.com or the tenant id)",
+                ));
+            }
+            ProviderType::Custom if p.token_url.is_none() => {
+                return Err(self.err(
+                    format!("{at}.token_url"),
+                    "a custom provider needs `token_url`",
+                ));
+            }
+            _ => {}
+        }
+        if p.flow == FlowName::ClientCredentials && client_secret.is_none() {
+            return Err(self.err(
+                format!("{at}.client_secret"),
+                "flow client_credentials needs a client_secret (a value, { env: NAME } or { file: PATH })",
+            ));
+        }
+        for (key, url) in [
+            ("token_url", &p.token_url),
+            ("authorize_url", &p.authorize_url),
+            ("device_code_url", &p.device_code_url),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    return Err(
+                        self.err(format!("{at}.{key}"), "expected an http:// or https:// URL")
+                    );
+                }
+            }
+        }
+        let ca = p.ca_file.as_deref().map(|c| self.path(c));
+        let tls = crate::tls::client_config(ca.as_deref())
+            .map_err(|e| self.err(format!("{at}.ca_file"), e.to_string()))?;
+        Ok(Provider {
+            name: name.to_owned(),
+            kind: p.kind,
+            tenant: p.tenant,
+            cloud: p.cloud,
+            client_id: p.client_id,
+            client_secret,
+            flow: p.flow,
+            authorize_url: p.authorize_url,
+            token_url: p.token_url,
+            device_code_url: p.device_code_url,
+            redirect_uri: p.redirect_uri,
+            scopes: p.scopes,
+            tls,
+        })
+    }
+
+    fn listener(&self, at: &str, l: RawListener) -> Result<Listener, ConfigError> {
+        if l.name.is_empty() {
+            return Err(self.err(format!("{at}.name"), "expected a non-empty name"));
+        }
+        if l.mode == ListenerMode::Relay {
+            return Err(self.err(
+                format!("{at}.mode"),
+                "relay mode is not available in this version of authbridge (use mode: auth)",
+            ));
+        }
+        let loopback = l.listen.ip().is_loopback();
+        if l.tls == ClientTlsMode::None && !loopback && !l.allow_plaintext_remote {
+            return Err(self.err(
+                format!("{at}.listen"),
+                format!(
+                    "{} is not a loopback address and tls is none: passwords would cross the network in clear; use tls: starttls or implicit, or set allow_plaintext_remote: true",
+                    l.listen
+                ),
+            ));
+        }
+        let server_tls = match l.tls {
+            ClientTlsMode::None => None,
+            ClientTlsMode::Starttls | ClientTlsMode::Implicit => {
+                let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
+                    return Err(self.err(
+                        format!("{at}.cert"),
+                        "tls starttls/implicit needs `cert` and `key` (PEM files; `authbridge gen-cert` makes a localhost pair)",
+                    ));
+                };
+                Some(
+                    crate::tls::server_config(&self.path(cert), &self.path(key))
+                        .map_err(|e| self.err(format!("{at}.cert"), e.to_string()))?,
+                )
+            }
+        };
+        let u = l.upstream;
+        if u.host.is_empty() {
+            return Err(self.err(format!("{at}.upstream.host"), "expected a host name"));
+        }
+        let server_name = u.server_name.unwrap_or_else(|| u.host.clone());
+        if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
+            return Err(self.err(
+                format!("{at}.upstream.server_name"),
+                format!("`{server_name}` is not a valid TLS server name"),
+            ));
+        }
+        let ca = u.ca_file.as_deref().map(|c| self.path(c));
+        let client_tls = crate::tls::client_config(ca.as_deref())
+            .map_err(|e| self.err(format!("{at}.upstream.ca_file"), e.to_string()))?;
+        Ok(Listener {
+            name: l.name,
+            protocol: l.protocol,
+            listen: l.listen,
+            mode: l.mode,
+            tls: l.tls,
+            server_tls,
+            upstream: Upstream {
+                host: u.host,
+                port: u.port,
+                tls: u.tls,
+                server_name,
+                client_tls,
+            },
+        })
+    }
+}
