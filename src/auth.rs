@@ -227,19 +227,19 @@ mod tests {
     use crate::config::Login;
 
     fn accounts(hash: &str) -> Vec<Account> {
-        let provider = Arc::new(crate::config::Provider {
+        let provider = Arc::new(crate::token::ProviderConfig {
             name: "p".into(),
-            kind: crate::config::ProviderType::Custom,
-            tenant: None,
-            cloud: Default::default(),
+            kind: crate::token::ProviderKind::Custom,
+            flow: crate::token::Flow::ClientCredentials,
             client_id: "c".into(),
             client_secret: None,
-            flow: Default::default(),
-            authorize_url: None,
-            token_url: Some("http://127.0.0.1:1/token".into()),
-            device_code_url: None,
+            endpoints: crate::token::Endpoints {
+                token_url: "http://127.0.0.1:1/token".into(),
+                authorize_url: None,
+                device_code_url: None,
+            },
+            scopes: vec![],
             redirect_uri: None,
-            scopes: None,
             tls: crate::tls::client_config(None).unwrap(),
         });
         vec![Account {

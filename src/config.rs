@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::limits::Limits;
 use crate::secret::SecretString;
+use crate::token::{self, AccountConfig, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
 
 /// A config problem: `file: key.path: message`.
 #[derive(Debug, thiserror::Error)]
@@ -261,35 +262,17 @@ pub struct Config {
     pub log_format: LogFormat,
     pub admin_listen: Option<SocketAddr>,
     pub hostname: String,
-    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub providers: BTreeMap<String, Arc<ProviderConfig>>,
     pub accounts: Vec<Account>,
     pub listeners: Vec<Listener>,
     pub limits: Limits,
-}
-
-/// A token provider.
-#[derive(Debug)]
-pub struct Provider {
-    pub name: String,
-    pub kind: ProviderType,
-    pub tenant: Option<String>,
-    pub cloud: CloudName,
-    pub client_id: String,
-    pub client_secret: Option<SecretString>,
-    pub flow: FlowName,
-    pub authorize_url: Option<String>,
-    pub token_url: Option<String>,
-    pub device_code_url: Option<String>,
-    pub redirect_uri: Option<String>,
-    pub scopes: Option<Vec<String>>,
-    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// A mailbox and the local logins that map to it.
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: String,
-    pub provider: Arc<Provider>,
+    pub provider: Arc<ProviderConfig>,
     pub mailbox: String,
     pub logins: Vec<Login>,
 }
@@ -366,6 +349,17 @@ impl Config {
 
     pub fn account(&self, name: &str) -> Option<&Account> {
         self.accounts.iter().find(|a| a.name == name)
+    }
+}
+
+impl Account {
+    /// What the token manager needs of this account.
+    pub fn token_config(&self) -> AccountConfig {
+        AccountConfig {
+            name: self.name.clone(),
+            mailbox: self.mailbox.clone(),
+            provider: Arc::clone(&self.provider),
+        }
     }
 }
 
@@ -565,7 +559,7 @@ impl Resolver<'_> {
         }
     }
 
-    fn provider(&self, name: &str, p: RawProvider) -> Result<Provider, ConfigError> {
+    fn provider(&self, name: &str, p: RawProvider) -> Result<ProviderConfig, ConfigError> {
         let at = format!("providers.{name}");
         let client_secret = p
             .client_secret
@@ -610,19 +604,55 @@ impl Resolver<'_> {
         let ca = p.ca_file.as_deref().map(|c| self.path(c));
         let tls = crate::tls::client_config(ca.as_deref())
             .map_err(|e| self.err(format!("{at}.ca_file"), e.to_string()))?;
-        Ok(Provider {
+        let kind = match p.kind {
+            ProviderType::Microsoft => ProviderKind::Microsoft,
+            ProviderType::Google => ProviderKind::Google,
+            ProviderType::Custom => ProviderKind::Custom,
+        };
+        let flow = match p.flow {
+            FlowName::AuthorizationCode => Flow::AuthorizationCode,
+            FlowName::DeviceCode => Flow::DeviceCode,
+            FlowName::ClientCredentials => Flow::ClientCredentials,
+        };
+        let cloud = match p.cloud {
+            CloudName::Global => Cloud::Global,
+            CloudName::Usgov => Cloud::UsGov,
+            CloudName::China => Cloud::China,
+        };
+        let mut endpoints = match kind {
+            ProviderKind::Microsoft => token::microsoft_endpoints(p.tenant.as_deref().unwrap_or("common"), cloud),
+            ProviderKind::Google => token::google_endpoints(),
+            ProviderKind::Custom => Endpoints {
+                token_url: String::new(),
+                authorize_url: None,
+                device_code_url: None,
+            },
+        };
+        if let Some(u) = p.token_url {
+            endpoints.token_url = u;
+        }
+        if p.authorize_url.is_some() {
+            endpoints.authorize_url = p.authorize_url;
+        }
+        if p.device_code_url.is_some() {
+            endpoints.device_code_url = p.device_code_url;
+        }
+        let scopes = match p.scopes {
+            Some(s) if s.is_empty() => {
+                return Err(self.err(format!("{at}.scopes"), "expected at least one scope (or leave scopes out for the defaults)"));
+            }
+            Some(s) => s,
+            None => token::default_scopes(kind, flow),
+        };
+        Ok(ProviderConfig {
             name: name.to_owned(),
-            kind: p.kind,
-            tenant: p.tenant,
-            cloud: p.cloud,
+            kind,
+            flow,
             client_id: p.client_id,
             client_secret,
-            flow: p.flow,
-            authorize_url: p.authorize_url,
-            token_url: p.token_url,
-            device_code_url: p.device_code_url,
+            endpoints,
+            scopes,
             redirect_uri: p.redirect_uri,
-            scopes: p.scopes,
             tls,
         })
     }

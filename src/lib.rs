@@ -1,14 +1,22 @@
 //! authbridge: lets username+password mail clients reach Microsoft 365 through OAuth2 XOAUTH2.
 //!
 //! A session goes: listener → client TLS → sans-I/O pre-auth machine → local credential check →
-//! token provider → upstream connect + XOAUTH2 → success reply → byte pipe. `run` is the one entry
-//! point, used by `main.rs` and by the integration tests.
+//! token provider → upstream connect + XOAUTH2 → success reply → byte pipe. [`run`] is the one
+//! entry point, used by `main.rs` and by the integration tests.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod check;
 pub mod config;
 pub mod limits;
+pub mod pipe;
 pub mod protocol;
 pub mod secret;
+pub mod server;
+pub mod session;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod upstream;
+
+pub use server::{run, start};

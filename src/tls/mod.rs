@@ -106,3 +106,17 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
+
+/// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`: (certificate PEM, key PEM).
+pub fn self_signed_localhost() -> Result<(String, crate::secret::SecretString), rcgen::Error> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "authbridge localhost");
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), crate::secret::SecretString::new(key.serialize_pem())))
+}

@@ -1,0 +1,225 @@
+//! Listeners, connection permits and shutdown tracking.
+//!
+//! Accept fast, limit early, handshake late: a permit is taken before each accept (per listener)
+//! and a per-source slot right after it; the session task does TLS and everything else. Shutdown
+//! stops accepting, tells pre-login sessions to say goodbye, waits for piped sessions up to the
+//! grace period, then ends them.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::auth::{Credentials, FailureTracker};
+use crate::config::Config;
+use crate::session::{self, Shared, Stop};
+use crate::token::{MasterKey, TokenManager, TokenStore};
+
+/// A failure that stops the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("listener {name}: cannot listen on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("token store: {0}")]
+    Store(String),
+    #[error("no listeners configured: add at least one under `listeners:`")]
+    NoListeners,
+}
+
+/// A started server.
+pub struct Running {
+    /// Each listener's name and bound address (useful with port 0).
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub tokens: Arc<TokenManager>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// Wait until the server has stopped (after `shutdown` was cancelled).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Open the encrypted token store of a config (key from `key_file`, `AUTHBRIDGE_KEY` or
+/// `state_dir/master.key`, created if absent).
+pub fn token_store(config: &Config) -> Result<TokenStore, RunError> {
+    let env_key = std::env::var("AUTHBRIDGE_KEY").ok().map(crate::secret::SecretString::new);
+    let key = MasterKey::load_or_create(config.key_file.as_deref(), env_key, &config.state_dir)
+        .map_err(|e| RunError::Store(e.to_string()))?;
+    TokenStore::open(&config.state_dir, key).map_err(|e| RunError::Store(e.to_string()))
+}
+
+/// Build the token manager for a config (shared by `run`, `check` and the CLI).
+pub fn token_manager(config: &Config) -> Result<Arc<TokenManager>, RunError> {
+    let store = token_store(config)?;
+    let accounts = config.accounts.iter().map(|a| a.token_config()).collect();
+    Ok(TokenManager::new(store, accounts, Default::default()))
+}
+
+/// Bind every listener and start serving. Cancelling `shutdown` stops the server.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, RunError> {
+    if config.listeners.is_empty() {
+        return Err(RunError::NoListeners);
+    }
+    let tokens = token_manager(&config)?;
+    let credentials = Credentials::new(&config.accounts);
+    let failures = FailureTracker::new(config.limits.connections.clone());
+    let mailboxes: HashMap<String, String> = config
+        .accounts
+        .iter()
+        .map(|a| (a.name.clone(), a.mailbox.clone()))
+        .collect();
+
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let listener = TcpListener::bind(l.listen).await.map_err(|source| RunError::Bind {
+            name: l.name.clone(),
+            addr: l.listen,
+            source,
+        })?;
+        let addr = listener.local_addr().unwrap_or(l.listen);
+        bound.push((l.clone(), listener, addr));
+    }
+
+    let stop = Stop {
+        graceful: shutdown.clone(),
+        hard: CancellationToken::new(),
+    };
+    let tracker = TaskTracker::new();
+    let mut addrs = Vec::new();
+    let mut accept_loops = Vec::new();
+    for (l, listener, addr) in bound {
+        info!(listener = %l.name, protocol = %l.protocol, %addr, upstream = %format!("{}:{}", l.upstream.host, l.upstream.port), "listening");
+        addrs.push((l.name.clone(), addr));
+        let shared = Arc::new(Shared {
+            listener: l,
+            hostname: config.hostname.clone(),
+            credentials: Arc::clone(&credentials),
+            failures: Arc::clone(&failures),
+            tokens: Arc::clone(&tokens),
+            mailboxes: mailboxes.clone(),
+            limits: config.limits.clone(),
+        });
+        accept_loops.push(tokio::spawn(accept_loop(
+            listener,
+            shared,
+            stop.clone(),
+            tracker.clone(),
+        )));
+    }
+    let grace = config.limits.timeouts.shutdown_grace;
+    let done = tokio::spawn(async move {
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        tracker.close();
+        info!(sessions = tracker.len(), grace_secs = grace.as_secs(), "stopped accepting; waiting for sessions to finish");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(sessions = tracker.len(), "grace period over; closing the remaining sessions");
+            stop.hard.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+        info!("stopped");
+    });
+    Ok(Running { addrs, tokens, done })
+}
+
+/// Start and run until `shutdown` is cancelled and the sessions have drained.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    start(config, shutdown).await?.wait().await;
+    Ok(())
+}
+
+/// Live sessions per source address.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+struct SourceSlot {
+    map: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            map: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Stop, tracker: TaskTracker) {
+    let limits = shared.limits.connections.clone();
+    let permits = Arc::new(Semaphore::new(limits.max_sessions));
+    let per_source = Arc::new(PerSource::default());
+    let name = shared.listener.name.clone();
+    let mut next_id: u64 = 0;
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.graceful.cancelled() => return,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    error!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.graceful.cancelled() => return,
+        };
+        let Some(slot) = per_source.take(peer.ip(), limits.max_sessions_per_source) else {
+            warn!(listener = %name, %peer, "too many sessions from this address; connection dropped");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        next_id += 1;
+        let span = info_span!("session", listener = %name, id = next_id, %peer);
+        let shared = Arc::clone(&shared);
+        let stop = stop.clone();
+        tracker.spawn(
+            async move {
+                session::serve(shared, tcp, peer, stop).await;
+                drop(slot);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! Drives one client connection: client TLS, the pre-login machine, the local credential check,
+//! the token, the upstream login, then the pipe.
+//!
+//! The upstream connection is opened as soon as the client connects, in its own task, so a
+//! login costs max(client dialogue, upstream setup) rather than their sum. Generic over the
+//! client stream, so tests can use in-memory duplex streams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::auth::{Credentials, FailureTracker, Verdict};
+use crate::config::{ClientTlsMode, Listener, Protocol};
+use crate::limits::Limits;
+use crate::pipe::{PipeEnd, pipe};
+use crate::protocol::imap::ImapClient;
+use crate::protocol::pop3::Pop3Client;
+use crate::protocol::smtp::SmtpClient;
+use crate::protocol::{
+    AfterLogin, ClientContext, ClientProtocol, ClientTls, LoginOutcome, LoginRequest, Step,
+};
+use crate::tls::MaybeTls;
+use crate::token::TokenManager;
+use crate::upstream::{self, AuthResult, Connected, UpstreamError};
+
+/// Client bytes read per call before login.
+const READ_CHUNK: usize = 4096;
+/// A client that does not take our reply within this time is gone.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything sessions of one listener share.
+pub struct Shared {
+    pub listener: Listener,
+    pub hostname: String,
+    pub credentials: Arc<Credentials>,
+    pub failures: Arc<FailureTracker>,
+    pub tokens: Arc<TokenManager>,
+    /// Account name → mailbox.
+    pub mailboxes: HashMap<String, String>,
+    pub limits: Limits,
+}
+
+/// Stop signals: `graceful` asks pre-login sessions to say goodbye; `hard` ends piped sessions.
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub graceful: CancellationToken,
+    pub hard: CancellationToken,
+}
+
+/// The upstream connection as the session sees it.
+enum UpstreamSlot {
+    Pending(JoinHandle<Result<Connected, UpstreamError>>),
+    Ready(Box<Connected>),
+    Failed(String),
+    Taken,
+}
+
+impl UpstreamSlot {
+    /// Wait at most `wait` for the setup to finish.
+    async fn resolve(&mut self, wait: Duration) -> Result<&mut Connected, String> {
+        if let UpstreamSlot::Pending(handle) = self {
+            match timeout(wait, handle).await {
+                Err(_) => return Err("the upstream did not finish connecting in time".into()),
+                Ok(Ok(Ok(c))) => *self = UpstreamSlot::Ready(Box::new(c)),
+                Ok(Ok(Err(e))) => *self = UpstreamSlot::Failed(e.to_string()),
+                Ok(Err(join)) => *self = UpstreamSlot::Failed(format!("upstream task failed: {join}")),
+            }
+        }
+        match self {
+            UpstreamSlot::Ready(c) => Ok(c),
+            UpstreamSlot::Failed(e) => Err(e.clone()),
+            UpstreamSlot::Pending(_) | UpstreamSlot::Taken => {
+                Err("the upstream did not finish connecting in time".into())
+            }
+        }
+    }
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        if let UpstreamSlot::Pending(h) = self {
+            h.abort();
+        }
+    }
+}
+
+/// Serve one client connection to its end.
+pub async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, stop: Stop)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Instant::now();
+    let l = &shared.listener;
+    let upstream_task = {
+        let upstream = l.upstream.clone();
+        let protocol = l.protocol;
+        let hostname = shared.hostname.clone();
+        let timeouts = shared.limits.timeouts.clone();
+        tokio::spawn(async move { upstream::connect(&upstream, protocol, &hostname, &timeouts).await })
+    };
+    let mut session = Session {
+        shared: Arc::clone(&shared),
+        peer,
+        upstream: UpstreamSlot::Pending(upstream_task),
+        caps_asked: false,
+    };
+    let mut client = MaybeTls::Plain(stream);
+    if l.tls == ClientTlsMode::Implicit {
+        client = match session.accept_tls(client).await {
+            Some(c) => c,
+            None => return,
+        };
+    }
+    let ctx = ClientContext {
+        tls: match l.tls {
+            ClientTlsMode::None => ClientTls::None,
+            ClientTlsMode::Starttls => ClientTls::StartTls,
+            ClientTlsMode::Implicit => ClientTls::Implicit,
+        },
+        hostname: shared.hostname.clone(),
+        limits: shared.limits.protocol.clone(),
+    };
+    let machine: Box<dyn ClientProtocol> = match l.protocol {
+        Protocol::Smtp => Box::new(SmtpClient::new(ctx)),
+        Protocol::Imap => Box::new(ImapClient::new(ctx)),
+        Protocol::Pop3 => Box::new(Pop3Client::new(ctx)),
+    };
+    let Some((client, leftover)) = session.prelogin(client, machine, &stop).await else {
+        debug!(elapsed_ms = started.elapsed().as_millis() as u64, "session closed before login");
+        return;
+    };
+    let UpstreamSlot::Ready(conn) = std::mem::replace(&mut session.upstream, UpstreamSlot::Taken) else {
+        return;
+    };
+    let Connected {
+        stream: up,
+        input: up_leftover,
+        ..
+    } = *conn;
+    let idle = shared.limits.timeouts.pipe_idle;
+    tokio::select! {
+        end = pipe(client, up, &leftover, &up_leftover, idle) => match end {
+            PipeEnd::Closed { up, down } => info!(bytes_up = up, bytes_down = down, secs = started.elapsed().as_secs(), "session ended"),
+            PipeEnd::Idle => info!(idle_secs = idle.as_secs(), "session closed: idle"),
+            PipeEnd::Error(e) => info!(error = %e, "session ended with a connection error"),
+        },
+        _ = stop.hard.cancelled() => info!("session closed: server stopped"),
+    }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    upstream: UpstreamSlot,
+    /// The machine asked for capabilities once already (they are only waited for once).
+    caps_asked: bool,
+}
+
+enum Io {
+    Ok,
+    Closed,
+}
+
+impl Session {
+    async fn accept_tls<S>(&self, client: MaybeTls<S>) -> Option<MaybeTls<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let MaybeTls::Plain(plain) = client else {
+            return None;
+        };
+        let config = self.shared.listener.server_tls.clone()?;
+        let limit = self.shared.limits.timeouts.client_tls_handshake;
+        match timeout(limit, TlsAcceptor::from(config).accept(plain)).await {
+            Ok(Ok(tls)) => Some(MaybeTls::Server(Box::new(tls))),
+            Ok(Err(e)) => {
+                info!(error = %e, "client TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                info!(timeout_secs = limit.as_secs(), "client TLS handshake timed out");
+                None
+            }
+        }
+    }
+
+    /// Run the pre-login dialogue. Returns the client stream and its unconsumed input once the
+    /// client is logged in upstream, or `None` when the session ended.
+    async fn prelogin<S>(
+        &mut self,
+        mut client: MaybeTls<S>,
+        mut machine: Box<dyn ClientProtocol>,
+        stop: &Stop,
+    ) -> Option<(MaybeTls<S>, BytesMut)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let t = self.shared.limits.timeouts.clone();
+        let mut input = BytesMut::with_capacity(READ_CHUNK);
+        let mut out = Vec::with_capacity(512);
+        machine.greeting(&mut out);
+        if let Io::Closed = flush(&mut client, &mut out).await {
+            return None;
+        }
+        loop {
+            let step = machine.step(&mut input, &mut out);
+            if let Io::Closed = flush(&mut client, &mut out).await {
+                return None;
+            }
+            match step {
+                Step::Continue => {}
+                Step::NeedInput => {
+                    input.reserve(READ_CHUNK);
+                    tokio::select! {
+                        r = timeout(t.preauth_idle, client.read_buf(&mut input)) => match r {
+                            Ok(Ok(0)) | Ok(Err(_)) => return None,
+                            Ok(Ok(_)) => {}
+                            Err(_) => {
+                                machine.timed_out(&mut out);
+                                flush(&mut client, &mut out).await;
+                                close(&mut client).await;
+                                return None;
+                            }
+                        },
+                        _ = stop.graceful.cancelled() => {
+                            machine.shutting_down(&mut out);
+                            flush(&mut client, &mut out).await;
+                            close(&mut client).await;
+                            return None;
+                        }
+                    }
+                }
+                Step::NeedUpstream => {
+                    let wait = if self.caps_asked { Duration::ZERO } else { t.capabilities_wait };
+                    self.caps_asked = true;
+                    let caps = match self.upstream.resolve(wait).await {
+                        Ok(c) => Some(c.capabilities.clone()),
+                        Err(why) => {
+                            warn!(reason = %why, "upstream not ready; answering with default capabilities");
+                            None
+                        }
+                    };
+                    machine.upstream_ready(caps.as_deref());
+                }
+                Step::StartTls => {
+                    if !input.is_empty() {
+                        info!("client pipelined data after STARTTLS; closing (RFC 3207 §4.2)");
+                        close(&mut client).await;
+                        return None;
+                    }
+                    client = self.accept_tls(client).await?;
+                    machine.tls_started();
+                }
+                Step::Login(req) => {
+                    let outcome = self.login(req).await;
+                    match machine.login_finished(outcome, &mut out) {
+                        AfterLogin::Pipe => {
+                            if let Io::Closed = flush(&mut client, &mut out).await {
+                                return None;
+                            }
+                            return Some((client, input));
+                        }
+                        AfterLogin::Continue => {}
+                        AfterLogin::Close => {
+                            flush(&mut client, &mut out).await;
+                            close(&mut client).await;
+                            return None;
+                        }
+                    }
+                }
+                Step::Close => {
+                    close(&mut client).await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn login(&mut self, req: LoginRequest) -> LoginOutcome {
+        let ip = self.peer.ip();
+        let shared = Arc::clone(&self.shared);
+        if shared.failures.is_blocked(ip) {
+            warn!(user = %req.username, "login refused: too many failures from this address");
+            return LoginOutcome::Throttled;
+        }
+        let budget = shared.limits.timeouts.login_budget;
+        let deadline = tokio::time::Instant::now() + budget;
+        let check = shared.credentials.verify(&req.username, &req.password);
+        let verdict = match tokio::time::timeout_at(deadline, check).await {
+            Ok(v) => v,
+            Err(_) => {
+                return LoginOutcome::Unavailable("the local credential check timed out; try again".into());
+            }
+        };
+        let account = match verdict {
+            Verdict::Account(a) => a,
+            Verdict::Invalid => {
+                let (delay, over) = shared.failures.record_failure(ip);
+                warn!(user = %req.username, "login failed: unknown user or wrong password");
+                tokio::time::sleep(delay).await;
+                return if over {
+                    LoginOutcome::Throttled
+                } else {
+                    LoginOutcome::BadCredentials
+                };
+            }
+        };
+        let mut phase = "upstream connection";
+        let res = tokio::time::timeout_at(deadline, self.upstream_login(&account, &mut phase)).await;
+        match res {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let why = format!(
+                    "timed out after {}s waiting for the {phase}; try again later",
+                    budget.as_secs()
+                );
+                warn!(account = %account, "login failed: {why}");
+                LoginOutcome::Unavailable(why)
+            }
+        }
+    }
+
+    async fn upstream_login(&mut self, account: &str, phase: &mut &'static str) -> LoginOutcome {
+        let shared = Arc::clone(&self.shared);
+        let Some(mailbox) = shared.mailboxes.get(account).cloned() else {
+            return LoginOutcome::Unavailable(format!("account {account} has no mailbox configured"));
+        };
+        let auth_limit = shared.limits.timeouts.upstream_auth;
+        *phase = "upstream connection";
+        let conn = match self.upstream.resolve(shared.limits.timeouts.login_budget).await {
+            Ok(c) => c,
+            Err(why) => {
+                warn!(account, reason = %why, "login failed: upstream unavailable");
+                return LoginOutcome::Unavailable(why);
+            }
+        };
+        *phase = "token endpoint";
+        let token = match shared.tokens.access_token(account).await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(account, error = %e, "login failed: no access token");
+                return LoginOutcome::Unavailable(e.to_string());
+            }
+        };
+        *phase = "upstream authentication";
+        let rejected = match conn.authenticate(&mailbox, &token.token, auth_limit).await {
+            Ok(AuthResult::Ok { untagged, text }) => {
+                info!(account, mailbox = %mailbox, "login ok");
+                return LoginOutcome::Success { untagged, text };
+            }
+            Ok(AuthResult::Rejected(text)) => text,
+            Err(e) => {
+                warn!(account, error = %e, "login failed: upstream authentication broke off");
+                return LoginOutcome::Unavailable(e.to_string());
+            }
+        };
+        info!(account, upstream = %rejected, "upstream refused the access token; refreshing it and retrying once");
+        *phase = "token endpoint";
+        let token = match shared.tokens.refresh_after_rejection(account, &token).await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(account, error = %e, "login failed: token refresh after an upstream rejection failed");
+                return LoginOutcome::Unavailable(e.to_string());
+            }
+        };
+        *phase = "upstream authentication";
+        match conn.authenticate(&mailbox, &token.token, auth_limit).await {
+            Ok(AuthResult::Ok { untagged, text }) => {
+                info!(account, mailbox = %mailbox, "login ok after token refresh");
+                LoginOutcome::Success { untagged, text }
+            }
+            Ok(AuthResult::Rejected(text)) => {
+                warn!(account, upstream = %text, hint = %upstream_hint(&text, &mailbox), "login failed: upstream refused a fresh token");
+                LoginOutcome::Rejected(text)
+            }
+            Err(e) => {
+                warn!(account, error = %e, "login failed: upstream authentication broke off");
+                LoginOutcome::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+/// A one-line fix for upstream refusals we know (FACTS.md).
+pub fn upstream_hint(text: &str, mailbox: &str) -> String {
+    if text.contains("5.7.139") || text.contains("SmtpClientAuthentication is disabled") {
+        format!(
+            "SMTP AUTH is disabled for the mailbox or tenant: run `Set-CASMailbox -Identity {mailbox} -SmtpClientAuthenticationDisabled $false` in Exchange Online PowerShell"
+        )
+    } else if text.contains("not connected") {
+        format!(
+            "the token is valid but has no rights on {mailbox}: for app-only access run New-ServicePrincipal and Add-MailboxPermission for the app in Exchange Online"
+        )
+    } else {
+        format!(
+            "check that the app registration has the IMAP/POP/SMTP permissions (delegated or app-only) and that {mailbox} is the signed-in user or a mailbox the app may access"
+        )
+    }
+}
+
+async fn flush<S: AsyncWrite + Unpin>(client: &mut S, out: &mut Vec<u8>) -> Io {
+    if out.is_empty() {
+        return Io::Ok;
+    }
+    let res = timeout(CLIENT_WRITE_TIMEOUT, async {
+        client.write_all(out).await?;
+        client.flush().await
+    })
+    .await;
+    out.clear();
+    match res {
+        Ok(Ok(())) => Io::Ok,
+        _ => Io::Closed,
+    }
+}
+
+async fn close<S: AsyncWrite + Unpin>(client: &mut S) {
+    let _ = timeout(Duration::from_secs(2), client.shutdown()).await;
+}

@@ -1,0 +1,224 @@
+//! Connecting to the upstream mail server and logging in with XOAUTH2.
+//!
+//! I/O around the sans-I/O upstream machines (`crate::protocol::*Upstream`): TCP connect,
+//! implicit TLS or STARTTLS (certificate and name always verified), the greeting/capability
+//! dialogue, then SASL XOAUTH2 on request. Every phase runs under its named timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Protocol, Upstream, UpstreamTls};
+use crate::limits::Timeouts;
+use crate::protocol::imap::ImapUpstream;
+use crate::protocol::pop3::Pop3Upstream;
+use crate::protocol::smtp::SmtpUpstream;
+use crate::protocol::{UpStep, UpstreamProtocol};
+use crate::secret::SecretString;
+use crate::tls::MaybeTls;
+
+/// Bytes read from the upstream per call during setup.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An upstream failure, with the phase it happened in.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("upstream {host}:{port} {phase}: {message}")]
+pub struct UpstreamError {
+    pub host: String,
+    pub port: u16,
+    pub phase: &'static str,
+    pub message: String,
+}
+
+/// A set-up upstream connection, ready for XOAUTH2.
+pub struct Connected {
+    pub stream: MaybeTls<TcpStream>,
+    /// Upstream bytes read but not consumed by the machine (after login they go to the client).
+    pub input: BytesMut,
+    machine: Box<dyn UpstreamProtocol>,
+    pub capabilities: Vec<String>,
+    host: String,
+    port: u16,
+}
+
+/// How an XOAUTH2 attempt ended.
+#[derive(Debug)]
+pub enum AuthResult {
+    Ok { untagged: Vec<u8>, text: String },
+    Rejected(String),
+}
+
+fn machine(protocol: Protocol, starttls: bool, ehlo_name: &str) -> Box<dyn UpstreamProtocol> {
+    match protocol {
+        Protocol::Smtp => Box::new(SmtpUpstream::new(starttls, ehlo_name)),
+        Protocol::Imap => Box::new(ImapUpstream::new(starttls)),
+        Protocol::Pop3 => Box::new(Pop3Upstream::new(starttls)),
+    }
+}
+
+/// Connect, do TLS, read the greeting and capabilities.
+pub async fn connect(
+    upstream: &Upstream,
+    protocol: Protocol,
+    ehlo_name: &str,
+    timeouts: &Timeouts,
+) -> Result<Connected, UpstreamError> {
+    let err = |phase: &'static str, message: String| UpstreamError {
+        host: upstream.host.clone(),
+        port: upstream.port,
+        phase,
+        message,
+    };
+    let addr = (upstream.host.as_str(), upstream.port);
+    let tcp = match timeout(timeouts.upstream_connect, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(err("connect", e.to_string())),
+        Err(_) => return Err(err("connect", format!("no answer within {:?}", timeouts.upstream_connect))),
+    };
+    let _ = tcp.set_nodelay(true);
+    let connector = TlsConnector::from(Arc::clone(&upstream.client_tls));
+    let starttls = upstream.tls == UpstreamTls::Starttls;
+    let mut stream = if starttls {
+        MaybeTls::Plain(tcp)
+    } else {
+        tls_handshake(&connector, upstream, tcp, timeouts.upstream_tls_handshake)
+            .await
+            .map_err(|m| err("tls_handshake", m))?
+    };
+    let mut conn_machine = machine(protocol, starttls, ehlo_name);
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let setup = async {
+        loop {
+            match drive(&mut *conn_machine, &mut stream, &mut input).await? {
+                UpStep::StartTls => {
+                    let MaybeTls::Plain(tcp) = stream else {
+                        return Err(("setup", "upstream asked for STARTTLS twice".to_string()));
+                    };
+                    // Anything the server sent before the handshake is not trusted (RFC 3207 §4).
+                    input.clear();
+                    stream = tls_handshake(&connector, upstream, tcp, timeouts.upstream_tls_handshake)
+                        .await
+                        .map_err(|m| ("tls_handshake", m))?;
+                    let mut out = Vec::new();
+                    conn_machine.tls_started(&mut out);
+                    write_all(&mut stream, &out).await?;
+                }
+                UpStep::Ready { capabilities } => return Ok((stream, capabilities)),
+                UpStep::Failed(why) => return Err(("setup", why)),
+                other => return Err(("setup", format!("unexpected step during setup: {other:?}"))),
+            }
+        }
+    };
+    let (stream, capabilities) = match timeout(timeouts.upstream_setup, setup).await {
+        Ok(Ok(v)) => v,
+        Ok(Err((phase, m))) => return Err(err(phase, m)),
+        Err(_) => {
+            return Err(err(
+                "setup",
+                format!("no complete greeting/capabilities within {:?}", timeouts.upstream_setup),
+            ));
+        }
+    };
+    Ok(Connected {
+        stream,
+        input,
+        machine: conn_machine,
+        capabilities,
+        host: upstream.host.clone(),
+        port: upstream.port,
+    })
+}
+
+impl Connected {
+    /// One XOAUTH2 attempt. Can be repeated on the same connection after a rejection.
+    pub async fn authenticate(
+        &mut self,
+        mailbox: &str,
+        token: &SecretString,
+        limit: Duration,
+    ) -> Result<AuthResult, UpstreamError> {
+        let mut out = Vec::new();
+        self.machine.authenticate(mailbox, token, &mut out);
+        let exchange = async {
+            write_all(&mut self.stream, &out).await?;
+            drive(&mut *self.machine, &mut self.stream, &mut self.input).await
+        };
+        let step = match timeout(limit, exchange).await {
+            Ok(Ok(step)) => step,
+            Ok(Err((phase, m))) => return Err(self.error(phase, m)),
+            Err(_) => return Err(self.error("auth", format!("no answer to AUTH within {limit:?}"))),
+        };
+        match step {
+            UpStep::AuthOk { untagged, text } => Ok(AuthResult::Ok { untagged, text }),
+            UpStep::AuthRejected { text } => Ok(AuthResult::Rejected(text)),
+            UpStep::Failed(why) => Err(self.error("auth", why)),
+            other => Err(self.error("auth", format!("unexpected step during auth: {other:?}"))),
+        }
+    }
+
+    fn error(&self, phase: &'static str, message: String) -> UpstreamError {
+        UpstreamError {
+            host: self.host.clone(),
+            port: self.port,
+            phase,
+            message,
+        }
+    }
+}
+
+async fn tls_handshake(
+    connector: &TlsConnector,
+    upstream: &Upstream,
+    tcp: TcpStream,
+    limit: Duration,
+) -> Result<MaybeTls<TcpStream>, String> {
+    let name = rustls::pki_types::ServerName::try_from(upstream.server_name.clone())
+        .map_err(|e| format!("invalid server name {}: {e}", upstream.server_name))?;
+    match timeout(limit, connector.connect(name, tcp)).await {
+        Ok(Ok(tls)) => Ok(MaybeTls::Client(Box::new(tls))),
+        Ok(Err(e)) => Err(format!(
+            "TLS handshake with {} failed: {e} (is the certificate valid for that name and trusted? set upstream.ca_file for a private CA)",
+            upstream.server_name
+        )),
+        Err(_) => Err(format!("TLS handshake did not finish within {limit:?}")),
+    }
+}
+
+async fn write_all(stream: &mut MaybeTls<TcpStream>, bytes: &[u8]) -> Result<(), (&'static str, String)> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(bytes).await.map_err(|e| ("write", e.to_string()))?;
+    stream.flush().await.map_err(|e| ("write", e.to_string()))
+}
+
+/// Run the machine until it needs something other than more input or another step.
+async fn drive(
+    machine: &mut dyn UpstreamProtocol,
+    stream: &mut MaybeTls<TcpStream>,
+    input: &mut BytesMut,
+) -> Result<UpStep, (&'static str, String)> {
+    let mut out = Vec::new();
+    loop {
+        let step = machine.step(input, &mut out);
+        write_all(stream, &out).await?;
+        out.clear();
+        match step {
+            UpStep::Continue => continue,
+            UpStep::NeedInput => {
+                input.reserve(READ_CHUNK);
+                match stream.read_buf(input).await {
+                    Ok(0) => return Err(("read", "upstream closed the connection".into())),
+                    Ok(_) => {}
+                    Err(e) => return Err(("read", e.to_string())),
+                }
+            }
+            other => return Ok(other),
+        }
+    }
+}
