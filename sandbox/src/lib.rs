@@ -1,1 +1,527 @@
-pub fn _placeholder() {}
+//! authbridge's stand-in for Microsoft: a fake Entra ID token service and a fake Exchange Online
+//! (SMTP submission, IMAP, POP3) that accept only SASL XOAUTH2 with tokens the fake Entra issued.
+//!
+//! One [`Sandbox`] owns its listeners (all on 127.0.0.1), its token state and an in-memory mail
+//! store shared by the three mail servers, so a test can send over SMTP and read back over IMAP or
+//! POP3. Every server certificate is signed by one process-wide CA ([`Sandbox::ca_pem`]).
+//! Dropping the handle (or [`Sandbox::shutdown`]) stops every server and session.
+//!
+//! The wire behaviour follows what Entra and Exchange send (shared/FACTS.md); the fakes are strict
+//! where a proxy could get it wrong (STARTTLS before AUTH, token/mailbox match, rotated refresh
+//! tokens) and simple elsewhere (one INBOX per mailbox).
+
+#![forbid(unsafe_code)]
+
+mod conn;
+mod entra;
+mod http;
+mod imap;
+mod pop3;
+mod sasl;
+mod server;
+mod smtp;
+mod store;
+pub mod tls;
+mod util;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use store::MailboxMessage;
+pub use tls::client_config;
+
+/// Fixed ports, or 0 for "any free port" (the default for all).
+#[derive(Clone, Debug, Default)]
+pub struct Ports {
+    pub token: u16,
+    pub smtp: u16,
+    pub smtps: u16,
+    pub imap: u16,
+    pub imap_starttls: u16,
+    pub pop3: u16,
+    pub pop3_starttls: u16,
+}
+
+/// How a sandbox behaves. Build with `SandboxOptions { field: x, ..Default::default() }`.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// Lifetime of every access token issued (`expires_in`). Default 3600 s.
+    pub token_lifetime: Duration,
+    /// How long a refresh token stays usable after it was rotated. Default 2 s.
+    pub refresh_grace: Duration,
+    /// The tenant in token URLs (`common` and `organizations` are accepted too).
+    pub tenant: String,
+    pub ports: Ports,
+    /// Device codes expire after this (`expires_in`). Default 900 s.
+    pub device_code_lifetime: Duration,
+    /// Minimum time between device-code polls before `slow_down` (`interval`, rounded up to
+    /// whole seconds on the wire). Default 5 s; tests use 0.
+    pub device_code_interval: Duration,
+    /// Mailbox that "signs in" on the authorize endpoint when no `login_hint` is given.
+    pub authorize_user: Option<String>,
+    /// Server name in greetings and replies.
+    pub host: String,
+    /// A mail session idle longer than this is dropped. Default 300 s.
+    pub idle_timeout: Duration,
+    /// Largest message SMTP accepts (advertised as SIZE) and IMAP APPEND takes. Default 150 MiB.
+    pub max_message_size: usize,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            token_lifetime: Duration::from_secs(3600),
+            refresh_grace: Duration::from_secs(2),
+            tenant: "contoso.onmicrosoft.com".to_string(),
+            ports: Ports::default(),
+            device_code_lifetime: Duration::from_secs(900),
+            device_code_interval: Duration::from_secs(5),
+            authorize_user: None,
+            host: "SB1PR01MB0001.sandbox.outlook.test".to_string(),
+            idle_timeout: Duration::from_secs(300),
+            max_message_size: 157_286_400,
+        }
+    }
+}
+
+/// A failure the fake token endpoint simulates for following requests.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenFailure {
+    /// HTTP 500 `{"error":"server_error",…}`.
+    Http500,
+    /// HTTP 429 with `Retry-After` and a plain-text body, as Entra throttles.
+    Throttle429 { retry_after_secs: u64 },
+    /// HTTP 400 `invalid_grant` AADSTS70008 (refresh token expired).
+    InvalidGrant70008,
+    /// Accept the request and never answer.
+    Hang,
+    /// Wait this long, then answer normally.
+    Slow(Duration),
+    /// Close the connection at once without an answer (RST when set before the connection opens).
+    ResetConnection,
+    /// HTTP 200 whose body is not JSON.
+    GarbageJson,
+    /// HTTP 400 `{"error":"temporarily_unavailable",…}`.
+    TemporarilyUnavailable,
+}
+
+impl TokenFailure {
+    /// Parse a mode name as the control endpoint and the binary take it: `http500`,
+    /// `throttle429[:SECS]`, `invalid_grant`, `hang`, `slow[:MILLIS]`, `reset`, `garbage_json`,
+    /// `temporarily_unavailable`.
+    pub fn parse(spec: &str) -> Option<TokenFailure> {
+        let (mode, arg) = match spec.split_once(':') {
+            Some((m, a)) => (m, Some(a.parse::<u64>().ok()?)),
+            None => (spec, None),
+        };
+        Some(match mode.to_ascii_lowercase().replace('-', "_").as_str() {
+            "http500" | "500" | "server_error" => TokenFailure::Http500,
+            "throttle429" | "429" | "throttle" => TokenFailure::Throttle429 {
+                retry_after_secs: arg.unwrap_or(1),
+            },
+            "invalid_grant" | "invalid_grant70008" | "70008" => TokenFailure::InvalidGrant70008,
+            "hang" => TokenFailure::Hang,
+            "slow" => TokenFailure::Slow(Duration::from_millis(arg.unwrap_or(1000))),
+            "reset" | "reset_connection" => TokenFailure::ResetConnection,
+            "garbage" | "garbage_json" => TokenFailure::GarbageJson,
+            "temporarily_unavailable" | "unavailable" => TokenFailure::TemporarilyUnavailable,
+            _ => return None,
+        })
+    }
+}
+
+/// Token-service requests seen, by grant type (every request counts, failed ones too).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TokenCounters {
+    pub refresh_token: u64,
+    pub client_credentials: u64,
+    pub authorization_code: u64,
+    pub device_code: u64,
+    /// Token requests with a missing or unknown grant type.
+    pub other: u64,
+    /// Every request to the token endpoint.
+    pub total: u64,
+    /// Requests to the devicecode endpoint (not part of `total`).
+    pub device_authorizations: u64,
+    /// Requests to the authorize endpoint (not part of `total`).
+    pub authorize: u64,
+}
+
+/// XOAUTH2 attempts seen by the fake mail servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MailAuthCounters {
+    pub smtp_ok: u64,
+    pub smtp_failed: u64,
+    pub imap_ok: u64,
+    pub imap_failed: u64,
+    pub pop3_ok: u64,
+    pub pop3_failed: u64,
+}
+
+impl MailAuthCounters {
+    pub fn ok(&self) -> u64 {
+        self.smtp_ok + self.imap_ok + self.pop3_ok
+    }
+    pub fn failed(&self) -> u64 {
+        self.smtp_failed + self.imap_failed + self.pop3_failed
+    }
+    pub fn total(&self) -> u64 {
+        self.ok() + self.failed()
+    }
+}
+
+/// A message accepted by the fake SMTP server.
+#[derive(Clone, Debug)]
+pub struct StoredMessage {
+    /// The mailboxes it was delivered to (lower-cased recipients).
+    pub mailboxes: Vec<String>,
+    /// The authenticated mailbox that sent it.
+    pub auth_user: String,
+    /// Envelope sender (MAIL FROM), as given.
+    pub from: String,
+    /// Envelope recipients (RCPT TO), as given.
+    pub rcpts: Vec<String>,
+    /// The DATA payload after dot-unstuffing (CRLF line ends, no final `.\r\n`), or the BDAT chunks.
+    pub raw: Bytes,
+}
+
+impl StoredMessage {
+    /// The raw message as (lossy) UTF-8, for assertions.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+}
+
+/// State shared by every server of one sandbox.
+pub(crate) struct Shared {
+    entra: Mutex<entra::Entra>,
+    store: store::Store,
+    submissions: Mutex<Vec<StoredMessage>>,
+    mail_auth: Mutex<MailAuthCounters>,
+    host: String,
+    idle_timeout: Duration,
+    max_message_size: usize,
+    acceptor: TlsAcceptor,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn entra(&self) -> MutexGuard<'_, entra::Entra> {
+        lock(&self.entra)
+    }
+
+    pub(crate) fn record_submission(&self, msg: StoredMessage) {
+        let now = SystemTime::now();
+        for mb in &msg.mailboxes {
+            self.store.append(mb, msg.raw.clone(), Vec::new(), now);
+        }
+        lock(&self.submissions).push(msg);
+    }
+}
+
+/// Addresses of one running sandbox.
+#[derive(Clone, Copy, Debug)]
+struct Addrs {
+    token: SocketAddr,
+    smtp: SocketAddr,
+    smtps: SocketAddr,
+    imap: SocketAddr,
+    imap_starttls: SocketAddr,
+    pop3: SocketAddr,
+    pop3_starttls: SocketAddr,
+}
+
+/// A running sandbox. Dropping it stops every server.
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    addrs: Addrs,
+    tenant: String,
+    ca_pem: &'static str,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Sandbox {
+    /// Bind every listener on 127.0.0.1 and start serving.
+    pub async fn start(opts: SandboxOptions) -> io::Result<Sandbox> {
+        let config = tls::server_config()?;
+        let ca_pem = tls::ca_pem()?;
+        let bind = |port: u16| server::bind(port);
+        let token = bind(opts.ports.token).await?;
+        let smtp = bind(opts.ports.smtp).await?;
+        let smtps = bind(opts.ports.smtps).await?;
+        let imap = bind(opts.ports.imap).await?;
+        let imap_starttls = bind(opts.ports.imap_starttls).await?;
+        let pop3 = bind(opts.ports.pop3).await?;
+        let pop3_starttls = bind(opts.ports.pop3_starttls).await?;
+        let addrs = Addrs {
+            token: token.local_addr()?,
+            smtp: smtp.local_addr()?,
+            smtps: smtps.local_addr()?,
+            imap: imap.local_addr()?,
+            imap_starttls: imap_starttls.local_addr()?,
+            pop3: pop3.local_addr()?,
+            pop3_starttls: pop3_starttls.local_addr()?,
+        };
+        let mut entra = entra::Entra::new(&opts);
+        entra.base_url = format!("https://{}", addrs.token);
+        let shared = Arc::new(Shared {
+            entra: Mutex::new(entra),
+            store: store::Store::default(),
+            submissions: Mutex::new(Vec::new()),
+            mail_auth: Mutex::new(MailAuthCounters::default()),
+            host: opts.host.clone(),
+            idle_timeout: opts.idle_timeout,
+            max_message_size: opts.max_message_size,
+            acceptor: TlsAcceptor::from(config),
+        });
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let run = server::Runner {
+            shared: shared.clone(),
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        };
+        run.spawn(token, http::serve);
+        run.spawn(smtp, |s, t| smtp::serve(s, t, false));
+        run.spawn(smtps, |s, t| smtp::serve(s, t, true));
+        run.spawn(imap, |s, t| imap::serve(s, t, true));
+        run.spawn(imap_starttls, |s, t| imap::serve(s, t, false));
+        run.spawn(pop3, |s, t| pop3::serve(s, t, true));
+        run.spawn(pop3_starttls, |s, t| pop3::serve(s, t, false));
+        tracing::info!(token = %addrs.token, smtp = %addrs.smtp, imap = %addrs.imap, pop3 = %addrs.pop3, "sandbox started");
+        Ok(Sandbox {
+            shared,
+            addrs,
+            tenant: opts.tenant,
+            ca_pem,
+            cancel,
+            tracker,
+        })
+    }
+
+    /// PEM of the CA that signed every sandbox server certificate.
+    pub fn ca_pem(&self) -> &str {
+        self.ca_pem
+    }
+
+    /// Write [`Sandbox::ca_pem`] to a file.
+    pub fn write_ca(&self, path: &Path) -> io::Result<()> {
+        std::fs::write(path, self.ca_pem)
+    }
+
+    /// A rustls client config trusting only the sandbox CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        // The CA PEM was produced by this crate; parsing it cannot fail.
+        tls::client_config(self.ca_pem).expect("sandbox CA PEM is valid")
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn token_base_url(&self) -> String {
+        format!("https://{}", self.addrs.token)
+    }
+
+    pub fn token_addr(&self) -> SocketAddr {
+        self.addrs.token
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    fn endpoint(&self, name: &str) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/{name}",
+            self.token_base_url(),
+            self.tenant
+        )
+    }
+
+    /// `{base}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url(&self) -> String {
+        self.endpoint("token")
+    }
+
+    /// `{base}/{tenant}/oauth2/v2.0/authorize`.
+    pub fn authorize_url(&self) -> String {
+        self.endpoint("authorize")
+    }
+
+    /// `{base}/{tenant}/oauth2/v2.0/devicecode`.
+    pub fn device_code_url(&self) -> String {
+        self.endpoint("devicecode")
+    }
+
+    /// `{base}/introspect` (RFC 7662).
+    pub fn introspect_url(&self) -> String {
+        format!("{}/introspect", self.token_base_url())
+    }
+
+    /// SMTP submission with STARTTLS (like smtp.office365.com:587).
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.addrs.smtp
+    }
+
+    /// SMTP with implicit TLS.
+    pub fn smtps_addr(&self) -> SocketAddr {
+        self.addrs.smtps
+    }
+
+    /// IMAP with implicit TLS (like outlook.office365.com:993).
+    pub fn imap_addr(&self) -> SocketAddr {
+        self.addrs.imap
+    }
+
+    /// IMAP in plaintext with STARTTLS.
+    pub fn imap_starttls_addr(&self) -> SocketAddr {
+        self.addrs.imap_starttls
+    }
+
+    /// POP3 with implicit TLS (like :995).
+    pub fn pop3_addr(&self) -> SocketAddr {
+        self.addrs.pop3
+    }
+
+    /// POP3 in plaintext with STLS.
+    pub fn pop3_starttls_addr(&self) -> SocketAddr {
+        self.addrs.pop3_starttls
+    }
+
+    /// Register a client. A non-empty secret makes it confidential (the secret is then required);
+    /// client-credentials tokens of this client may open `app_mailboxes`. Calling again replaces it.
+    pub fn add_client(&self, client_id: &str, client_secret: &str, app_mailboxes: &[&str]) {
+        self.shared
+            .entra()
+            .add_client(client_id, client_secret, app_mailboxes);
+    }
+
+    /// A delegated refresh token of `mailbox` for `client_id` (an unknown client is registered as a
+    /// public client). Starts a new token family.
+    pub fn issue_refresh_token(&self, client_id: &str, mailbox: &str) -> String {
+        self.shared.entra().issue_refresh_token(client_id, mailbox)
+    }
+
+    /// A live delegated access token of `mailbox`.
+    pub fn issue_access_token(&self, client_id: &str, mailbox: &str) -> String {
+        self.shared.entra().issue_access_token(client_id, mailbox)
+    }
+
+    /// A live app-only (client-credentials) access token of `client_id`.
+    pub fn issue_app_token(&self, client_id: &str) -> String {
+        self.shared.entra().issue_app_token(client_id)
+    }
+
+    /// Revoke the token's family: it and every token rotated from it get AADSTS50173.
+    pub fn revoke_refresh_token(&self, token: &str) {
+        self.shared.entra().revoke_refresh_token(token);
+    }
+
+    /// Expire the token's family by inactivity: AADSTS70008 from now on.
+    pub fn expire_refresh_token(&self, token: &str) {
+        self.shared.entra().expire_refresh_token(token);
+    }
+
+    /// Every access token issued so far becomes invalid (upstream servers refuse it).
+    pub fn expire_access_tokens(&self) {
+        self.shared.entra().expire_access_tokens(Instant::now());
+    }
+
+    /// Lifetime of access tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.entra().token_lifetime = lifetime;
+    }
+
+    /// Grace period of rotated refresh tokens from now on.
+    pub fn set_refresh_grace(&self, grace: Duration) {
+        self.shared.entra().refresh_grace = grace;
+    }
+
+    /// Mailbox that signs in on the authorize endpoint when there is no `login_hint`.
+    pub fn set_authorize_user(&self, mailbox: &str) {
+        self.shared.entra().authorize_user = Some(mailbox.to_string());
+    }
+
+    /// Apply `failure` to every following token request until [`Sandbox::clear_failures`].
+    pub fn inject(&self, failure: TokenFailure) {
+        self.shared.entra().inject(failure, None);
+    }
+
+    /// Apply `failure` to the next `times` token requests only.
+    pub fn inject_times(&self, failure: TokenFailure, times: u32) {
+        self.shared.entra().inject(failure, Some(times.max(1)));
+    }
+
+    pub fn clear_failures(&self) {
+        self.shared.entra().clear_failures();
+    }
+
+    /// The user approves the device-flow request showing `user_code`; false if none is pending.
+    pub fn approve_device_code(&self, user_code: &str, mailbox: &str) -> bool {
+        self.shared.entra().approve_device_code(user_code, mailbox)
+    }
+
+    /// The user declines the device-flow request; false if none is pending.
+    pub fn deny_device_code(&self, user_code: &str) -> bool {
+        self.shared.entra().deny_device_code(user_code)
+    }
+
+    /// User codes of device-flow requests still waiting for the user.
+    pub fn pending_device_codes(&self) -> Vec<String> {
+        self.shared.entra().pending_user_codes()
+    }
+
+    pub fn token_requests(&self) -> TokenCounters {
+        self.shared.entra().counters.clone()
+    }
+
+    /// Every message accepted over SMTP, in order.
+    pub fn messages(&self) -> Vec<StoredMessage> {
+        lock(&self.shared.submissions).clone()
+    }
+
+    /// Put a message straight into a mailbox (created if needed); returns its UID.
+    pub fn deliver(&self, mailbox: &str, raw: &[u8]) -> u32 {
+        self.shared.store.append(
+            mailbox,
+            Bytes::copy_from_slice(raw),
+            Vec::new(),
+            SystemTime::now(),
+        )
+    }
+
+    /// The messages now in a mailbox, in UID order.
+    pub fn mailbox(&self, mailbox: &str) -> Vec<MailboxMessage> {
+        self.shared.store.messages(mailbox)
+    }
+
+    pub fn mail_auth_attempts(&self) -> MailAuthCounters {
+        lock(&self.shared.mail_auth).clone()
+    }
+
+    /// Stop every server and wait (at most 5 s) for their sessions to end.
+    pub async fn shutdown(self) {
+        let tracker = self.tracker.clone();
+        self.cancel.cancel();
+        drop(self);
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    }
+}

@@ -1,0 +1,345 @@
+//! The fake Entra ID over HTTPS (hyper, HTTP/1.1): routing, form parsing, failure injection at the
+//! connection level (hang, reset, delay), and the `/_sandbox/*` control endpoints used by the
+//! binary and the README demo.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+use crate::entra::{Injected, Reply};
+use crate::util::unb64;
+use crate::{Shared, TokenFailure};
+
+const MAX_BODY: usize = 1024 * 1024;
+
+/// The service closes the connection without answering.
+#[derive(Debug, thiserror::Error)]
+#[error("injected connection reset")]
+struct ResetError;
+
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+    if shared.entra().failure_is_reset() {
+        // An RST rather than a FIN when the injected reset closes this connection.
+        let _ = tcp.set_zero_linger();
+    }
+    let tls =
+        match tokio::time::timeout(crate::conn::HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "sandbox token service: TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        };
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { handle(shared, req).await }
+    });
+    let res = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(tls), svc)
+        .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "sandbox token service connection ended");
+    }
+}
+
+fn to_response(r: Reply) -> Response<Full<Bytes>> {
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", r.content_type)
+        .header("cache-control", "no-store, no-cache")
+        .header("pragma", "no-cache");
+    for (k, v) in r.headers {
+        b = b.header(k, v);
+    }
+    b.body(Full::new(Bytes::from(r.body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn json_reply(status: u16, v: Value) -> Reply {
+    Reply::json(status, &v)
+}
+
+fn not_found() -> Reply {
+    json_reply(404, json!({"error": "not_found"}))
+}
+
+fn parse_form(body: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// RFC 6749 §2.3.1 client_secret_basic: fill client_id/client_secret from `Authorization: Basic`.
+fn basic_auth_into(form: &mut HashMap<String, String>, header: Option<&str>) {
+    let Some(h) = header else { return };
+    let Some(b64) = h
+        .strip_prefix("Basic ")
+        .or_else(|| h.strip_prefix("basic "))
+    else {
+        return;
+    };
+    let Some(raw) = unb64(b64.as_bytes()) else {
+        return;
+    };
+    let Ok(text) = String::from_utf8(raw) else {
+        return;
+    };
+    let Some((id, secret)) = text.split_once(':') else {
+        return;
+    };
+    let decode = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    form.entry("client_id".into()).or_insert_with(|| decode(id));
+    form.entry("client_secret".into())
+        .or_insert_with(|| decode(secret));
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ResetError> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(to_response(json_reply(
+                413,
+                json!({"error": "invalid_request", "error_description": "body too large"}),
+            )));
+        }
+    };
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let reply = match (method.clone(), segments.as_slice()) {
+        (Method::POST, [tenant, "oauth2", "v2.0", "token"]) => {
+            let mut form = parse_form(&body);
+            basic_auth_into(&mut form, auth.as_deref());
+            return token(&shared, tenant, form).await;
+        }
+        (Method::GET, [tenant, "oauth2", "v2.0", "authorize"]) => {
+            let q = parse_form(query.as_bytes());
+            shared.entra().authorize(tenant, &q, Instant::now())
+        }
+        (Method::POST, [tenant, "oauth2", "v2.0", "devicecode"]) => {
+            let mut form = parse_form(&body);
+            basic_auth_into(&mut form, auth.as_deref());
+            shared
+                .entra()
+                .device_authorization(tenant, &form, Instant::now())
+        }
+        (Method::POST, ["introspect"]) => {
+            let form = parse_form(&body);
+            let token = form.get("token").map(String::as_str).unwrap_or("");
+            json_reply(200, shared.entra().introspect(token, Instant::now()))
+        }
+        (Method::GET, ["devicelogin"]) => device_login(&shared, &parse_form(query.as_bytes())),
+        (_, ["_sandbox", rest @ ..]) => control(&shared, &method, rest, &body),
+        (_, [_, "oauth2", "v2.0", _]) => json_reply(
+            405,
+            json!({"error": "invalid_request", "error_description": "method not allowed"}),
+        ),
+        _ => not_found(),
+    };
+    Ok(to_response(reply))
+}
+
+async fn token(
+    shared: &Shared,
+    tenant: &str,
+    form: HashMap<String, String>,
+) -> Result<Response<Full<Bytes>>, ResetError> {
+    let grant = form.get("grant_type").cloned().unwrap_or_default();
+    let injected = shared.entra().admit_token_request(&grant);
+    match injected {
+        Some(Injected::Reply(r)) => return Ok(to_response(r)),
+        Some(Injected::Hang) => {
+            tracing::debug!("sandbox token service: injected hang");
+            std::future::pending::<()>().await;
+        }
+        Some(Injected::Reset) => return Err(ResetError),
+        Some(Injected::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let reply = shared.entra().token(tenant, &form, Instant::now());
+    Ok(to_response(reply))
+}
+
+/// `GET /devicelogin?code=USERCODE&mailbox=M[&deny=1]`: what the user does in a browser.
+fn device_login(shared: &Shared, q: &HashMap<String, String>) -> Reply {
+    let code = q.get("code").or_else(|| q.get("user_code"));
+    let mut e = shared.entra();
+    let Some(code) = code else {
+        let pending = e.pending_user_codes();
+        return text_reply(
+            200,
+            format!(
+                "authbridge sandbox device login. Approve with ?code=USERCODE&mailbox=MAILBOX (pending: {})\n",
+                pending.join(", ")
+            ),
+        );
+    };
+    let ok = if q.contains_key("deny") {
+        e.deny_device_code(code)
+    } else {
+        let mailbox = q
+            .get("mailbox")
+            .cloned()
+            .or_else(|| e.authorize_user.clone());
+        match mailbox {
+            Some(m) => e.approve_device_code(code, &m),
+            None => false,
+        }
+    };
+    if ok {
+        text_reply(200, "Done. You can close this window.\n".into())
+    } else {
+        text_reply(
+            400,
+            "Unknown or already used code (or no mailbox given).\n".into(),
+        )
+    }
+}
+
+fn text_reply(status: u16, text: String) -> Reply {
+    Reply {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        headers: Vec::new(),
+        body: text.into_bytes(),
+    }
+}
+
+fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Reply {
+    let input: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return json_reply(400, json!({"error": format!("bad JSON: {e}")})),
+        }
+    };
+    let s = |k: &str| input.get(k).and_then(Value::as_str).map(str::to_string);
+    let n = |k: &str| input.get(k).and_then(Value::as_u64);
+    match (method, rest) {
+        (&Method::POST, ["fail"]) => {
+            let mode = s("mode").unwrap_or_default();
+            let spec = match (n("retry_after_secs"), n("millis")) {
+                (Some(secs), _) => format!("{mode}:{secs}"),
+                (None, Some(ms)) => format!("{mode}:{ms}"),
+                _ => mode.clone(),
+            };
+            let Some(failure) = TokenFailure::parse(&spec) else {
+                return json_reply(400, json!({"error": format!("unknown mode {mode:?}")}));
+            };
+            let times = n("times").map(|t| t.clamp(1, u64::from(u32::MAX)) as u32);
+            shared.entra().inject(failure, times);
+            json_reply(200, json!({"ok": true}))
+        }
+        (&Method::POST, ["clear"]) => {
+            shared.entra().clear_failures();
+            json_reply(200, json!({"ok": true}))
+        }
+        (&Method::GET, ["counters"]) => {
+            let tokens = shared.entra().counters.clone();
+            let mail = crate::lock(&shared.mail_auth).clone();
+            json_reply(200, json!({"token_requests": tokens, "mail_auth": mail}))
+        }
+        (&Method::GET, ["messages"]) => {
+            let msgs = crate::lock(&shared.submissions).clone();
+            let list: Vec<Value> = msgs
+                .iter()
+                .map(|m| {
+                    json!({
+                        "mailboxes": m.mailboxes,
+                        "auth_user": m.auth_user,
+                        "from": m.from,
+                        "rcpts": m.rcpts,
+                        "size": m.raw.len(),
+                        "raw": m.text(),
+                    })
+                })
+                .collect();
+            json_reply(200, Value::Array(list))
+        }
+        (&Method::POST, ["expire_access_tokens"]) => {
+            shared.entra().expire_access_tokens(Instant::now());
+            json_reply(200, json!({"ok": true}))
+        }
+        (&Method::POST, ["clients"]) => {
+            let (Some(id), secret) = (s("client_id"), s("client_secret")) else {
+                return json_reply(400, json!({"error": "client_id required"}));
+            };
+            let boxes: Vec<String> = input
+                .get("app_mailboxes")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let refs: Vec<&str> = boxes.iter().map(String::as_str).collect();
+            shared
+                .entra()
+                .add_client(&id, secret.as_deref().unwrap_or(""), &refs);
+            json_reply(200, json!({"ok": true}))
+        }
+        (&Method::POST, ["refresh_token"]) => {
+            let (Some(id), Some(mailbox)) = (s("client_id"), s("mailbox")) else {
+                return json_reply(400, json!({"error": "client_id and mailbox required"}));
+            };
+            let rt = shared.entra().issue_refresh_token(&id, &mailbox);
+            json_reply(200, json!({"refresh_token": rt}))
+        }
+        (&Method::POST, ["deliver"]) => {
+            let (Some(mailbox), Some(raw)) = (s("mailbox"), s("raw")) else {
+                return json_reply(400, json!({"error": "mailbox and raw required"}));
+            };
+            let uid = shared.store.append(
+                &mailbox,
+                Bytes::from(raw.into_bytes()),
+                Vec::new(),
+                std::time::SystemTime::now(),
+            );
+            json_reply(200, json!({"uid": uid}))
+        }
+        (&Method::POST, ["device", action @ ("approve" | "deny")]) => {
+            let Some(code) = s("user_code") else {
+                return json_reply(400, json!({"error": "user_code required"}));
+            };
+            let mut e = shared.entra();
+            let ok = if *action == "deny" {
+                e.deny_device_code(&code)
+            } else {
+                let mailbox = s("mailbox").or_else(|| e.authorize_user.clone());
+                mailbox.is_some_and(|m| e.approve_device_code(&code, &m))
+            };
+            json_reply(if ok { 200 } else { 404 }, json!({"ok": ok}))
+        }
+        _ => not_found(),
+    }
+}

@@ -1,0 +1,492 @@
+//! Fake Exchange Online SMTP submission (smtp.office365.com:587 with STARTTLS, or implicit TLS).
+//!
+//! Replies follow FACTS.md "XOAUTH2 and Exchange Online": AUTH only after TLS and only XOAUTH2
+//! succeeds; MAIL needs AUTH (`530 5.7.57`); the envelope sender must be the authenticated mailbox,
+//! checked at the end of DATA (`554 5.2.252 SendAsDenied`). PIPELINING falls out of the connection
+//! buffer: replies are queued and flushed before the next read.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use crate::conn::{Conn, Line, Stream};
+use crate::sasl::{AuthResult, Proto};
+use crate::util::{guid, rfc5322_date};
+use crate::{Shared, StoredMessage};
+
+/// Longest command line (AUTH XOAUTH2 lines with 3 KB tokens fit easily).
+const MAX_LINE: usize = 64 * 1024;
+/// Longest line inside DATA.
+const MAX_DATA_LINE: usize = 4 * 1024 * 1024;
+/// Bad commands before the session is closed.
+const MAX_ERRORS: u32 = 20;
+
+struct Txn {
+    from: String,
+    rcpts: Vec<String>,
+    /// BDAT chunks received so far.
+    chunks: Option<Vec<u8>>,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    conn: Conn,
+    /// Whether STARTTLS may still be offered (the plain submission port before TLS).
+    starttls_offered: bool,
+    ehlo: bool,
+    user: Option<String>,
+    txn: Option<Txn>,
+    errors: u32,
+    peer: String,
+}
+
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: bool) {
+    let peer = tcp
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into());
+    let idle = shared.idle_timeout;
+    let conn = if implicit_tls {
+        match Conn::accept_tls(tcp, &shared.acceptor, idle).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "sandbox SMTP: TLS handshake failed");
+                return;
+            }
+        }
+    } else {
+        Conn::new(Stream::Plain(tcp), idle)
+    };
+    let mut s = Session {
+        shared,
+        conn,
+        starttls_offered: !implicit_tls,
+        ehlo: false,
+        user: None,
+        txn: None,
+        errors: 0,
+        peer,
+    };
+    match s.run().await {
+        Ok(()) => s.conn.close().await,
+        Err(e) => tracing::debug!(error = %e, "sandbox SMTP session ended"),
+    }
+}
+
+impl Session {
+    fn host(&self) -> &str {
+        &self.shared.host
+    }
+
+    fn reply(&mut self, text: &str) {
+        self.conn.send(text.as_bytes());
+        self.conn.send(b"\r\n");
+    }
+
+    fn ehlo_reply(&mut self, name: &str) {
+        let mut lines = vec![
+            format!("{} Hello [{}]", self.host(), self.peer),
+            format!("SIZE {}", self.shared.max_message_size),
+            "PIPELINING".into(),
+            "DSN".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if self.conn.is_tls() {
+            lines.push("AUTH LOGIN XOAUTH2".into());
+        } else if self.starttls_offered {
+            lines.push("STARTTLS".into());
+        }
+        lines.extend(["8BITMIME", "BINARYMIME", "CHUNKING", "SMTPUTF8"].map(String::from));
+        let _ = name;
+        let last = lines.len() - 1;
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            self.conn.send(format!("250{sep}{l}\r\n").as_bytes());
+        }
+    }
+
+    async fn run(&mut self) -> std::io::Result<()> {
+        let greeting = format!(
+            "220 {} Microsoft ESMTP MAIL Service ready at {}",
+            self.host(),
+            rfc5322_date(SystemTime::now())
+        );
+        self.reply(&greeting);
+        loop {
+            if self.errors >= MAX_ERRORS {
+                self.reply(
+                    "421 4.7.0 Too many errors on this connection, closing transmission channel",
+                );
+                return Ok(());
+            }
+            let line = match self.conn.read_line(MAX_LINE).await? {
+                Line::Eof => return Ok(()),
+                Line::TooLong => {
+                    self.errors += 1;
+                    self.reply("500 5.5.6 Line too long");
+                    continue;
+                }
+                Line::Text(l) => l,
+            };
+            let line = String::from_utf8_lossy(&line).into_owned();
+            let (verb, arg) = match line.split_once(' ') {
+                Some((v, a)) => (v.to_ascii_uppercase(), a.trim().to_string()),
+                None => (line.trim().to_ascii_uppercase(), String::new()),
+            };
+            match verb.as_str() {
+                "EHLO" | "HELO" => {
+                    if arg.is_empty() {
+                        self.errors += 1;
+                        self.reply("501 5.5.4 Invalid domain name");
+                        continue;
+                    }
+                    self.ehlo = true;
+                    self.txn = None;
+                    if verb == "EHLO" {
+                        self.ehlo_reply(&arg);
+                    } else {
+                        let r = format!("250 {} Hello [{}]", self.host(), self.peer);
+                        self.reply(&r);
+                    }
+                }
+                "STARTTLS" => {
+                    if self.conn.is_tls() || !self.starttls_offered {
+                        self.errors += 1;
+                        self.reply("503 5.5.1 TLS already active");
+                        continue;
+                    }
+                    self.reply("220 2.0.0 SMTP server ready");
+                    let acceptor = self.shared.acceptor.clone();
+                    self.conn.starttls(&acceptor).await?;
+                    self.ehlo = false;
+                    self.user = None;
+                    self.txn = None;
+                }
+                "AUTH" => self.auth(&arg).await?,
+                "MAIL" => self.mail(&arg),
+                "RCPT" => self.rcpt(&arg),
+                "DATA" => self.data().await?,
+                "BDAT" => self.bdat(&arg).await?,
+                "RSET" => {
+                    self.txn = None;
+                    self.reply("250 2.0.0 Resetting");
+                }
+                "NOOP" => self.reply("250 2.0.0 OK"),
+                "VRFY" => self.reply("252 2.1.5 Cannot VRFY user"),
+                "HELP" => self.reply("214-This server supports the following commands:\r\n214 HELO EHLO STARTTLS RCPT DATA RSET MAIL QUIT HELP AUTH BDAT"),
+                "QUIT" => {
+                    self.reply("221 2.0.0 Service closing transmission channel");
+                    return Ok(());
+                }
+                _ => {
+                    self.errors += 1;
+                    self.reply("500 5.3.3 Unrecognized command");
+                }
+            }
+        }
+    }
+
+    async fn auth(&mut self, arg: &str) -> std::io::Result<()> {
+        if !self.conn.is_tls() {
+            self.reply("530 5.7.0 Must issue a STARTTLS command first");
+            return Ok(());
+        }
+        if !self.ehlo {
+            self.reply("503 5.5.2 Send hello first");
+            return Ok(());
+        }
+        if self.user.is_some() {
+            self.reply("503 5.5.2 Already authenticated");
+            return Ok(());
+        }
+        let (mech, initial) = match arg.split_once(' ') {
+            Some((m, i)) => (m.to_ascii_uppercase(), Some(i.trim().to_string())),
+            None => (arg.to_ascii_uppercase(), None),
+        };
+        match mech.as_str() {
+            "XOAUTH2" => {
+                let blob = match initial {
+                    Some(i) if i != "=" => i.into_bytes(),
+                    _ => {
+                        self.reply("334 ");
+                        match self.conn.read_line(MAX_LINE).await? {
+                            Line::Text(l) => l.to_vec(),
+                            Line::TooLong => {
+                                self.reply("500 5.5.6 Line too long");
+                                return Ok(());
+                            }
+                            Line::Eof => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        }
+                    }
+                };
+                if blob == b"*" {
+                    self.reply("501 5.7.0 Authentication cancelled");
+                    return Ok(());
+                }
+                match self.shared.xoauth2(Proto::Smtp, &blob) {
+                    AuthResult::Ok(user) => {
+                        self.user = Some(user);
+                        self.reply("235 2.7.0 Authentication successful");
+                    }
+                    AuthResult::NoRights(_) | AuthResult::Failed => {
+                        let r = format!("535 5.7.3 Authentication unsuccessful [{}]", self.host());
+                        self.reply(&r);
+                    }
+                }
+            }
+            "LOGIN" => {
+                // Basic authentication is off: ask for both values, then refuse.
+                if initial.is_none() {
+                    self.reply("334 VXNlcm5hbWU6");
+                    if !matches!(self.conn.read_line(MAX_LINE).await?, Line::Text(_)) {
+                        return Ok(());
+                    }
+                }
+                self.reply("334 UGFzc3dvcmQ6");
+                if !matches!(self.conn.read_line(MAX_LINE).await?, Line::Text(_)) {
+                    return Ok(());
+                }
+                let r = format!(
+                    "535 5.7.139 Authentication unsuccessful, basic authentication is disabled. [{}]",
+                    self.host()
+                );
+                self.reply(&r);
+            }
+            _ => {
+                self.errors += 1;
+                self.reply("504 5.7.4 Unrecognized authentication type");
+            }
+        }
+        Ok(())
+    }
+
+    fn mail(&mut self, arg: &str) {
+        if self.user.is_none() {
+            let r = format!(
+                "530 5.7.57 Client not authenticated to send mail. [{}]",
+                self.host()
+            );
+            self.reply(&r);
+            return;
+        }
+        if self.txn.is_some() {
+            self.reply("503 5.5.1 Sender already specified");
+            return;
+        }
+        let Some((from, params)) = path_arg(arg, "FROM:") else {
+            self.errors += 1;
+            self.reply("501 5.5.4 Invalid arguments");
+            return;
+        };
+        for p in params.split_ascii_whitespace() {
+            if let Some(size) = p.to_ascii_uppercase().strip_prefix("SIZE=")
+                && size
+                    .parse::<usize>()
+                    .is_ok_and(|s| s > self.shared.max_message_size)
+            {
+                self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+                return;
+            }
+        }
+        self.txn = Some(Txn {
+            from,
+            rcpts: Vec::new(),
+            chunks: None,
+        });
+        self.reply("250 2.1.0 Sender OK");
+    }
+
+    fn rcpt(&mut self, arg: &str) {
+        if self.txn.is_none() {
+            self.reply("503 5.5.1 Need mail command");
+            return;
+        }
+        match path_arg(arg, "TO:") {
+            Some((to, _)) if !to.is_empty() => {
+                if let Some(t) = self.txn.as_mut() {
+                    t.rcpts.push(to);
+                }
+                self.reply("250 2.1.5 Recipient OK");
+            }
+            _ => {
+                self.errors += 1;
+                self.reply("501 5.1.3 Invalid address");
+            }
+        }
+    }
+
+    fn ready_for_data(&mut self) -> bool {
+        match &self.txn {
+            None => {
+                self.reply("503 5.5.1 Need mail command");
+                false
+            }
+            Some(t) if t.rcpts.is_empty() => {
+                self.reply("503 5.5.2 Need rcpt command");
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
+    async fn data(&mut self) -> std::io::Result<()> {
+        if !self.ready_for_data() {
+            return Ok(());
+        }
+        if self.txn.as_ref().is_some_and(|t| t.chunks.is_some()) {
+            self.reply("503 5.5.1 BDAT in progress");
+            return Ok(());
+        }
+        self.reply("354 Start mail input; end with <CRLF>.<CRLF>");
+        let max = self.shared.max_message_size;
+        let mut msg: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut too_big = false;
+        loop {
+            let line = match self.conn.read_line(MAX_DATA_LINE).await? {
+                Line::Eof => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Line::TooLong => {
+                    too_big = true;
+                    continue;
+                }
+                Line::Text(l) => l,
+            };
+            if &line[..] == b"." {
+                break;
+            }
+            if too_big {
+                continue;
+            }
+            let content = line.strip_prefix(b".").unwrap_or(&line);
+            if msg.len() + content.len() + 2 > max {
+                too_big = true;
+                msg = Vec::new();
+                continue;
+            }
+            msg.extend_from_slice(content);
+            msg.extend_from_slice(b"\r\n");
+        }
+        if too_big {
+            self.txn = None;
+            self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+            return Ok(());
+        }
+        self.finish(msg);
+        Ok(())
+    }
+
+    async fn bdat(&mut self, arg: &str) -> std::io::Result<()> {
+        let mut parts = arg.split_ascii_whitespace();
+        let size = parts.next().and_then(|s| s.parse::<usize>().ok());
+        let last = parts.next().is_some_and(|p| p.eq_ignore_ascii_case("LAST"));
+        let Some(size) = size else {
+            self.errors += 1;
+            self.reply("501 5.5.4 Invalid arguments");
+            return Ok(());
+        };
+        let max = self.shared.max_message_size;
+        if size > max {
+            // Cannot keep the session in sync without reading the chunk; close instead.
+            self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        let mut chunk = Vec::with_capacity(size);
+        self.conn.read_exact_into(size, &mut chunk).await?;
+        if !self.ready_for_data() {
+            return Ok(());
+        }
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        let buf = txn.chunks.get_or_insert_with(Vec::new);
+        if buf.len() + chunk.len() > max {
+            self.txn = None;
+            self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+            return Ok(());
+        }
+        if buf.is_empty() {
+            *buf = chunk;
+        } else {
+            buf.extend_from_slice(&chunk);
+        }
+        if last {
+            let msg = txn.chunks.take().unwrap_or_default();
+            self.finish(msg);
+        } else {
+            let r = format!("250 2.0.0 {size} bytes received");
+            self.reply(&r);
+        }
+        Ok(())
+    }
+
+    /// End of DATA / BDAT LAST: the SendAs check, then delivery.
+    fn finish(&mut self, raw: Vec<u8>) {
+        let Some(txn) = self.txn.take() else { return };
+        let user = self.user.clone().unwrap_or_default();
+        if !txn.from.eq_ignore_ascii_case(&user) {
+            let r = format!(
+                "554 5.2.252 SendAsDenied; {user} not allowed to send as {}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.",
+                txn.from
+            );
+            self.reply(&r);
+            return;
+        }
+        let mailboxes: Vec<String> = txn.rcpts.iter().map(|r| r.to_ascii_lowercase()).collect();
+        let size = raw.len();
+        self.shared.record_submission(StoredMessage {
+            mailboxes,
+            auth_user: user,
+            from: txn.from,
+            rcpts: txn.rcpts,
+            raw: Bytes::from(raw),
+        });
+        tracing::debug!(size, "sandbox SMTP: message accepted");
+        let r = format!(
+            "250 2.0.0 OK <{}@{}> [Hostname={}]",
+            guid(),
+            self.host(),
+            self.host()
+        );
+        self.reply(&r);
+    }
+}
+
+/// Parse `FROM:<addr> params` / `TO:<addr> params` (RFC 5321 §4.1.1.2-3), lenient about spaces and
+/// missing angle brackets. Returns (address, parameters).
+fn path_arg(arg: &str, keyword: &str) -> Option<(String, String)> {
+    let head = arg.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = arg[keyword.len()..].trim_start();
+    if let Some(inner) = rest.strip_prefix('<') {
+        let end = inner.find('>')?;
+        Some((
+            inner[..end].trim().to_string(),
+            inner[end + 1..].trim().to_string(),
+        ))
+    } else {
+        let (addr, params) = rest.split_once(' ').unwrap_or((rest, ""));
+        Some((addr.to_string(), params.trim().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_arg;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            path_arg("FROM:<a@b.c> SIZE=10", "FROM:"),
+            Some(("a@b.c".into(), "SIZE=10".into()))
+        );
+        assert_eq!(
+            path_arg("from: <a@b.c>", "FROM:"),
+            Some(("a@b.c".into(), "".into()))
+        );
+        assert_eq!(path_arg("TO:x@y", "TO:"), Some(("x@y".into(), "".into())));
+        assert_eq!(path_arg("FROM <a>", "FROM:"), None);
+    }
+}

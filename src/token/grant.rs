@@ -1,0 +1,173 @@
+//! Token endpoint requests: build the form (client authentication by `client_secret_post`), send it,
+//! classify the answer, log the outcome. [`exchange`] serves every grant; the refresh and client
+//! credentials helpers below and `authbridge login` (authorization code, device code) go through it.
+
+use std::time::{Instant, SystemTime};
+
+use super::error::{ErrorContext, TokenError};
+use super::http::{self, HttpError};
+use super::response::{Failure, TokenResponse, classify};
+use super::{ErrorKind, ProviderConfig, TokenSettings};
+use crate::secret::SecretString;
+
+/// One request to `provider`'s token endpoint on behalf of `account`.
+///
+/// `params` carry the grant (`grant_type` and its parameters, e.g. `code`, `redirect_uri`,
+/// `code_verifier`, `device_code`, `refresh_token`, `scope`); `client_id` and, when configured,
+/// `client_secret` are added here. Nothing is persisted: the caller stores a returned refresh token
+/// (see `TokenManager::exchange_and_store`).
+pub async fn exchange(
+    provider: &ProviderConfig,
+    account: &str,
+    params: &[(&str, &str)],
+    settings: &TokenSettings,
+) -> Result<TokenResponse, TokenError> {
+    let grant_type = params
+        .iter()
+        .find(|(k, _)| *k == "grant_type")
+        .map_or("", |(_, v)| *v);
+    let ctx = ErrorContext {
+        account,
+        provider: &provider.name,
+        client_id: &provider.client_id,
+        flow: provider.flow,
+        grant_type,
+    };
+    let started = Instant::now();
+    let result = request(provider, params, settings)
+        .await
+        .map_err(|f| TokenError::from_failure(f, &ctx));
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match &result {
+        Ok(r) => tracing::info!(
+            account,
+            provider = %provider.name,
+            grant_type,
+            duration_ms,
+            expires_in = r.expires_in.as_secs(),
+            refresh_token_returned = r.refresh_token.is_some(),
+            "token request succeeded"
+        ),
+        Err(e)
+            if matches!(
+                e.error.as_deref(),
+                Some("authorization_pending" | "slow_down")
+            ) =>
+        {
+            tracing::debug!(account, grant_type, error = ?e.error, "token request pending");
+        }
+        Err(e) => tracing::warn!(
+            account,
+            provider = %provider.name,
+            grant_type,
+            duration_ms,
+            kind = e.kind.as_str(),
+            status = ?e.status,
+            error = ?e.error,
+            aadsts = ?e.aadsts,
+            description = ?e.description,
+            "token request failed: {}",
+            e.message
+        ),
+    }
+    result
+}
+
+async fn request(
+    provider: &ProviderConfig,
+    params: &[(&str, &str)],
+    settings: &TokenSettings,
+) -> Result<TokenResponse, Failure> {
+    let target = http::parse_url(&provider.endpoints.token_url).map_err(|e| {
+        Failure::new(
+            ErrorKind::Permanent,
+            format!("{e} (token_url of provider {})", provider.name),
+        )
+    })?;
+    let form = {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("client_id", &provider.client_id);
+        for (k, v) in params {
+            form.append_pair(k, v);
+        }
+        if let Some(secret) = &provider.client_secret
+            && !params.iter().any(|(k, _)| *k == "client_secret")
+        {
+            form.append_pair("client_secret", secret.expose());
+        }
+        SecretString::new(form.finish())
+    };
+    let response = http::post_form(
+        &target,
+        &provider.tls,
+        &form,
+        settings.request_timeout,
+        settings.max_response_bytes,
+    )
+    .await
+    .map_err(|e| {
+        let message = match e {
+            HttpError::TooLarge(limit) => format!(
+                "the token endpoint {} answered with more than {limit} bytes",
+                target.host
+            ),
+            e => format!("cannot reach the token endpoint {}: {e}", target.host),
+        };
+        Failure::new(ErrorKind::Transient, message)
+    })?;
+    classify(
+        response.status,
+        response.retry_after.as_deref(),
+        response.body.expose(),
+        SystemTime::now(),
+    )
+}
+
+/// The `scope` parameter: configured scopes, space-separated.
+pub(crate) fn scope_param(provider: &ProviderConfig) -> String {
+    provider.scopes.join(" ")
+}
+
+/// `grant_type=refresh_token` with the stored refresh token.
+pub(crate) async fn refresh(
+    provider: &ProviderConfig,
+    account: &str,
+    refresh_token: &SecretString,
+    settings: &TokenSettings,
+) -> Result<TokenResponse, TokenError> {
+    let scope = scope_param(provider);
+    let mut params = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose().as_str()),
+    ];
+    if !scope.is_empty() {
+        params.push(("scope", &scope));
+    }
+    exchange(provider, account, &params, settings).await
+}
+
+/// `grant_type=client_credentials` (app-only, needs a client secret).
+pub(crate) async fn client_credentials(
+    provider: &ProviderConfig,
+    account: &str,
+    settings: &TokenSettings,
+) -> Result<TokenResponse, TokenError> {
+    if provider.client_secret.is_none() {
+        return Err(TokenError::new(
+            account,
+            ErrorKind::NotConfigured,
+            format!("provider {} has no client_secret", provider.name),
+            format!(
+                "set `client_secret` of provider `{}` (client_credentials needs one)",
+                provider.name
+            ),
+        )
+        .with_grant_type("client_credentials"));
+    }
+    let scope = scope_param(provider);
+    let mut params = vec![("grant_type", "client_credentials")];
+    if !scope.is_empty() {
+        params.push(("scope", &scope));
+    }
+    exchange(provider, account, &params, settings).await
+}

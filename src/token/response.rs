@@ -1,0 +1,630 @@
+//! Sans-I/O: turns a token endpoint's answer (HTTP status, `Retry-After`, body) into a
+//! [`TokenResponse`] or a classified [`Failure`].
+//!
+//! Rules (RFC 6749 §5.1/§5.2, FACTS.md "Microsoft identity platform"):
+//! - transient: 5xx, 429 (with `Retry-After`), `temporarily_unavailable`, `server_error`,
+//!   `authorization_pending` / `slow_down` (device-code polling), AADSTS50196 (loop detected) and
+//!   AADSTS90033, and any body that cannot be read as an OAuth2 answer (proxies, HTML error pages);
+//! - permanent: every other OAuth2 `error` (`invalid_grant`, `invalid_client`, `unauthorized_client`,
+//!   `invalid_scope`, …). The AADSTS number comes from `error_codes`, else from `error_description`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use super::error::{ErrorKind, aadsts_summary};
+use crate::secret::{Secret, SecretString};
+
+/// Access tokens without `expires_in` are taken to live this long (RFC 6749 leaves it open).
+const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
+/// `Retry-After` values above this are clamped.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Server text kept in [`Failure::description`] (first line only).
+const MAX_DESCRIPTION: usize = 200;
+/// AADSTS codes that say "try again later" rather than "fix something".
+const TRANSIENT_AADSTS: &[u32] = &[50196, 90033];
+
+/// A successful token response.
+#[derive(Debug)]
+pub struct TokenResponse {
+    pub access_token: SecretString,
+    /// A new refresh token (rotation); `None` when the provider keeps the old one.
+    pub refresh_token: Option<SecretString>,
+    pub expires_in: Duration,
+    pub scope: Option<String>,
+    pub token_type: Option<String>,
+    pub id_token: Option<SecretString>,
+}
+
+/// A classified failure, before it is tied to an account (see `TokenError`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    /// HTTP status, if an answer came at all.
+    pub status: Option<u16>,
+    /// OAuth2 `error`.
+    pub error: Option<String>,
+    pub aadsts: Option<u32>,
+    /// Short summary of what happened, e.g. `AADSTS70008 refresh token expired`.
+    pub message: String,
+    /// First line of the server's `error_description`, shortened.
+    pub description: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            status: None,
+            error: None,
+            aadsts: None,
+            message: message.into(),
+            description: None,
+            retry_after: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawSuccess {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+    token_type: Option<String>,
+    id_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    error: String,
+    error_description: Option<String>,
+    error_codes: Option<serde_json::Value>,
+}
+
+/// Classifies one token endpoint answer. `retry_after` is the raw `Retry-After` header; `now` only
+/// serves to read an HTTP-date there.
+pub fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<TokenResponse, Failure> {
+    let retry_after = retry_after.and_then(|v| parse_retry_after(v, now));
+    if (200..300).contains(&status) {
+        return parse_success(body).map_err(|why| Failure {
+            status: Some(status),
+            retry_after,
+            ..Failure::new(
+                ErrorKind::Transient,
+                format!("unreadable token response (HTTP {status}): {why}"),
+            )
+        });
+    }
+    let oauth = serde_json::from_slice::<RawError>(body).ok();
+    let (error, description, aadsts) = match &oauth {
+        Some(e) => {
+            let aadsts = e
+                .error_codes
+                .as_ref()
+                .and_then(first_code)
+                .or_else(|| e.error_description.as_deref().and_then(aadsts_in_text));
+            (
+                Some(clean(&e.error, 64)),
+                e.error_description.as_deref().map(first_line),
+                aadsts,
+            )
+        }
+        None => (None, None, None),
+    };
+    let mut f = Failure {
+        status: Some(status),
+        error: error.clone(),
+        aadsts,
+        description,
+        retry_after,
+        ..Failure::new(ErrorKind::Transient, String::new())
+    };
+    let what = describe(error.as_deref(), aadsts);
+    if status == 429 {
+        f.message = match retry_after {
+            Some(d) => format!(
+                "throttled by the token endpoint (HTTP 429, retry after {} s)",
+                d.as_secs()
+            ),
+            None => "throttled by the token endpoint (HTTP 429)".to_owned(),
+        };
+    } else if status >= 500 {
+        f.message = match &what {
+            Some(w) => format!("token endpoint error (HTTP {status}): {w}"),
+            None => format!("token endpoint error (HTTP {status})"),
+        };
+    } else if let Some(error) = error.as_deref() {
+        let transient = matches!(
+            error,
+            "temporarily_unavailable" | "server_error" | "authorization_pending" | "slow_down"
+        ) || aadsts.is_some_and(|c| TRANSIENT_AADSTS.contains(&c));
+        f.kind = if transient {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        };
+        if error == "slow_down" && f.retry_after.is_none() {
+            // RFC 8628 §3.5: add 5 seconds to the polling interval.
+            f.retry_after = Some(Duration::from_secs(5));
+        }
+        f.message = what.unwrap_or_else(|| error.to_owned());
+    } else {
+        f.message = format!("unreadable error response from the token endpoint (HTTP {status})");
+    }
+    Err(f)
+}
+
+/// `AADSTS70008 refresh token expired`, `invalid_grant (AADSTS50000)`, `invalid_client`.
+fn describe(error: Option<&str>, aadsts: Option<u32>) -> Option<String> {
+    match (aadsts, aadsts.and_then(aadsts_summary)) {
+        (Some(code), Some(summary)) => Some(format!("AADSTS{code} {summary}")),
+        (Some(code), None) => Some(format!("{} (AADSTS{code})", error.unwrap_or("error"))),
+        (None, _) => error.map(str::to_owned),
+    }
+}
+
+fn parse_success(body: &[u8]) -> Result<TokenResponse, &'static str> {
+    let raw: RawSuccess = serde_json::from_slice(body).map_err(|_| "not a JSON object")?;
+    let access_token = raw
+        .access_token
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+        .ok_or("no access_token")?;
+    if let Some(t) = &raw.token_type
+        && !t.eq_ignore_ascii_case("bearer")
+    {
+        return Err("token_type is not Bearer");
+    }
+    let expires_in = match &raw.expires_in {
+        None | Some(serde_json::Value::Null) => DEFAULT_EXPIRES_IN,
+        Some(v) => {
+            let secs = v
+                .as_u64()
+                .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .ok_or("expires_in is not a number")?;
+            Duration::from_secs(secs)
+        }
+    };
+    Ok(TokenResponse {
+        access_token,
+        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
+        expires_in,
+        scope: raw.scope,
+        token_type: raw.token_type,
+        id_token: raw.id_token.map(Secret::new),
+    })
+}
+
+fn first_code(v: &serde_json::Value) -> Option<u32> {
+    v.as_array()?
+        .iter()
+        .find_map(|c| c.as_u64().and_then(|n| u32::try_from(n).ok()))
+}
+
+/// Finds `AADSTS<digits>` in a description such as `AADSTS70008: The provided …`.
+fn aadsts_in_text(text: &str) -> Option<u32> {
+    let at = text.find("AADSTS")?;
+    let digits: String = text[at + 6..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// First line of a server text, control characters dropped, at most `MAX_DESCRIPTION` characters.
+fn first_line(text: &str) -> String {
+    let line = text.split(['\r', '\n']).next().unwrap_or_default();
+    clean(line, MAX_DESCRIPTION)
+}
+
+fn clean(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(max).collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an IMF-fixdate; clamped to one hour.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = parse_imf_fixdate(value)?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn parse_imf_fixdate(s: &str) -> Option<SystemTime> {
+    let rest = s.split_once(", ")?.1;
+    let mut parts = rest.split(' ');
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':');
+    let h: u64 = hms.next()?.parse().ok()?;
+    let m: u64 = hms.next()?.parse().ok()?;
+    let sec: u64 = hms.next()?.parse().ok()?;
+    if parts.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day as i64);
+    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(NOW)
+    }
+
+    /// Real Entra ID error bodies (shape as returned by login.microsoftonline.com, ids shortened).
+    const AADSTS70008: &str = r#"{"error":"invalid_grant","error_description":"AADSTS70008: The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource. Trace ID: 0b1c Correlation ID: 9f2e Timestamp: 2024-05-02 10:11:12Z","error_codes":[70008],"timestamp":"2024-05-02 10:11:12Z","trace_id":"0b1c","correlation_id":"9f2e","error_uri":"https://login.microsoftonline.com/error?code=70008"}"#;
+    const AADSTS50173: &str = r#"{"error":"invalid_grant","error_description":"AADSTS50173: The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password. The grant was issued on '2024-01-01T00:00:00Z' and the TokensValidFrom date (before which tokens are not valid) for this user is '2024-02-01T00:00:00Z'.\r\nTrace ID: a1\r\nCorrelation ID: b2\r\nTimestamp: 2024-05-02 10:11:12Z","error_codes":[50173],"timestamp":"2024-05-02 10:11:12Z","trace_id":"a1","correlation_id":"b2"}"#;
+    const AADSTS7000215: &str = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '11111111-2222-3333-4444-555555555555'.\r\nTrace ID: c3\r\nCorrelation ID: d4\r\nTimestamp: 2024-05-02 10:11:12Z","error_codes":[7000215],"timestamp":"2024-05-02 10:11:12Z","trace_id":"c3","correlation_id":"d4","error_uri":"https://login.microsoftonline.com/error?code=7000215"}"#;
+    const CODE_ONLY_IN_DESCRIPTION: &str = r#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired due to inactivity."}"#;
+    const TEMPORARILY_UNAVAILABLE: &str = r#"{"error":"temporarily_unavailable","error_description":"AADSTS90033: A transient error has occurred. Please try again.","error_codes":[90033]}"#;
+    const LOOP: &str = r#"{"error":"invalid_grant","error_description":"AADSTS50196: The server terminated an operation because it encountered a client request loop.","error_codes":[50196]}"#;
+    const UNKNOWN_CODE: &str = r#"{"error":"invalid_request","error_description":"AADSTS900144: The request body must contain the following parameter: 'grant_type'.","error_codes":[900144]}"#;
+    const SUCCESS: &str = r#"{"token_type":"Bearer","scope":"https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/SMTP.Send","expires_in":4398,"ext_expires_in":4398,"access_token":"eyJ0eXAiOi.AT","refresh_token":"0.ARoA.RT","id_token":"eyJ.ID"}"#;
+
+    struct Case {
+        name: &'static str,
+        status: u16,
+        retry_after: Option<&'static str>,
+        body: &'static str,
+        kind: ErrorKind,
+        error: Option<&'static str>,
+        aadsts: Option<u32>,
+        message: &'static str,
+        retry: Option<u64>,
+    }
+
+    #[test]
+    fn classification_table() {
+        use ErrorKind::*;
+        let cases = [
+            Case {
+                name: "refresh token expired",
+                status: 400,
+                retry_after: None,
+                body: AADSTS70008,
+                kind: Permanent,
+                error: Some("invalid_grant"),
+                aadsts: Some(70008),
+                message: "AADSTS70008 refresh token expired",
+                retry: None,
+            },
+            Case {
+                name: "revoked",
+                status: 400,
+                retry_after: None,
+                body: AADSTS50173,
+                kind: Permanent,
+                error: Some("invalid_grant"),
+                aadsts: Some(50173),
+                message: "AADSTS50173 refresh token revoked (password changed or sessions revoked)",
+                retry: None,
+            },
+            Case {
+                name: "bad client secret",
+                status: 401,
+                retry_after: None,
+                body: AADSTS7000215,
+                kind: Permanent,
+                error: Some("invalid_client"),
+                aadsts: Some(7000215),
+                message: "AADSTS7000215 invalid client secret",
+                retry: None,
+            },
+            Case {
+                name: "code only in description",
+                status: 400,
+                retry_after: None,
+                body: CODE_ONLY_IN_DESCRIPTION,
+                kind: Permanent,
+                error: Some("invalid_grant"),
+                aadsts: Some(700082),
+                message: "AADSTS700082 refresh token expired (unused for too long)",
+                retry: None,
+            },
+            Case {
+                name: "unknown AADSTS code",
+                status: 400,
+                retry_after: None,
+                body: UNKNOWN_CODE,
+                kind: Permanent,
+                error: Some("invalid_request"),
+                aadsts: Some(900144),
+                message: "invalid_request (AADSTS900144)",
+                retry: None,
+            },
+            Case {
+                name: "plain RFC 6749 error",
+                status: 400,
+                retry_after: None,
+                body: r#"{"error":"unauthorized_client"}"#,
+                kind: Permanent,
+                error: Some("unauthorized_client"),
+                aadsts: None,
+                message: "unauthorized_client",
+                retry: None,
+            },
+            Case {
+                name: "temporarily_unavailable",
+                status: 400,
+                retry_after: None,
+                body: TEMPORARILY_UNAVAILABLE,
+                kind: Transient,
+                error: Some("temporarily_unavailable"),
+                aadsts: Some(90033),
+                message: "AADSTS90033 transient error at the identity provider",
+                retry: None,
+            },
+            Case {
+                name: "loop detected is transient",
+                status: 400,
+                retry_after: None,
+                body: LOOP,
+                kind: Transient,
+                error: Some("invalid_grant"),
+                aadsts: Some(50196),
+                message: "AADSTS50196 request loop detected (too many identical token requests)",
+                retry: None,
+            },
+            Case {
+                name: "429 with delay-seconds",
+                status: 429,
+                retry_after: Some("30"),
+                body: "",
+                kind: Transient,
+                error: None,
+                aadsts: None,
+                message: "throttled by the token endpoint (HTTP 429, retry after 30 s)",
+                retry: Some(30),
+            },
+            Case {
+                name: "429 with HTTP-date",
+                status: 429,
+                retry_after: Some("Tue, 14 Nov 2023 22:33:20 GMT"),
+                body: r#"{"error":"temporarily_unavailable"}"#,
+                kind: Transient,
+                error: Some("temporarily_unavailable"),
+                aadsts: None,
+                message: "throttled by the token endpoint (HTTP 429, retry after 1200 s)",
+                retry: Some(1200),
+            },
+            Case {
+                name: "503 html",
+                status: 503,
+                retry_after: Some("5"),
+                body: "<html><body>Service Unavailable</body></html>",
+                kind: Transient,
+                error: None,
+                aadsts: None,
+                message: "token endpoint error (HTTP 503)",
+                retry: Some(5),
+            },
+            Case {
+                name: "500 with oauth error",
+                status: 500,
+                retry_after: None,
+                body: r#"{"error":"server_error","error_codes":[90033]}"#,
+                kind: Transient,
+                error: Some("server_error"),
+                aadsts: Some(90033),
+                message: "token endpoint error (HTTP 500): AADSTS90033 transient error at the identity provider",
+                retry: None,
+            },
+            Case {
+                name: "garbage 400",
+                status: 400,
+                retry_after: None,
+                body: "\u{1}\u{2}garbage",
+                kind: Transient,
+                error: None,
+                aadsts: None,
+                message: "unreadable error response from the token endpoint (HTTP 400)",
+                retry: None,
+            },
+            Case {
+                name: "garbage 200",
+                status: 200,
+                retry_after: None,
+                body: "<html>login</html>",
+                kind: Transient,
+                error: None,
+                aadsts: None,
+                message: "unreadable token response (HTTP 200): not a JSON object",
+                retry: None,
+            },
+            Case {
+                name: "200 without access_token",
+                status: 200,
+                retry_after: None,
+                body: r#"{"token_type":"Bearer","expires_in":3600}"#,
+                kind: Transient,
+                error: None,
+                aadsts: None,
+                message: "unreadable token response (HTTP 200): no access_token",
+                retry: None,
+            },
+            Case {
+                name: "200 with wrong token_type",
+                status: 200,
+                retry_after: None,
+                body: r#"{"token_type":"mac","access_token":"x"}"#,
+                kind: Transient,
+                error: None,
+                aadsts: None,
+                message: "unreadable token response (HTTP 200): token_type is not Bearer",
+                retry: None,
+            },
+            Case {
+                name: "device code pending",
+                status: 400,
+                retry_after: None,
+                body: r#"{"error":"authorization_pending","error_description":"AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.","error_codes":[70016]}"#,
+                kind: Transient,
+                error: Some("authorization_pending"),
+                aadsts: Some(70016),
+                message: "authorization_pending (AADSTS70016)",
+                retry: None,
+            },
+            Case {
+                name: "device code slow_down",
+                status: 400,
+                retry_after: None,
+                body: r#"{"error":"slow_down"}"#,
+                kind: Transient,
+                error: Some("slow_down"),
+                aadsts: None,
+                message: "slow_down",
+                retry: Some(5),
+            },
+        ];
+        for c in cases {
+            let f = classify(c.status, c.retry_after, c.body.as_bytes(), now())
+                .err()
+                .unwrap_or_else(|| panic!("{}: expected a failure", c.name));
+            assert_eq!(f.kind, c.kind, "{}", c.name);
+            assert_eq!(f.status, Some(c.status), "{}", c.name);
+            assert_eq!(f.error.as_deref(), c.error, "{}", c.name);
+            assert_eq!(f.aadsts, c.aadsts, "{}", c.name);
+            assert_eq!(f.message, c.message, "{}", c.name);
+            assert_eq!(
+                f.retry_after,
+                c.retry.map(Duration::from_secs),
+                "{}",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn description_is_first_line_only() {
+        let f = classify(400, None, AADSTS50173.as_bytes(), now())
+            .err()
+            .unwrap();
+        let d = f.description.unwrap();
+        assert!(d.starts_with("AADSTS50173: The provided grant has expired"));
+        assert!(!d.contains("Trace ID"));
+        assert!(d.chars().count() <= MAX_DESCRIPTION + 1);
+    }
+
+    #[test]
+    fn success() {
+        let t = classify(200, None, SUCCESS.as_bytes(), now()).unwrap();
+        assert_eq!(t.access_token.expose(), "eyJ0eXAiOi.AT");
+        assert_eq!(
+            t.refresh_token.as_ref().map(|s| s.expose().as_str()),
+            Some("0.ARoA.RT")
+        );
+        assert_eq!(t.expires_in, Duration::from_secs(4398));
+        assert_eq!(t.token_type.as_deref(), Some("Bearer"));
+        assert!(!format!("{t:?}").contains("eyJ0eXAiOi"));
+    }
+
+    #[test]
+    fn success_variants() {
+        // Some providers send expires_in as a string, some omit it, some send no refresh token.
+        let t = classify(
+            200,
+            None,
+            br#"{"access_token":"a","expires_in":"3599"}"#,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(t.expires_in, Duration::from_secs(3599));
+        assert!(t.refresh_token.is_none());
+        let t = classify(
+            200,
+            None,
+            br#"{"access_token":"a","token_type":"bearer"}"#,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(t.expires_in, DEFAULT_EXPIRES_IN);
+        let t = classify(
+            200,
+            None,
+            br#"{"access_token":"a","refresh_token":""}"#,
+            now(),
+        )
+        .unwrap();
+        assert!(t.refresh_token.is_none());
+        assert!(
+            classify(
+                200,
+                None,
+                br#"{"access_token":"a","expires_in":"soon"}"#,
+                now()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(
+            parse_retry_after(" 120 ", now()),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after("999999", now()), Some(MAX_RETRY_AFTER));
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now()),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(parse_retry_after("soon", now()), None);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Foo 1994 08:49:37 GMT", now()),
+            None
+        );
+    }
+}
