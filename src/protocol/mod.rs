@@ -102,7 +102,7 @@ pub enum AfterLogin {
 }
 
 /// The pre-login server side that a legacy client talks to.
-pub trait ClientProtocol: Send {
+pub trait ClientProtocol: Send + Sync {
     /// The greeting, sent at once on connect (not delayed by the upstream).
     fn greeting(&mut self, out: &mut Vec<u8>);
     /// Parse and handle at most one command from `input`.
@@ -146,7 +146,7 @@ pub enum UpStep {
 }
 
 /// The client side of the upstream dialogue (us → Exchange).
-pub trait UpstreamProtocol: Send {
+pub trait UpstreamProtocol: Send + Sync {
     /// Parse upstream input and advance.
     fn step(&mut self, input: &mut BytesMut, out: &mut Vec<u8>) -> UpStep;
     /// The upstream stream is now TLS: forget pre-TLS capabilities and continue the setup.

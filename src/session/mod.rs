@@ -58,7 +58,7 @@ pub struct Stop {
 
 /// The upstream connection as the session sees it.
 enum UpstreamSlot {
-    Pending(JoinHandle<Result<Connected, UpstreamError>>),
+    Pending(AbortOnDrop<Result<Connected, UpstreamError>>),
     Ready(Box<Connected>),
     Failed(String),
     Taken,
@@ -68,7 +68,7 @@ impl UpstreamSlot {
     /// Wait at most `wait` for the setup to finish.
     async fn resolve(&mut self, wait: Duration) -> Result<&mut Connected, String> {
         if let UpstreamSlot::Pending(handle) = self {
-            match timeout(wait, handle).await {
+            match timeout(wait, &mut handle.0).await {
                 Err(_) => return Err("the upstream did not finish connecting in time".into()),
                 Ok(Ok(Ok(c))) => *self = UpstreamSlot::Ready(Box::new(c)),
                 Ok(Ok(Err(e))) => *self = UpstreamSlot::Failed(e.to_string()),
@@ -85,11 +85,12 @@ impl UpstreamSlot {
     }
 }
 
-impl Drop for UpstreamSlot {
+/// Aborts the upstream setup task when the session ends before using it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        if let UpstreamSlot::Pending(h) = self {
-            h.abort();
-        }
+        self.0.abort();
     }
 }
 
@@ -110,7 +111,7 @@ where
     let mut session = Session {
         shared: Arc::clone(&shared),
         peer,
-        upstream: UpstreamSlot::Pending(upstream_task),
+        upstream: UpstreamSlot::Pending(AbortOnDrop(upstream_task)),
         caps_asked: false,
     };
     let mut client = MaybeTls::Plain(stream);
@@ -289,7 +290,7 @@ impl Session {
         let ip = self.peer.ip();
         let shared = Arc::clone(&self.shared);
         if shared.failures.is_blocked(ip) {
-            warn!(user = %req.username, "login refused: too many failures from this address");
+            warn!(user = ?req.username, "login refused: too many failures from this address");
             return LoginOutcome::Throttled;
         }
         let budget = shared.limits.timeouts.login_budget;
@@ -305,7 +306,7 @@ impl Session {
             Verdict::Account(a) => a,
             Verdict::Invalid => {
                 let (delay, over) = shared.failures.record_failure(ip);
-                warn!(user = %req.username, "login failed: unknown user or wrong password");
+                warn!(user = ?req.username, "login failed: unknown user or wrong password");
                 tokio::time::sleep(delay).await;
                 return if over {
                     LoginOutcome::Throttled

@@ -326,7 +326,7 @@ pub async fn smtp_send(addr: SocketAddr, subject: &str, body_lines: usize) -> St
     assert!(c.cmd("DATA").await.starts_with("354"));
     let mut msg = format!("From: {MAILBOX}\r\nTo: alerts@contoso.com\r\nSubject: {subject}\r\n\r\n");
     for i in 0..body_lines {
-        msg.push_str(&format!("line {i} of {subject}\r\n"));
+        msg.push_str(&format!("line {i:08} of {subject}\r\n"));
     }
     msg.push_str(".\r\n");
     c.write(msg.as_bytes()).await;
