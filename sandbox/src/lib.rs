@@ -16,6 +16,7 @@ mod conn;
 mod entra;
 mod http;
 mod imap;
+mod mime;
 mod pop3;
 mod sasl;
 mod server;
