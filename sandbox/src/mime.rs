@@ -446,7 +446,7 @@ mod tests {
             "((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 18 2 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"base64\" 4 NIL NIL NIL NIL) \"mixed\" (\"boundary\" \"XX\") NIL NIL NIL)"
         );
         let (_, b) = part(MSG, &[1]).unwrap();
-        assert_eq!(b, b"line one\r\nline two\r\n");
+        assert_eq!(b, b"line one\r\nline two");
         let (_, b) = part(MSG, &[2]).unwrap();
         assert_eq!(b, b"AAAA");
         let simple = b"Subject: x\r\n\r\nbody\r\n";
