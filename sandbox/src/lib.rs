@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 mod conn;
 mod entra;
 mod http;
