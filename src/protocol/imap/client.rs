@@ -148,6 +148,9 @@ impl ImapClient {
             Some(_) if count > LITERALS_PER_COMMAND_MAX => {
                 Some((true, "Too many literals in one command".into()))
             }
+            Some(_) if self.reader.longest_line() > self.ctx.limits.line_max => {
+                Some((true, "Line too long".into()))
+            }
             Some((_, name)) if sync && matches!(name.as_str(), "LOGIN" | "AUTHENTICATE") => self
                 .privacy_required()
                 .then(|| (false, "[PRIVACYREQUIRED] Use STARTTLS first".into())),

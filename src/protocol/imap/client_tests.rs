@@ -523,6 +523,17 @@ fn long_authenticate_lines_are_allowed_up_to_the_auth_limit() {
         &run,
         &format!("{PLAIN_GREETING}A1 BAD Line too long\r\nA2 OK NOOP completed\r\n"),
     );
+    // a long line before a literal is refused before the "+"
+    let script = format!("A1 LOGIN {} {{3}}\r\nA2 NOOP\r\n", "u".repeat(5000));
+    let r = play(
+        machine(ClientTls::None)().as_mut(),
+        &env(&exchange_ok),
+        &[script.as_bytes()],
+    );
+    assert_out(
+        &r,
+        &format!("{PLAIN_GREETING}A1 BAD Line too long\r\nA2 OK NOOP completed\r\n"),
+    );
     // beyond auth_line_max the line is dropped unread: no tag
     let script = format!("A1 LOGIN glpi {}\r\nA2 NOOP\r\n", "p".repeat(13000));
     let whole = play(

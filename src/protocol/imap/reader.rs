@@ -114,6 +114,11 @@ impl CommandReader {
         &self.partial
     }
 
+    /// The longest line of the command read so far.
+    pub fn longest_line(&self) -> usize {
+        self.longest_line
+    }
+
     /// Take the announced literal's payload next. The caller has checked its size.
     pub fn accept_literal(&mut self) {
         if let Some(a) = self.announced.take() {
