@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use authbridge::secret::SecretString;
 use authbridge::token::{
-    AccountConfig, ErrorKind, Flow, MasterKey, ProviderConfig, ProviderKind, TokenManager,
-    TokenSettings, TokenStore, default_scopes, exchange,
+    AccountConfig, DEVICE_CODE_GRANT_TYPE, ErrorKind, Flow, MasterKey, ProviderConfig,
+    ProviderKind, TokenManager, TokenSettings, TokenStore, default_scopes, device_authorization,
+    exchange,
 };
 use sandbox::{Sandbox, SandboxOptions, TokenFailure};
 
@@ -249,4 +250,47 @@ async fn client_credentials_against_the_sandbox() {
     assert_eq!((e.kind, e.aadsts), (ErrorKind::Permanent, Some(7000215)));
     assert!(e.to_string().contains("client_secret"), "{e}");
     assert!(!e.to_string().contains("not-the-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_code_login_stores_the_refresh_token() {
+    let sb = Sandbox::start(SandboxOptions {
+        device_code_interval: Duration::ZERO,
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    sb.add_client(CLIENT_ID, CLIENT_SECRET, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = TokenStore::open(dir.path(), MasterKey::from_bytes([4; 32], "test")).unwrap();
+    let p = provider(&sb, Flow::DeviceCode, CLIENT_SECRET);
+    let m = manager(&store, p.clone());
+    assert!(m.status()[0].needs_login.is_some());
+
+    let d = device_authorization(&p, "tickets", &TokenSettings::default())
+        .await
+        .unwrap();
+    assert!(!d.user_code.is_empty() && d.verification_uri.starts_with("https://"));
+    let poll = [
+        ("grant_type", DEVICE_CODE_GRANT_TYPE),
+        ("device_code", d.device_code.expose().as_str()),
+    ];
+    let e = m.exchange_and_store("tickets", &poll).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient);
+    assert_eq!(e.error.as_deref(), Some("authorization_pending"));
+    assert!(store.load("tickets").unwrap().is_none());
+
+    assert!(sb.approve_device_code(&d.user_code, MAILBOX));
+    let t = m.exchange_and_store("tickets", &poll).await.unwrap();
+    assert!(store.load("tickets").unwrap().is_some());
+    assert!(m.status()[0].needs_login.is_none());
+    assert_eq!(
+        m.access_token("tickets").await.unwrap().generation,
+        t.generation
+    );
+    // The stored refresh token works for the next refresh.
+    let next = m.refresh_now("tickets").await.unwrap();
+    assert!(next.generation > t.generation);
+    assert_eq!(sb.token_requests().device_code, 2);
+    assert_eq!(sb.token_requests().refresh_token, 1);
 }
