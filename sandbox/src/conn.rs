@@ -121,11 +121,6 @@ impl Conn {
         matches!(self.stream, Stream::Tls(_))
     }
 
-    /// Whether the client already sent bytes that were not consumed (pipelined after STARTTLS).
-    pub(crate) fn has_buffered_input(&self) -> bool {
-        !self.rbuf.is_empty()
-    }
-
     /// Upgrade to TLS after the "go ahead" reply was queued: flushes it, then handshakes.
     /// Input buffered in plaintext is discarded.
     pub(crate) async fn starttls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {

@@ -12,10 +12,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 mod conn;
 mod entra;
 mod http;
 mod imap;
+mod mime;
 mod pop3;
 mod sasl;
 mod server;

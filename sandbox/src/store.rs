@@ -193,14 +193,6 @@ impl Store {
     pub(crate) fn watch(&self, mailbox: &str) -> watch::Receiver<u64> {
         self.with(mailbox, |mb| mb.changed.subscribe())
     }
-
-    /// Every mailbox name present.
-    pub(crate) fn mailbox_names(&self) -> Vec<String> {
-        let boxes = self.boxes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut names: Vec<String> = boxes.keys().cloned().collect();
-        names.sort();
-        names
-    }
 }
 
 #[cfg(test)]

@@ -144,6 +144,56 @@ pub(crate) fn unix_secs(t: SystemTime) -> u64 {
         .as_secs()
 }
 
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's days_from_civil).
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// IMAP `date` (`1-Feb-2026`, RFC 3501 §9) as days since the epoch.
+pub(crate) fn parse_imap_day(s: &str) -> Option<i64> {
+    let mut it = s.trim().trim_matches('"').split('-');
+    let day: u32 = it.next()?.trim().parse().ok()?;
+    let mon = it.next()?;
+    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(mon))? as u32 + 1;
+    let year: i64 = it.next()?.parse().ok()?;
+    if it.next().is_some() || !(1..=31).contains(&day) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day))
+}
+
+/// IMAP `date-time` (`22-Nov-2026 01:57:50 +0000`) as a SystemTime.
+pub(crate) fn parse_imap_date_time(s: &str) -> Option<SystemTime> {
+    let s = s.trim().trim_matches('"').trim();
+    let mut it = s.split_ascii_whitespace();
+    let days = parse_imap_day(it.next()?)?;
+    let mut hms = it.next()?.split(':');
+    let h: i64 = hms.next()?.parse().ok()?;
+    let m: i64 = hms.next()?.parse().ok()?;
+    let sec: i64 = hms.next()?.parse().ok()?;
+    let zone = it.next()?;
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let zh: i64 = zone.get(1..3)?.parse().ok()?;
+    let zm: i64 = zone.get(3..5)?.parse().ok()?;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec - sign * (zh * 3600 + zm * 60);
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+/// Days since the epoch of a SystemTime (UTC).
+pub(crate) fn day_of(t: SystemTime) -> i64 {
+    (unix_secs(t) / 86_400) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +206,8 @@ mod tests {
         assert_eq!(rfc5322_date(t), "Sun, 22 Nov 2026 01:57:50 +0000");
         assert_eq!(entra_timestamp(t), "2026-11-22 01:57:50Z");
         assert_eq!(imap_date(UNIX_EPOCH), "01-Jan-1970 00:00:00 +0000");
+        assert_eq!(parse_imap_date_time("22-Nov-2026 02:57:50 +0100"), Some(t));
+        assert_eq!(parse_imap_day("22-Nov-2026"), Some(day_of(t)));
     }
 
     #[test]

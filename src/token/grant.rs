@@ -6,7 +6,9 @@ use std::time::{Instant, SystemTime};
 
 use super::error::{ErrorContext, TokenError};
 use super::http::{self, HttpError};
-use super::response::{Failure, TokenResponse, classify};
+use super::response::{
+    DeviceAuthorization, Failure, TokenResponse, classify, classify_device_authorization,
+};
 use super::{ErrorKind, ProviderConfig, TokenSettings};
 use crate::secret::SecretString;
 
@@ -78,29 +80,53 @@ async fn request(
     params: &[(&str, &str)],
     settings: &TokenSettings,
 ) -> Result<TokenResponse, Failure> {
-    let target = http::parse_url(&provider.endpoints.token_url).map_err(|e| {
+    let form = encode_form(provider, params, true);
+    let response = post(provider, &provider.endpoints.token_url, &form, settings).await?;
+    classify(
+        response.status,
+        response.retry_after.as_deref(),
+        response.body.expose(),
+        SystemTime::now(),
+    )
+}
+
+/// `client_id`, then `params`, then (if `with_secret` and configured) `client_secret`.
+fn encode_form(
+    provider: &ProviderConfig,
+    params: &[(&str, &str)],
+    with_secret: bool,
+) -> SecretString {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("client_id", &provider.client_id);
+    for (k, v) in params {
+        form.append_pair(k, v);
+    }
+    if with_secret
+        && let Some(secret) = &provider.client_secret
+        && !params.iter().any(|(k, _)| *k == "client_secret")
+    {
+        form.append_pair("client_secret", secret.expose());
+    }
+    SecretString::new(form.finish())
+}
+
+/// POSTs a form to one of `provider`'s endpoints; transport problems become transient failures.
+async fn post(
+    provider: &ProviderConfig,
+    url: &str,
+    form: &SecretString,
+    settings: &TokenSettings,
+) -> Result<http::HttpResponse, Failure> {
+    let target = http::parse_url(url).map_err(|e| {
         Failure::new(
             ErrorKind::Permanent,
-            format!("{e} (token_url of provider {})", provider.name),
+            format!("{e} (endpoint of provider {})", provider.name),
         )
     })?;
-    let form = {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("client_id", &provider.client_id);
-        for (k, v) in params {
-            form.append_pair(k, v);
-        }
-        if let Some(secret) = &provider.client_secret
-            && !params.iter().any(|(k, _)| *k == "client_secret")
-        {
-            form.append_pair("client_secret", secret.expose());
-        }
-        SecretString::new(form.finish())
-    };
-    let response = http::post_form(
+    http::post_form(
         &target,
         &provider.tls,
-        &form,
+        form,
         settings.request_timeout,
         settings.max_response_bytes,
     )
@@ -114,13 +140,69 @@ async fn request(
             e => format!("cannot reach the token endpoint {}: {e}", target.host),
         };
         Failure::new(ErrorKind::Transient, message)
-    })?;
-    classify(
-        response.status,
-        response.retry_after.as_deref(),
-        response.body.expose(),
-        SystemTime::now(),
-    )
+    })
+}
+
+/// Starts a device-code login (RFC 8628 §3.1): asks `provider`'s `device_code_url` for a user code.
+/// Poll with [`exchange`] (`grant_type=urn:ietf:params:oauth:grant-type:device_code`,
+/// `device_code`) every `interval`, or use `TokenManager::exchange_and_store` to persist the result.
+pub async fn device_authorization(
+    provider: &ProviderConfig,
+    account: &str,
+    settings: &TokenSettings,
+) -> Result<DeviceAuthorization, TokenError> {
+    let ctx = ErrorContext {
+        account,
+        provider: &provider.name,
+        client_id: &provider.client_id,
+        flow: provider.flow,
+        grant_type: "device_code",
+    };
+    let Some(url) = provider.endpoints.device_code_url.as_deref() else {
+        return Err(TokenError::new(
+            account,
+            ErrorKind::NotConfigured,
+            format!("provider {} has no device_code_url", provider.name),
+            format!("set `device_code_url` of provider `{}`", provider.name),
+        )
+        .with_grant_type("device_code"));
+    };
+    let scope = scope_param(provider);
+    let params: &[(&str, &str)] = if scope.is_empty() {
+        &[]
+    } else {
+        &[("scope", &scope)]
+    };
+    let form = encode_form(provider, params, false);
+    let result = match post(provider, url, &form, settings).await {
+        Ok(r) => classify_device_authorization(
+            r.status,
+            r.retry_after.as_deref(),
+            r.body.expose(),
+            SystemTime::now(),
+        ),
+        Err(f) => Err(f),
+    }
+    .map_err(|f| TokenError::from_failure(f, &ctx));
+    match &result {
+        Ok(d) => tracing::info!(
+            account,
+            provider = %provider.name,
+            expires_in = d.expires_in.as_secs(),
+            "device authorization started"
+        ),
+        Err(e) => tracing::warn!(
+            account,
+            provider = %provider.name,
+            kind = e.kind.as_str(),
+            status = ?e.status,
+            error = ?e.error,
+            aadsts = ?e.aadsts,
+            "device authorization failed: {}",
+            e.message
+        ),
+    }
+    result
 }
 
 /// The `scope` parameter: configured scopes, space-separated.

@@ -113,9 +113,17 @@ pub(crate) async fn post_form(
     }
     let name = ServerName::try_from(target.host.clone())
         .map_err(|_| HttpError::BadUrl("the host is not a valid TLS server name".to_owned()))?;
+    // We speak HTTP/1.1 only, whatever ALPN the shared config offers.
+    let config = if tls.alpn_protocols.is_empty() || tls.alpn_protocols == [b"http/1.1".to_vec()] {
+        Arc::clone(tls)
+    } else {
+        let mut c = (**tls).clone();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    };
     let tls_stream = timeout_at(
         deadline,
-        tokio_rustls::TlsConnector::from(Arc::clone(tls)).connect(name, tcp),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
     )
     .await
     .map_err(|_| HttpError::Timeout("tls_handshake"))?

@@ -22,6 +22,7 @@ mod endpoints;
 mod error;
 mod grant;
 mod http;
+mod login;
 mod manager;
 mod response;
 mod store;
@@ -34,9 +35,13 @@ use crate::secret::SecretString;
 
 pub use endpoints::{default_scopes, google_endpoints, microsoft_endpoints};
 pub use error::{ErrorKind, TokenError};
-pub use grant::exchange;
+pub use grant::{device_authorization, exchange};
+pub use login::{DEVICE_CODE_GRANT_TYPE, Pkce, authorize_url, random_state};
 pub use manager::{AccountStatus, TokenManager};
-pub use response::{Failure, TokenResponse, classify, parse_retry_after};
+pub use response::{
+    DeviceAuthorization, Failure, TokenResponse, classify, classify_device_authorization,
+    parse_retry_after,
+};
 pub use store::{MasterKey, StoreError, StoredToken, TokenStore};
 
 /// Which identity provider a [`ProviderConfig`] talks to (picks default endpoints, scopes, hints).

@@ -36,6 +36,20 @@ pub struct TokenResponse {
     pub id_token: Option<SecretString>,
 }
 
+/// A device authorization answer (RFC 8628 §3.2): show `user_code` and `verification_uri` to the
+/// user, then poll the token endpoint with `device_code` every `interval`.
+#[derive(Debug)]
+pub struct DeviceAuthorization {
+    pub device_code: SecretString,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub expires_in: Duration,
+    pub interval: Duration,
+    /// The provider's own instruction text, if any.
+    pub message: Option<String>,
+}
+
 /// A classified failure, before it is tied to an account (see `TokenError`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -93,15 +107,39 @@ pub fn classify(
 ) -> Result<TokenResponse, Failure> {
     let retry_after = retry_after.and_then(|v| parse_retry_after(v, now));
     if (200..300).contains(&status) {
-        return parse_success(body).map_err(|why| Failure {
-            status: Some(status),
-            retry_after,
-            ..Failure::new(
-                ErrorKind::Transient,
-                format!("unreadable token response (HTTP {status}): {why}"),
-            )
-        });
+        return parse_success(body).map_err(|why| unreadable_success(status, retry_after, why));
     }
+    Err(classify_failure(status, retry_after, body))
+}
+
+/// Classifies a device authorization answer (RFC 8628 §3.2) like [`classify`] does token answers.
+pub fn classify_device_authorization(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<DeviceAuthorization, Failure> {
+    let retry_after = retry_after.and_then(|v| parse_retry_after(v, now));
+    if (200..300).contains(&status) {
+        return parse_device_authorization(body)
+            .map_err(|why| unreadable_success(status, retry_after, why));
+    }
+    Err(classify_failure(status, retry_after, body))
+}
+
+fn unreadable_success(status: u16, retry_after: Option<Duration>, why: &str) -> Failure {
+    Failure {
+        status: Some(status),
+        retry_after,
+        ..Failure::new(
+            ErrorKind::Transient,
+            format!("unreadable token response (HTTP {status}): {why}"),
+        )
+    }
+}
+
+/// A non-2xx answer: HTTP status first (429, 5xx), then the OAuth2 `error` and AADSTS code.
+fn classify_failure(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Failure {
     let oauth = serde_json::from_slice::<RawError>(body).ok();
     let (error, description, aadsts) = match &oauth {
         Some(e) => {
@@ -158,7 +196,7 @@ pub fn classify(
     } else {
         f.message = format!("unreadable error response from the token endpoint (HTTP {status})");
     }
-    Err(f)
+    f
 }
 
 /// `AADSTS70008 refresh token expired`, `invalid_grant (AADSTS50000)`, `invalid_client`.
@@ -184,14 +222,7 @@ fn parse_success(body: &[u8]) -> Result<TokenResponse, &'static str> {
     }
     let expires_in = match &raw.expires_in {
         None | Some(serde_json::Value::Null) => DEFAULT_EXPIRES_IN,
-        Some(v) => {
-            let secs = v
-                .as_u64()
-                .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-                .ok_or("expires_in is not a number")?;
-            Duration::from_secs(secs)
-        }
+        Some(v) => Duration::from_secs(seconds(v).ok_or("expires_in is not a number")?),
     };
     Ok(TokenResponse {
         access_token,
@@ -201,6 +232,60 @@ fn parse_success(body: &[u8]) -> Result<TokenResponse, &'static str> {
         token_type: raw.token_type,
         id_token: raw.id_token.map(Secret::new),
     })
+}
+
+#[derive(Deserialize)]
+struct RawDevice {
+    device_code: Option<String>,
+    user_code: Option<String>,
+    /// Google spells it `verification_url`.
+    #[serde(alias = "verification_url")]
+    verification_uri: Option<String>,
+    verification_uri_complete: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    interval: Option<serde_json::Value>,
+    message: Option<String>,
+}
+
+fn parse_device_authorization(body: &[u8]) -> Result<DeviceAuthorization, &'static str> {
+    let raw: RawDevice = serde_json::from_slice(body).map_err(|_| "not a JSON object")?;
+    let device_code = raw
+        .device_code
+        .filter(|c| !c.is_empty())
+        .map(Secret::new)
+        .ok_or("no device_code")?;
+    let user_code = raw
+        .user_code
+        .filter(|c| !c.is_empty())
+        .ok_or("no user_code")?;
+    let verification_uri = raw
+        .verification_uri
+        .filter(|c| !c.is_empty())
+        .ok_or("no verification_uri")?;
+    let expires_in = match &raw.expires_in {
+        None | Some(serde_json::Value::Null) => Duration::from_secs(900),
+        Some(v) => Duration::from_secs(seconds(v).ok_or("expires_in is not a number")?),
+    };
+    let interval = match &raw.interval {
+        None | Some(serde_json::Value::Null) => Duration::from_secs(5),
+        Some(v) => Duration::from_secs(seconds(v).ok_or("interval is not a number")?),
+    };
+    Ok(DeviceAuthorization {
+        device_code,
+        user_code: clean(&user_code, 64),
+        verification_uri: clean(&verification_uri, 512),
+        verification_uri_complete: raw.verification_uri_complete.map(|u| clean(&u, 512)),
+        expires_in,
+        interval,
+        message: raw.message.map(|m| clean(&m, 512)),
+    })
+}
+
+/// A JSON number of seconds, or a string holding one.
+fn seconds(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 fn first_code(v: &serde_json::Value) -> Option<u32> {
@@ -603,6 +688,33 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn device_authorization() {
+        let body = br#"{"user_code":"ABCD-EFGH","device_code":"DAQABAAEAAAD.secret","verification_uri":"https://microsoft.com/devicelogin","expires_in":900,"interval":5,"message":"To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code ABCD-EFGH to authenticate."}"#;
+        let d = classify_device_authorization(200, None, body, now()).unwrap();
+        assert_eq!(d.device_code.expose(), "DAQABAAEAAAD.secret");
+        assert_eq!(d.user_code, "ABCD-EFGH");
+        assert_eq!(d.verification_uri, "https://microsoft.com/devicelogin");
+        assert_eq!((d.expires_in.as_secs(), d.interval.as_secs()), (900, 5));
+        assert!(d.message.unwrap().contains("ABCD-EFGH"));
+        assert!(!format!("{:?}", d.device_code).contains("secret"));
+        // Google: verification_url, no message.
+        let body = br#"{"device_code":"AH-1","user_code":"GQVQ-JKEC","verification_url":"https://www.google.com/device","expires_in":1800,"interval":5}"#;
+        let d = classify_device_authorization(200, None, body, now()).unwrap();
+        assert_eq!(d.verification_uri, "https://www.google.com/device");
+        let f =
+            classify_device_authorization(200, None, br#"{"user_code":"x"}"#, now()).unwrap_err();
+        assert_eq!(f.kind, ErrorKind::Transient);
+        let f = classify_device_authorization(
+            400,
+            None,
+            br#"{"error":"invalid_client","error_description":"AADSTS700016: Application with identifier 'x' was not found in the directory 'contoso'.","error_codes":[700016]}"#,
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!((f.kind, f.aadsts), (ErrorKind::Permanent, Some(700016)));
     }
 
     #[test]

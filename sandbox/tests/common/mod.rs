@@ -63,6 +63,38 @@ pub async fn request(
     content_type: &str,
 ) -> Result<HttpReply, hyper::Error> {
     let tls = tls_connect(sb, sb.token_addr()).await;
+    request_on(tls, method, path_and_query, body, content_type).await
+}
+
+/// One HTTPS request to `addr`, trusting the CA in `ca_pem`.
+pub async fn request_to(
+    addr: SocketAddr,
+    ca_pem: &str,
+    method: &str,
+    path_and_query: &str,
+    body: &str,
+) -> Result<HttpReply, hyper::Error> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let connector = TlsConnector::from(sandbox::client_config(ca_pem).unwrap());
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    request_on(
+        tls,
+        method,
+        path_and_query,
+        body,
+        "application/x-www-form-urlencoded",
+    )
+    .await
+}
+
+async fn request_on(
+    tls: TlsStream<TcpStream>,
+    method: &str,
+    path_and_query: &str,
+    body: &str,
+    content_type: &str,
+) -> Result<HttpReply, hyper::Error> {
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
