@@ -640,7 +640,9 @@ async fn expiring_token_is_refreshed_in_the_background() {
     let fake = start(|n, _| ok(n, 4)).await;
     let s = setup(&fake.url);
     let first = s.manager.access_token("tickets").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // Soft refresh point: expiry - 2 s; hard: expiry - 1 s. Ask in between.
+    let between = first.expires_at - Duration::from_millis(1600);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(between)).await;
     let still = s.manager.access_token("tickets").await.unwrap();
     assert_eq!(still.generation, first.generation);
     for _ in 0..100 {
@@ -687,5 +689,17 @@ async fn login_exchange_stores_the_refresh_token() {
         t.generation
     );
     assert_eq!(fake.count(), 1);
+    assert_nothing_secret_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_refreshes_only_idle_refresh_tokens() {
+    let fake = start(|n, _| ok(n, 3600)).await;
+    let s = setup(&fake.url);
+    s.manager.keepalive_once(Duration::from_secs(86_400)).await;
+    assert_eq!(fake.count(), 0, "a fresh refresh token is left alone");
+    s.manager.keepalive_once(Duration::ZERO).await;
+    assert_eq!(fake.count(), 1);
+    assert_eq!(stored(&s), "SECRET-RT-1");
     assert_nothing_secret_logged();
 }

@@ -630,7 +630,6 @@ impl Session {
                 Tok::Atom(_) => {}
             }
         }
-        // A quoted date and no literal: the "date" was the message after all.
         let Some(raw) = message else {
             self.tagged(tag, "BAD Command Argument Error. 11");
             return;

@@ -85,7 +85,7 @@ impl Session {
         self.conn.send(b"\r\n");
     }
 
-    fn ehlo_reply(&mut self, name: &str) {
+    fn ehlo_reply(&mut self) {
         let mut lines = vec![
             format!("{} Hello [{}]", self.host(), self.peer),
             format!("SIZE {}", self.shared.max_message_size),
@@ -99,7 +99,6 @@ impl Session {
             lines.push("STARTTLS".into());
         }
         lines.extend(["8BITMIME", "BINARYMIME", "CHUNKING", "SMTPUTF8"].map(String::from));
-        let _ = name;
         let last = lines.len() - 1;
         for (i, l) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
@@ -145,7 +144,7 @@ impl Session {
                     self.ehlo = true;
                     self.txn = None;
                     if verb == "EHLO" {
-                        self.ehlo_reply(&arg);
+                        self.ehlo_reply();
                     } else {
                         let r = format!("250 {} Hello [{}]", self.host(), self.peer);
                         self.reply(&r);

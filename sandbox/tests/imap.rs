@@ -310,3 +310,51 @@ async fn smtp_then_imap_read_back() {
     // EXAMINE is read-only: no \Seen is set.
     assert_eq!(c.line().await, ")");
 }
+
+/// The commands GLPI ≤ 9.4 (php-imap on c-client) sends after login
+/// (shared/transcripts/imap-c-client-glpi94.txt), plus laminas-mail's (imap-laminas-glpi10.txt).
+#[tokio::test]
+async fn glpi_collector_commands() {
+    let sb = sandbox().await;
+    sb.deliver(MBX, MSG1.as_bytes());
+    sb.deliver(MBX, MSG2.as_bytes());
+    let mut c = login(&sb, MBX).await;
+    let (_, ok) = run(&mut c, "00000001", "SELECT INBOX").await;
+    assert!(ok.starts_with("00000001 OK [READ-WRITE]"));
+    c.send("00000002 FETCH 1,2:21 (UID ENVELOPE BODY.PEEK[HEADER.FIELDS (Newsgroups Content-MD5 Content-Disposition Content-Language Content-Location Followup-To References)] INTERNALDATE RFC822.SIZE FLAGS)").await;
+    let l = c.line().await;
+    assert!(l.starts_with("* 1 FETCH (UID 1 ENVELOPE ("), "{l}");
+    assert!(
+        l.ends_with("BODY[HEADER.FIELDS (NEWSGROUPS CONTENT-MD5 CONTENT-DISPOSITION CONTENT-LANGUAGE CONTENT-LOCATION FOLLOWUP-TO REFERENCES)] {2}"),
+        "{l}"
+    );
+    assert_eq!(c.bytes(2).await, b"\r\n");
+    let rest = c.until("00000002 ").await;
+    assert_eq!(rest.last().unwrap(), "00000002 OK FETCH completed.");
+    let (un, _) = run(&mut c, "00000021", "FETCH 1 (BODYSTRUCTURE FLAGS)").await;
+    assert!(
+        un[0].starts_with("* 1 FETCH (BODYSTRUCTURE (\"text\" \"plain\""),
+        "{un:?}"
+    );
+    c.send("00000022 FETCH 1 BODY[1]").await;
+    assert_eq!(c.line().await, "* 1 FETCH (BODY[1] {14}");
+    assert_eq!(c.bytes(14).await, b"Please help.\r\n");
+    c.until("00000022 OK").await;
+    for (tag, cmd) in [("00000023", "EXPUNGE"), ("00000024", "CLOSE")] {
+        let (_, ok) = run(&mut c, tag, cmd).await;
+        assert!(ok.starts_with(&format!("{tag} OK")), "{ok}");
+    }
+    let (_, ok) = run(&mut c, "TAG2", "SELECT \"INBOX\"").await;
+    assert!(ok.starts_with("TAG2 OK"));
+    assert_eq!(run(&mut c, "TAG3", "SEARCH ALL").await.0, ["* SEARCH 1 2"]);
+    assert_eq!(
+        run(&mut c, "TAG6", "FETCH 1 (UID)").await.0,
+        ["* 1 FETCH (UID 1)"]
+    );
+    let (un, ok) = run(&mut c, "TAG8", "LOGOUT").await;
+    assert_eq!(
+        un,
+        ["* BYE Microsoft Exchange Server IMAP4 server signing off."]
+    );
+    assert_eq!(ok, "TAG8 OK LOGOUT completed.");
+}

@@ -206,7 +206,7 @@ where
     Ok(HttpResponse {
         status,
         retry_after,
-        body: Secret::new(collected.to_bytes().to_vec()),
+        body: Secret::new(Vec::from(collected.to_bytes())),
     })
 }
 
