@@ -10,7 +10,13 @@ use crate::upstream::{self, AuthResult};
 /// Run every check, writing one line per result. Returns true when all passed.
 pub async fn check(config: &Config, out: &mut dyn Write) -> bool {
     let mut ok = true;
-    let _ = writeln!(out, "config {}: OK ({} accounts, {} listeners)", config.file.display(), config.accounts.len(), config.listeners.len());
+    let _ = writeln!(
+        out,
+        "config {}: OK (accounts: {}, listeners: {})",
+        config.file.display(),
+        config.accounts.len(),
+        config.listeners.len()
+    );
     let tokens = match crate::server::token_manager(config) {
         Ok(t) => t,
         Err(e) => {
@@ -20,9 +26,13 @@ pub async fn check(config: &Config, out: &mut dyn Write) -> bool {
     };
     let mut good = Vec::new();
     for a in &config.accounts {
-        match tokens.access_token(&a.name).await {
+        match tokens.refresh_now(&a.name).await {
             Ok(t) => {
-                let _ = writeln!(out, "account {}: token OK (provider {}, mailbox {})", a.name, a.provider.name, a.mailbox);
+                let _ = writeln!(
+                    out,
+                    "account {}: token OK (provider {}, mailbox {})",
+                    a.name, a.provider.name, a.mailbox
+                );
                 good.push((a, t));
             }
             Err(e) => {
@@ -34,12 +44,26 @@ pub async fn check(config: &Config, out: &mut dyn Write) -> bool {
     for l in &config.listeners {
         for (a, token) in &good {
             let res = async {
-                let mut conn = upstream::connect(&l.upstream, l.protocol, &config.hostname, &config.limits.timeouts).await?;
-                conn.authenticate(&a.mailbox, &token.token, config.limits.timeouts.upstream_auth).await
+                let mut conn = upstream::connect(
+                    &l.upstream,
+                    l.protocol,
+                    &config.hostname,
+                    &config.limits.timeouts,
+                )
+                .await?;
+                conn.authenticate(
+                    &a.mailbox,
+                    &token.token,
+                    config.limits.timeouts.upstream_auth,
+                )
+                .await
             }
             .await;
             let line = match res {
-                Ok(AuthResult::Ok { .. }) => format!("listener {} ({} → {}:{}) as {}: upstream login OK", l.name, l.protocol, l.upstream.host, l.upstream.port, a.name),
+                Ok(AuthResult::Ok { .. }) => format!(
+                    "listener {} ({} → {}:{}) as {}: upstream login OK",
+                    l.name, l.protocol, l.upstream.host, l.upstream.port, a.name
+                ),
                 Ok(AuthResult::Rejected(text)) => {
                     ok = false;
                     format!(

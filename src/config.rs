@@ -620,7 +620,9 @@ impl Resolver<'_> {
             CloudName::China => Cloud::China,
         };
         let mut endpoints = match kind {
-            ProviderKind::Microsoft => token::microsoft_endpoints(p.tenant.as_deref().unwrap_or("common"), cloud),
+            ProviderKind::Microsoft => {
+                token::microsoft_endpoints(p.tenant.as_deref().unwrap_or("common"), cloud)
+            }
             ProviderKind::Google => token::google_endpoints(),
             ProviderKind::Custom => Endpoints {
                 token_url: String::new(),
@@ -639,7 +641,10 @@ impl Resolver<'_> {
         }
         let scopes = match p.scopes {
             Some(s) if s.is_empty() => {
-                return Err(self.err(format!("{at}.scopes"), "expected at least one scope (or leave scopes out for the defaults)"));
+                return Err(self.err(
+                    format!("{at}.scopes"),
+                    "expected at least one scope (or leave scopes out for the defaults)",
+                ));
             }
             Some(s) => s,
             None => token::default_scopes(kind, flow),

@@ -14,7 +14,11 @@ use authbridge::config::{self, Config};
 use authbridge::secret::SecretString;
 
 #[derive(Parser)]
-#[command(name = "authbridge", version, about = "Local SMTP/IMAP/POP3 logins for Microsoft 365 through OAuth2 (XOAUTH2)")]
+#[command(
+    name = "authbridge",
+    version,
+    about = "Local SMTP/IMAP/POP3 logins for Microsoft 365 through OAuth2 (XOAUTH2)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,7 +63,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match dispatch(cli.command) {
@@ -98,7 +106,11 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             let config = load(config)?;
             authbridge::telemetry::init(Some("warn"), config.log_format);
             let ok = runtime()?.block_on(authbridge::check::check(&config, &mut std::io::stdout()));
-            if ok { Ok(()) } else { Err(Failure::Runtime(anyhow!("some checks failed (see above)"))) }
+            if ok {
+                Ok(())
+            } else {
+                Err(Failure::Runtime(anyhow!("some checks failed (see above)")))
+            }
         }
         Command::ImportToken { account, config } => {
             let config = load(config)?;
@@ -152,14 +164,21 @@ fn import_token(config: &Config, account: &str) -> Result<(), Failure> {
     if token.expose().is_empty() || token.expose().contains(char::is_whitespace) {
         return Err(Failure::Usage(anyhow!(
             "expected one refresh token on stdin (no spaces inside), got {}",
-            if token.expose().is_empty() { "nothing" } else { "text with spaces" }
+            if token.expose().is_empty() {
+                "nothing"
+            } else {
+                "text with spaces"
+            }
         )));
     }
     let store = authbridge::server::token_store(config).map_err(|e| Failure::Runtime(e.into()))?;
     store
         .save(account, &token)
         .map_err(|e| Failure::Runtime(anyhow!("cannot store the token: {e}")))?;
-    println!("stored the refresh token for {account} (encrypted) under {}; run `authbridge check` to try it", config.state_dir.display());
+    println!(
+        "stored the refresh token for {account} (encrypted) under {}; run `authbridge check` to try it",
+        config.state_dir.display()
+    );
     Ok(())
 }
 
@@ -186,7 +205,8 @@ fn hash_password() -> anyhow::Result<()> {
     if password.expose().is_empty() {
         bail!("refusing to hash an empty password");
     }
-    let hash = authbridge::auth::hash_password(password.expose().as_bytes()).map_err(|e| anyhow!(e))?;
+    let hash =
+        authbridge::auth::hash_password(password.expose().as_bytes()).map_err(|e| anyhow!(e))?;
     println!("{hash}");
     Ok(())
 }
@@ -196,7 +216,8 @@ fn gen_cert(out: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let cert_path = out.join("cert.pem");
     let key_path = out.join("key.pem");
-    std::fs::write(&cert_path, cert).with_context(|| format!("cannot write {}", cert_path.display()))?;
+    std::fs::write(&cert_path, cert)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
     let mut f = open_private(&key_path)?;
     f.write_all(key.expose().as_bytes())?;
     println!(
@@ -215,5 +236,6 @@ fn open_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path).with_context(|| format!("cannot write {}", path.display()))
+    opts.open(path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -59,7 +59,12 @@ where
             return PipeEnd::Error(e);
         }
     }
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, PIPE_BUFFER, PIPE_BUFFER);
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        PIPE_BUFFER,
+        PIPE_BUFFER,
+    );
     tokio::pin!(copy);
     let check = (idle / 4).max(Duration::from_millis(100));
     loop {
@@ -89,7 +94,11 @@ struct Activity<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -101,7 +110,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -122,7 +135,14 @@ mod tests {
         let (client_app, client_proxy) = duplex(1024);
         let (up_proxy, up_server) = duplex(1024);
         let task = tokio::spawn(async move {
-            pipe(client_proxy, up_proxy, b"MAIL FROM:<a>\r\n", b"* 1 EXISTS\r\n", Duration::from_millis(300)).await
+            pipe(
+                client_proxy,
+                up_proxy,
+                b"MAIL FROM:<a>\r\n",
+                b"* 1 EXISTS\r\n",
+                Duration::from_millis(300),
+            )
+            .await
         });
         let (mut ca, mut us) = (client_app, up_server);
         let mut buf = [0u8; 64];
@@ -140,12 +160,17 @@ mod tests {
     async fn close_ends_the_pipe() {
         let (client_app, client_proxy) = duplex(1024);
         let (up_proxy, up_server) = duplex(1024);
-        let task = tokio::spawn(async move { pipe(client_proxy, up_proxy, b"", b"", Duration::from_secs(60)).await });
+        let task = tokio::spawn(async move {
+            pipe(client_proxy, up_proxy, b"", b"", Duration::from_secs(60)).await
+        });
         drop(up_server);
         let mut ca = client_app;
         let mut buf = [0u8; 8];
         assert_eq!(ca.read(&mut buf).await.unwrap(), 0);
         drop(ca);
-        assert!(matches!(task.await.unwrap(), PipeEnd::Closed { .. } | PipeEnd::Error(_)));
+        assert!(matches!(
+            task.await.unwrap(),
+            PipeEnd::Closed { .. } | PipeEnd::Error(_)
+        ));
     }
 }

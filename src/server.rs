@@ -21,6 +21,11 @@ use crate::config::Config;
 use crate::session::{self, Shared, Stop};
 use crate::token::{MasterKey, TokenManager, TokenStore};
 
+/// How often stored refresh tokens are checked for age.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(3600);
+/// Refresh tokens older than this are refreshed in the background.
+const KEEPALIVE_MAX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A failure that stops the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -58,7 +63,9 @@ impl Running {
 /// Open the encrypted token store of a config (key from `key_file`, `AUTHBRIDGE_KEY` or
 /// `state_dir/master.key`, created if absent).
 pub fn token_store(config: &Config) -> Result<TokenStore, RunError> {
-    let env_key = std::env::var("AUTHBRIDGE_KEY").ok().map(crate::secret::SecretString::new);
+    let env_key = std::env::var("AUTHBRIDGE_KEY")
+        .ok()
+        .map(crate::secret::SecretString::new);
     let key = MasterKey::load_or_create(config.key_file.as_deref(), env_key, &config.state_dir)
         .map_err(|e| RunError::Store(e.to_string()))?;
     TokenStore::open(&config.state_dir, key).map_err(|e| RunError::Store(e.to_string()))
@@ -77,6 +84,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         return Err(RunError::NoListeners);
     }
     let tokens = token_manager(&config)?;
+    // Delegated refresh tokens die after 90 days unused: refresh any older than a week.
+    let keepalive = tokens.spawn_keepalive(KEEPALIVE_EVERY, KEEPALIVE_MAX_IDLE, shutdown.clone());
     let credentials = Credentials::new(&config.accounts);
     let failures = FailureTracker::new(config.limits.connections.clone());
     let mailboxes: HashMap<String, String> = config
@@ -87,11 +96,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.listen).await.map_err(|source| RunError::Bind {
-            name: l.name.clone(),
-            addr: l.listen,
-            source,
-        })?;
+        let listener = TcpListener::bind(l.listen)
+            .await
+            .map_err(|source| RunError::Bind {
+                name: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
         let addr = listener.local_addr().unwrap_or(l.listen);
         bound.push((l.clone(), listener, addr));
     }
@@ -128,15 +139,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             let _ = l.await;
         }
         tracker.close();
-        info!(sessions = tracker.len(), grace_secs = grace.as_secs(), "stopped accepting; waiting for sessions to finish");
+        info!(
+            sessions = tracker.len(),
+            grace_secs = grace.as_secs(),
+            "stopped accepting; waiting for sessions to finish"
+        );
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            warn!(sessions = tracker.len(), "grace period over; closing the remaining sessions");
+            warn!(
+                sessions = tracker.len(),
+                "grace period over; closing the remaining sessions"
+            );
             stop.hard.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
         }
+        keepalive.abort();
         info!("stopped");
     });
-    Ok(Running { addrs, tokens, done })
+    Ok(Running {
+        addrs,
+        tokens,
+        done,
+    })
 }
 
 /// Start and run until `shutdown` is cancelled and the sessions have drained.

@@ -22,15 +22,39 @@ async fn phpmailer_glpi10_auth_login_exchange() {
     let text = ehlo.join("\n");
     assert!(text.contains("250-localhost Hello vm"), "{text}");
     assert!(ehlo.iter().any(|l| &l[4..] == "AUTH PLAIN LOGIN"), "{text}");
-    assert!(!text.contains("CRAM-MD5") && !text.contains("STARTTLS") && !text.contains("XOAUTH2"), "{text}");
-    for kept in ["SIZE 157286400", "PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"] {
-        assert!(ehlo.iter().any(|l| &l[4..] == kept), "{kept} missing from {text}");
+    assert!(
+        !text.contains("CRAM-MD5") && !text.contains("STARTTLS") && !text.contains("XOAUTH2"),
+        "{text}"
+    );
+    for kept in [
+        "SIZE 157286400",
+        "PIPELINING",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+    ] {
+        assert!(
+            ehlo.iter().any(|l| &l[4..] == kept),
+            "{kept} missing from {text}"
+        );
     }
     assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
     assert_eq!(c.cmd(&b64(USER.as_bytes())).await, "334 UGFzc3dvcmQ6");
-    assert_eq!(c.cmd(&b64(PASSWORD.as_bytes())).await, "235 2.7.0 Authentication successful");
-    assert!(c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alerts@contoso.test>").await.starts_with("250"));
+    assert_eq!(
+        c.cmd(&b64(PASSWORD.as_bytes())).await,
+        "235 2.7.0 Authentication successful"
+    );
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<alerts@contoso.test>")
+            .await
+            .starts_with("250")
+    );
     assert!(c.cmd("DATA").await.starts_with("354"));
     for line in [
         "Date: Sun, 22 Nov 2026 02:46:49 +0000",
@@ -56,7 +80,10 @@ async fn phpmailer_glpi10_auth_login_exchange() {
     assert_eq!(msgs[0].auth_user, MAILBOX);
     let text = msgs[0].text();
     assert!(text.contains("Subject: [GLPI #0000001] New ticket"));
-    assert!(text.contains("\r\n.a line that starts with a dot\r\n"), "dot-unstuffed by the upstream only");
+    assert!(
+        text.contains("\r\n.a line that starts with a dot\r\n"),
+        "dot-unstuffed by the upstream only"
+    );
 }
 
 /// Symfony Mailer (GLPI 11): `EHLO [127.0.0.1]`, one-line AUTH PLAIN with authzid = user.
@@ -67,8 +94,15 @@ async fn symfony_glpi11_one_line_plain_with_authzid() {
     c.code().await;
     assert!(c.cmd("EHLO [127.0.0.1]").await.starts_with("250 "));
     let blob = b64(format!("{USER}\0{USER}\0{PASSWORD}").as_bytes());
-    assert_eq!(c.cmd(&format!("AUTH PLAIN {blob}")).await, "235 2.7.0 Authentication successful");
-    assert!(c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await.starts_with("250"));
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {blob}")).await,
+        "235 2.7.0 Authentication successful"
+    );
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
     assert!(c.cmd("QUIT").await.starts_with("221"));
 }
 
@@ -98,8 +132,13 @@ async fn pipelined_commands_after_login_are_forwarded() {
     c.cmd("EHLO swaks").await;
     let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
     // AUTH and the envelope in a single write: the envelope must reach the upstream after login.
-    c.write(format!("AUTH PLAIN {blob}\r\nMAIL FROM:<{MAILBOX}>\r\nRCPT TO:<a@contoso.com>\r\nDATA\r\n").as_bytes())
-        .await;
+    c.write(
+        format!(
+            "AUTH PLAIN {blob}\r\nMAIL FROM:<{MAILBOX}>\r\nRCPT TO:<a@contoso.com>\r\nDATA\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
     assert!(c.code().await.starts_with("235"));
     assert!(c.code().await.starts_with("250"));
     assert!(c.code().await.starts_with("250"));
@@ -116,7 +155,11 @@ async fn ten_megabyte_message() {
     assert!(r.starts_with("250"), "{r}");
     let msgs = env.sandbox.messages();
     assert_eq!(msgs.len(), 1);
-    assert!(msgs[0].raw.len() >= 10 * 1024 * 1024, "{}", msgs[0].raw.len());
+    assert!(
+        msgs[0].raw.len() >= 10 * 1024 * 1024,
+        "{}",
+        msgs[0].raw.len()
+    );
 }
 
 #[tokio::test]
@@ -141,7 +184,10 @@ async fn hundred_messages_over_twenty_sessions_arrive_exactly_once() {
         .iter()
         .map(|m| {
             let t = m.text();
-            t.lines().find(|l| l.starts_with("Subject: ")).unwrap().to_string()
+            t.lines()
+                .find(|l| l.starts_with("Subject: "))
+                .unwrap()
+                .to_string()
         })
         .collect();
     subjects.sort();
@@ -149,7 +195,11 @@ async fn hundred_messages_over_twenty_sessions_arrive_exactly_once() {
     subjects.dedup();
     assert_eq!(n, 100);
     assert_eq!(subjects.len(), 100);
-    assert_eq!(env.sandbox.token_requests().total, 1, "one token serves every session");
+    assert_eq!(
+        env.sandbox.token_requests().total,
+        1,
+        "one token serves every session"
+    );
 }
 
 #[tokio::test]
@@ -165,10 +215,16 @@ async fn wrong_password_never_reaches_upstream_and_repeats_are_throttled() {
     c.cmd("EHLO vm").await;
     c.cmd("AUTH LOGIN").await;
     c.cmd(&b64(USER.as_bytes())).await;
-    assert_eq!(c.cmd(&b64(b"wrong")).await, "535 5.7.8 Authentication credentials invalid");
+    assert_eq!(
+        c.cmd(&b64(b"wrong")).await,
+        "535 5.7.8 Authentication credentials invalid"
+    );
     // Unknown user: the same reply.
     let blob = b64(b"\0nobody\0whatever");
-    assert_eq!(c.cmd(&format!("AUTH PLAIN {blob}")).await, "535 5.7.8 Authentication credentials invalid");
+    assert_eq!(
+        c.cmd(&format!("AUTH PLAIN {blob}")).await,
+        "535 5.7.8 Authentication credentials invalid"
+    );
     // Third failure from this address: 421 and close.
     let r = c.cmd(&format!("AUTH PLAIN {blob}")).await;
     assert!(r.starts_with("421 4.7.0"), "{r}");
@@ -179,7 +235,11 @@ async fn wrong_password_never_reaches_upstream_and_repeats_are_throttled() {
     let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
     let r = c.cmd(&format!("AUTH PLAIN {blob}")).await;
     assert!(r.starts_with("421 4.7.0"), "{r}");
-    assert_eq!(env.sandbox.mail_auth_attempts().total(), 0, "no upstream AUTH for a failed local login");
+    assert_eq!(
+        env.sandbox.mail_auth_attempts().total(),
+        0,
+        "no upstream AUTH for a failed local login"
+    );
     assert_eq!(env.sandbox.token_requests().total, 0);
 }
 
@@ -189,7 +249,10 @@ async fn commands_before_login_need_auth() {
     let mut c = LineClient::connect(env.addr("smtp")).await;
     c.code().await;
     c.cmd("EHLO vm").await;
-    assert_eq!(c.cmd("MAIL FROM:<a@b>").await, "530 5.7.0 Authentication required");
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@b>").await,
+        "530 5.7.0 Authentication required"
+    );
     assert!(c.cmd("AUTH CRAM-MD5").await.starts_with("504"));
     assert!(c.cmd("RSET").await.starts_with("250"));
     assert!(c.cmd("NOOP").await.starts_with("250"));
@@ -213,7 +276,9 @@ async fn login_reply(addr: std::net::SocketAddr) -> (String, Duration) {
 async fn token_endpoint_failures_give_454_in_time_and_keep_the_refresh_token() {
     let failures = [
         TokenFailure::Http500,
-        TokenFailure::Throttle429 { retry_after_secs: 1 },
+        TokenFailure::Throttle429 {
+            retry_after_secs: 1,
+        },
         TokenFailure::TemporarilyUnavailable,
         TokenFailure::GarbageJson,
         TokenFailure::ResetConnection,
@@ -226,7 +291,10 @@ async fn token_endpoint_failures_give_454_in_time_and_keep_the_refresh_token() {
             let addr = env.addr("smtp");
             env.sandbox.inject(failure.clone());
             let (r, took) = login_reply(addr).await;
-            assert!(r.starts_with("454 4.7.0 Temporary authentication failure"), "{failure:?}: {r}");
+            assert!(
+                r.starts_with("454 4.7.0 Temporary authentication failure"),
+                "{failure:?}: {r}"
+            );
             assert!(took < Duration::from_secs(8), "{failure:?} took {took:?}");
             env.sandbox.clear_failures();
             // Failures are remembered for about a second (no hammering); then the stored
@@ -244,7 +312,10 @@ async fn token_endpoint_failures_give_454_in_time_and_keep_the_refresh_token() {
 #[tokio::test]
 async fn upstream_down_gives_a_4xx_in_time() {
     // A port with nothing listening.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let env = Env::start_with(EnvOptions {
         smtp_upstream: Some(dead),
         ..Default::default()
@@ -273,17 +344,31 @@ async fn upstream_hanging_gives_a_4xx_in_time() {
     .await;
     let mut c = LineClient::connect(env.addr("smtp")).await;
     let t = Instant::now();
-    assert!(c.code().await.starts_with("220"), "greeting is ours, not delayed by the upstream");
+    assert!(
+        c.code().await.starts_with("220"),
+        "greeting is ours, not delayed by the upstream"
+    );
     assert!(t.elapsed() < Duration::from_secs(1));
     c.send("EHLO vm").await;
     let ehlo = c.reply().await;
-    assert!(ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")), "{ehlo:?}");
-    assert!(t.elapsed() < Duration::from_secs(8), "EHLO answered in {:?}", t.elapsed());
+    assert!(
+        ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")),
+        "{ehlo:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "EHLO answered in {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
     let r = c.cmd(&format!("AUTH PLAIN {blob}")).await;
     assert!(r.starts_with("454 4.7.0"), "{r}");
-    assert!(t.elapsed() < Duration::from_secs(8), "AUTH answered in {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "AUTH answered in {:?}",
+        t.elapsed()
+    );
 }
 
 /// 200 logins at once with a cold cache cost one token request.
@@ -323,15 +408,27 @@ async fn rotated_refresh_token_is_stored_encrypted_and_survives_restart() {
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains(&original), "{} holds the old refresh token in clear", f.display());
+        assert!(
+            !text.contains(&original),
+            "{} holds the old refresh token in clear",
+            f.display()
+        );
         assert!(!text.contains(CLIENT_SECRET) || f.ends_with("client_secret"));
     }
     // The stored token is the rotated one, not the original.
-    let stored = authbridge::server::token_store(&env.config()).unwrap().load("tickets").unwrap().unwrap();
+    let stored = authbridge::server::token_store(&env.config())
+        .unwrap()
+        .load("tickets")
+        .unwrap()
+        .unwrap();
     assert_ne!(stored.refresh_token.expose(), &original);
     for f in &files {
         let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
-        assert!(!text.contains(stored.refresh_token.expose().as_str()), "{} holds the new refresh token in clear", f.display());
+        assert!(
+            !text.contains(stored.refresh_token.expose().as_str()),
+            "{} holds the new refresh token in clear",
+            f.display()
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The original token is now dead at the token service.
@@ -351,11 +448,19 @@ async fn data_pipelined_after_starttls_closes_the_session() {
     c.code().await;
     let ehlo = c.reply_after("EHLO vm").await;
     assert!(ehlo.iter().any(|l| l.ends_with("STARTTLS")), "{ehlo:?}");
-    assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "no AUTH before TLS: {ehlo:?}");
+    assert!(
+        !ehlo.iter().any(|l| l.contains("AUTH")),
+        "no AUTH before TLS: {ehlo:?}"
+    );
     // AUTH before TLS is refused on a STARTTLS listener.
     let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
-    assert!(c.cmd(&format!("AUTH PLAIN {blob}")).await.starts_with("530"));
-    c.write(format!("STARTTLS\r\nAUTH PLAIN {blob}\r\n").as_bytes()).await;
+    assert!(
+        c.cmd(&format!("AUTH PLAIN {blob}"))
+            .await
+            .starts_with("530")
+    );
+    c.write(format!("STARTTLS\r\nAUTH PLAIN {blob}\r\n").as_bytes())
+        .await;
     assert!(c.code().await.starts_with("220"));
     assert!(c.closed().await);
     assert_eq!(env.sandbox.mail_auth_attempts().total(), 0);

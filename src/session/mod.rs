@@ -72,7 +72,9 @@ impl UpstreamSlot {
                 Err(_) => return Err("the upstream did not finish connecting in time".into()),
                 Ok(Ok(Ok(c))) => *self = UpstreamSlot::Ready(Box::new(c)),
                 Ok(Ok(Err(e))) => *self = UpstreamSlot::Failed(e.to_string()),
-                Ok(Err(join)) => *self = UpstreamSlot::Failed(format!("upstream task failed: {join}")),
+                Ok(Err(join)) => {
+                    *self = UpstreamSlot::Failed(format!("upstream task failed: {join}"))
+                }
             }
         }
         match self {
@@ -106,7 +108,9 @@ where
         let protocol = l.protocol;
         let hostname = shared.hostname.clone();
         let timeouts = shared.limits.timeouts.clone();
-        tokio::spawn(async move { upstream::connect(&upstream, protocol, &hostname, &timeouts).await })
+        tokio::spawn(
+            async move { upstream::connect(&upstream, protocol, &hostname, &timeouts).await },
+        )
     };
     let mut session = Session {
         shared: Arc::clone(&shared),
@@ -136,10 +140,14 @@ where
         Protocol::Pop3 => Box::new(Pop3Client::new(ctx)),
     };
     let Some((client, leftover)) = session.prelogin(client, machine, &stop).await else {
-        debug!(elapsed_ms = started.elapsed().as_millis() as u64, "session closed before login");
+        debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "session closed before login"
+        );
         return;
     };
-    let UpstreamSlot::Ready(conn) = std::mem::replace(&mut session.upstream, UpstreamSlot::Taken) else {
+    let UpstreamSlot::Ready(conn) = std::mem::replace(&mut session.upstream, UpstreamSlot::Taken)
+    else {
         return;
     };
     let Connected {
@@ -188,7 +196,10 @@ impl Session {
                 None
             }
             Err(_) => {
-                info!(timeout_secs = limit.as_secs(), "client TLS handshake timed out");
+                info!(
+                    timeout_secs = limit.as_secs(),
+                    "client TLS handshake timed out"
+                );
                 None
             }
         }
@@ -241,7 +252,11 @@ impl Session {
                     }
                 }
                 Step::NeedUpstream => {
-                    let wait = if self.caps_asked { Duration::ZERO } else { t.capabilities_wait };
+                    let wait = if self.caps_asked {
+                        Duration::ZERO
+                    } else {
+                        t.capabilities_wait
+                    };
                     self.caps_asked = true;
                     let caps = match self.upstream.resolve(wait).await {
                         Ok(c) => Some(c.capabilities.clone()),
@@ -299,7 +314,9 @@ impl Session {
         let verdict = match tokio::time::timeout_at(deadline, check).await {
             Ok(v) => v,
             Err(_) => {
-                return LoginOutcome::Unavailable("the local credential check timed out; try again".into());
+                return LoginOutcome::Unavailable(
+                    "the local credential check timed out; try again".into(),
+                );
             }
         };
         let account = match verdict {
@@ -316,7 +333,8 @@ impl Session {
             }
         };
         let mut phase = "upstream connection";
-        let res = tokio::time::timeout_at(deadline, self.upstream_login(&account, &mut phase)).await;
+        let res =
+            tokio::time::timeout_at(deadline, self.upstream_login(&account, &mut phase)).await;
         match res {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -333,11 +351,17 @@ impl Session {
     async fn upstream_login(&mut self, account: &str, phase: &mut &'static str) -> LoginOutcome {
         let shared = Arc::clone(&self.shared);
         let Some(mailbox) = shared.mailboxes.get(account).cloned() else {
-            return LoginOutcome::Unavailable(format!("account {account} has no mailbox configured"));
+            return LoginOutcome::Unavailable(format!(
+                "account {account} has no mailbox configured"
+            ));
         };
         let auth_limit = shared.limits.timeouts.upstream_auth;
         *phase = "upstream connection";
-        let conn = match self.upstream.resolve(shared.limits.timeouts.login_budget).await {
+        let conn = match self
+            .upstream
+            .resolve(shared.limits.timeouts.login_budget)
+            .await
+        {
             Ok(c) => c,
             Err(why) => {
                 warn!(account, reason = %why, "login failed: upstream unavailable");

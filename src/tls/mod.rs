@@ -109,7 +109,11 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
 
 /// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`: (certificate PEM, key PEM).
 pub fn self_signed_localhost() -> Result<(String, crate::secret::SecretString), rcgen::Error> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let mut params = rcgen::CertificateParams::new(names)?;
     params
         .distinguished_name
@@ -118,5 +122,8 @@ pub fn self_signed_localhost() -> Result<(String, crate::secret::SecretString), 
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
-    Ok((cert.pem(), crate::secret::SecretString::new(key.serialize_pem())))
+    Ok((
+        cert.pem(),
+        crate::secret::SecretString::new(key.serialize_pem()),
+    ))
 }

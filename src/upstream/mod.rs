@@ -78,7 +78,12 @@ pub async fn connect(
     let tcp = match timeout(timeouts.upstream_connect, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(err("connect", e.to_string())),
-        Err(_) => return Err(err("connect", format!("no answer within {:?}", timeouts.upstream_connect))),
+        Err(_) => {
+            return Err(err(
+                "connect",
+                format!("no answer within {:?}", timeouts.upstream_connect),
+            ));
+        }
     };
     let _ = tcp.set_nodelay(true);
     let connector = TlsConnector::from(Arc::clone(&upstream.client_tls));
@@ -101,9 +106,10 @@ pub async fn connect(
                     };
                     // Anything the server sent before the handshake is not trusted (RFC 3207 §4).
                     input.clear();
-                    stream = tls_handshake(&connector, upstream, tcp, timeouts.upstream_tls_handshake)
-                        .await
-                        .map_err(|m| ("tls_handshake", m))?;
+                    stream =
+                        tls_handshake(&connector, upstream, tcp, timeouts.upstream_tls_handshake)
+                            .await
+                            .map_err(|m| ("tls_handshake", m))?;
                     let mut out = Vec::new();
                     conn_machine.tls_started(&mut out);
                     write_all(&mut stream, &out).await?;
@@ -120,7 +126,10 @@ pub async fn connect(
         Err(_) => {
             return Err(err(
                 "setup",
-                format!("no complete greeting/capabilities within {:?}", timeouts.upstream_setup),
+                format!(
+                    "no complete greeting/capabilities within {:?}",
+                    timeouts.upstream_setup
+                ),
             ));
         }
     };
@@ -189,11 +198,17 @@ async fn tls_handshake(
     }
 }
 
-async fn write_all(stream: &mut MaybeTls<TcpStream>, bytes: &[u8]) -> Result<(), (&'static str, String)> {
+async fn write_all(
+    stream: &mut MaybeTls<TcpStream>,
+    bytes: &[u8],
+) -> Result<(), (&'static str, String)> {
     if bytes.is_empty() {
         return Ok(());
     }
-    stream.write_all(bytes).await.map_err(|e| ("write", e.to_string()))?;
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| ("write", e.to_string()))?;
     stream.flush().await.map_err(|e| ("write", e.to_string()))
 }
 

@@ -68,15 +68,22 @@ impl Env {
     }
 
     pub async fn start_with(opts: EnvOptions) -> Env {
-        let sandbox = Sandbox::start(opts.sandbox.clone()).await.expect("sandbox starts");
+        let sandbox = Sandbox::start(opts.sandbox.clone())
+            .await
+            .expect("sandbox starts");
         let dir = tempfile::tempdir().unwrap();
         sandbox.write_ca(&dir.path().join("ca.pem")).unwrap();
         sandbox.add_client(CLIENT_ID, CLIENT_SECRET, &[MAILBOX]);
-        let refresh_token = (!opts.app_only).then(|| sandbox.issue_refresh_token(CLIENT_ID, MAILBOX));
+        let refresh_token =
+            (!opts.app_only).then(|| sandbox.issue_refresh_token(CLIENT_ID, MAILBOX));
         let (cert, key) = authbridge::tls::self_signed_localhost().unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
         std::fs::write(dir.path().join("key.pem"), key.expose()).unwrap();
-        std::fs::write(dir.path().join("client_secret"), format!("{CLIENT_SECRET}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("client_secret"),
+            format!("{CLIENT_SECRET}\n"),
+        )
+        .unwrap();
         let config_path = dir.path().join("authbridge.yaml");
         std::fs::write(&config_path, config_yaml(&sandbox, &opts)).unwrap();
         let mut env = Env {
@@ -104,19 +111,27 @@ impl Env {
 
     pub async fn start_proxy(&mut self) {
         self.shutdown = CancellationToken::new();
-        let running = authbridge::start(self.config(), self.shutdown.clone()).await.expect("authbridge starts");
+        let running = authbridge::start(self.config(), self.shutdown.clone())
+            .await
+            .expect("authbridge starts");
         self.running = Some(running);
     }
 
     pub async fn stop_proxy(&mut self) {
         self.shutdown.cancel();
         if let Some(r) = self.running.take() {
-            tokio::time::timeout(Duration::from_secs(20), r.wait()).await.expect("authbridge stops");
+            tokio::time::timeout(Duration::from_secs(20), r.wait())
+                .await
+                .expect("authbridge stops");
         }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
-        self.running.as_ref().unwrap().addr(listener).expect("listener exists")
+        self.running
+            .as_ref()
+            .unwrap()
+            .addr(listener)
+            .expect("listener exists")
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -125,7 +140,11 @@ impl Env {
 }
 
 pub fn config_yaml(sandbox: &Sandbox, opts: &EnvOptions) -> String {
-    let flow = if opts.app_only { "client_credentials" } else { "authorization_code" };
+    let flow = if opts.app_only {
+        "client_credentials"
+    } else {
+        "authorization_code"
+    };
     let smtp_up = opts.smtp_upstream.unwrap_or(sandbox.smtp_addr());
     let limits = if opts.limits_yaml.is_empty() {
         String::new()
@@ -230,13 +249,17 @@ impl LineClient<TcpStream> {
     pub async fn connect(addr: SocketAddr) -> Self {
         let s = TcpStream::connect(addr).await.expect("connect");
         s.set_nodelay(true).unwrap();
-        LineClient { io: BufReader::new(s) }
+        LineClient {
+            io: BufReader::new(s),
+        }
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
     pub fn new(s: S) -> Self {
-        LineClient { io: BufReader::new(s) }
+        LineClient {
+            io: BufReader::new(s),
+        }
     }
 
     pub async fn write(&mut self, bytes: &[u8]) {
@@ -292,7 +315,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
     pub async fn until(&mut self, prefix: &str) -> Vec<String> {
         let mut lines = Vec::new();
         loop {
-            let l = self.line().await.unwrap_or_else(|| panic!("EOF before {prefix:?}; got {lines:?}"));
+            let l = self
+                .line()
+                .await
+                .unwrap_or_else(|| panic!("EOF before {prefix:?}; got {lines:?}"));
             let done = l.starts_with(prefix);
             lines.push(l);
             if done {
@@ -321,10 +347,19 @@ pub async fn smtp_send(addr: SocketAddr, subject: &str, body_lines: usize) -> St
     assert!(c.cmd(&b64(USER.as_bytes())).await.starts_with("334"));
     let r = c.cmd(&b64(PASSWORD.as_bytes())).await;
     assert!(r.starts_with("235"), "login: {r}");
-    assert!(c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alerts@contoso.com>").await.starts_with("250"));
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<alerts@contoso.com>")
+            .await
+            .starts_with("250")
+    );
     assert!(c.cmd("DATA").await.starts_with("354"));
-    let mut msg = format!("From: {MAILBOX}\r\nTo: alerts@contoso.com\r\nSubject: {subject}\r\n\r\n");
+    let mut msg =
+        format!("From: {MAILBOX}\r\nTo: alerts@contoso.com\r\nSubject: {subject}\r\n\r\n");
     for i in 0..body_lines {
         msg.push_str(&format!("line {i:08} of {subject}\r\n"));
     }
