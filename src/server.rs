@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -78,6 +78,25 @@ pub fn token_manager(config: &Config) -> Result<Arc<TokenManager>, RunError> {
     Ok(TokenManager::new(store, accounts, Default::default()))
 }
 
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`). std and mio use
+/// 128: a burst of simultaneous logins overflows that, the kernel drops the last ACK of the
+/// handshake (or answers with a SYN cookie it then cannot queue), and the client waits for a
+/// greeting that never comes (bench/RESULTS.md, cold burst).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and mio do on Unix: a restarted server can bind while old sockets are in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Bind every listener and start serving. Cancelling `shutdown` stops the server.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Running, RunError> {
     if config.listeners.is_empty() {
@@ -96,13 +115,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.listen)
-            .await
-            .map_err(|source| RunError::Bind {
-                name: l.name.clone(),
-                addr: l.listen,
-                source,
-            })?;
+        let listener = bind_listener(l.listen).map_err(|source| RunError::Bind {
+            name: l.name.clone(),
+            addr: l.listen,
+            source,
+        })?;
         let addr = listener.local_addr().unwrap_or(l.listen);
         bound.push((l.clone(), listener, addr));
     }
@@ -244,5 +261,33 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Stop, tra
             }
             .instrument(span),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 200 connections that nobody accepts yet must all complete and then be accepted: with
+    /// std's backlog of 128 the 130th connect hangs and later connections are lost.
+    #[tokio::test]
+    async fn listeners_queue_a_burst_of_connections() {
+        let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut clients = Vec::new();
+        for i in 0..200 {
+            let c =
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .unwrap_or_else(|_| panic!("connect {i} timed out: accept queue full"))
+                    .unwrap();
+            clients.push(c);
+        }
+        for i in 0..200 {
+            tokio::time::timeout(Duration::from_secs(1), l.accept())
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} was lost"))
+                .unwrap();
+        }
     }
 }

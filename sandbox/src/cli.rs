@@ -21,10 +21,13 @@ pub const USAGE: &str =
                                 [--device-interval SECS] [--tenant NAME]
                                 [--token-port N] [--smtp-port N] [--smtps-port N] [--imap-port N]
                                 [--imap-starttls-port N] [--pop3-port N] [--pop3-starttls-port N]
+                                [--max-sessions N] [--idle-timeout SECS]
 
 Starts a fake Entra ID token service and a fake Exchange Online (SMTP, IMAP, POP3) on 127.0.0.1
 (port 0 = any free port), writes DIR/ca.pem, DIR/sandbox.json and DIR/refresh_token (default DIR:
-./sandbox-data), prints the endpoints and runs until SIGINT or SIGTERM.";
+./sandbox-data), prints the endpoints and runs until SIGINT or SIGTERM. --max-sessions: concurrent
+sessions per listener (default 512); --idle-timeout: a silent mail session is dropped after this
+(default 300).";
 
 /// Parsed `serve` arguments.
 #[derive(Debug, Clone)]
@@ -74,6 +77,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
             "--refresh-grace" => options.refresh_grace = secs(&value)?,
             "--device-interval" => options.device_code_interval = secs(&value)?,
             "--tenant" => options.tenant = value,
+            "--idle-timeout" => options.idle_timeout = secs(&value)?,
             "--token-port" => ports.token = port(&value)?,
             "--smtp-port" => ports.smtp = port(&value)?,
             "--smtps-port" => ports.smtps = port(&value)?,
@@ -81,6 +85,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
             "--imap-starttls-port" => ports.imap_starttls = port(&value)?,
             "--pop3-port" => ports.pop3 = port(&value)?,
             "--pop3-starttls-port" => ports.pop3_starttls = port(&value)?,
+            "--max-sessions" => {
+                options.max_sessions = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("{flag}: expected a positive number, got {value:?}"))?
+            }
             _ => return Err(format!("unknown option {flag:?}")),
         }
     }
@@ -179,7 +190,7 @@ mod tests {
     #[test]
     fn parsing() {
         let Command::Serve(a) = parse_args(args(
-            "serve --dir /tmp/x --token-lifetime 60 --smtp-port 2587",
+            "serve --dir /tmp/x --token-lifetime 60 --smtp-port 2587 --max-sessions 20000 --idle-timeout 3600",
         ))
         .unwrap() else {
             panic!()
@@ -187,6 +198,9 @@ mod tests {
         assert_eq!(a.dir, PathBuf::from("/tmp/x"));
         assert_eq!(a.options.token_lifetime, Duration::from_secs(60));
         assert_eq!(a.options.ports.smtp, 2587);
+        assert_eq!(a.options.max_sessions, 20000);
+        assert_eq!(a.options.idle_timeout, Duration::from_secs(3600));
+        assert!(parse_args(args("serve --max-sessions 0")).is_err());
         assert_eq!(a.options.authorize_user.as_deref(), Some(DEMO_MAILBOX));
         assert!(matches!(parse_args(args("")), Ok(Command::Help)));
         assert!(parse_args(args("serve --bogus 1")).is_err());

@@ -76,6 +76,8 @@ pub struct SandboxOptions {
     pub idle_timeout: Duration,
     /// Largest message SMTP accepts (advertised as SIZE) and IMAP APPEND takes. Default 150 MiB.
     pub max_message_size: usize,
+    /// Concurrent sessions per listener; more connections wait in the accept queue. Default 512.
+    pub max_sessions: usize,
 }
 
 impl Default for SandboxOptions {
@@ -91,6 +93,7 @@ impl Default for SandboxOptions {
             host: "SB1PR01MB0001.sandbox.outlook.test".to_string(),
             idle_timeout: Duration::from_secs(300),
             max_message_size: 157_286_400,
+            max_sessions: 512,
         }
     }
 }
@@ -301,6 +304,7 @@ impl Sandbox {
             shared: shared.clone(),
             cancel: cancel.clone(),
             tracker: tracker.clone(),
+            max_sessions: opts.max_sessions.max(1),
         };
         run.spawn(token, http::serve);
         run.spawn(smtp, |s, t| smtp::serve(s, t, false));

@@ -7,24 +7,30 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Shared;
 
-/// Concurrent sessions per listener.
-const MAX_SESSIONS: usize = 512;
+/// Accept queue (capped by `net.core.somaxconn`); std's 128 loses connections when a proxy
+/// opens a thousand upstream sessions at once, as Exchange Online would not.
+const LISTEN_BACKLOG: u32 = 4096;
 
 pub(crate) async fn bind(port: u16) -> io::Result<TcpListener> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind((Ipv4Addr::LOCALHOST, port).into())?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 pub(crate) struct Runner {
     pub shared: Arc<Shared>,
     pub cancel: CancellationToken,
     pub tracker: TaskTracker,
+    /// Concurrent sessions per listener.
+    pub max_sessions: usize,
 }
 
 impl Runner {
@@ -37,7 +43,7 @@ impl Runner {
         let shared = self.shared.clone();
         let cancel = self.cancel.clone();
         let tracker = self.tracker.clone();
-        let permits = Arc::new(Semaphore::new(MAX_SESSIONS));
+        let permits = Arc::new(Semaphore::new(self.max_sessions));
         self.tracker.spawn(async move {
             loop {
                 let permit = tokio::select! {

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmark authbridge against a direct XOAUTH2 connection and email-oauth2-proxy, all against
+# the built-in sandbox (fake Entra ID + fake Exchange Online on 127.0.0.1).
+#
+#   bench/run.sh            full run (tens of minutes); rewrites the generated part of bench/RESULTS.md
+#   bench/run.sh --smoke    seconds: tiny N, checks only that every measurement produced a number
+#                           and that a cold burst through authbridge made exactly one token request
+#
+# Extra arguments go to the load generator (bench/src/main.rs), e.g. --phases login,burst
+# --sessions 300. Environment: BENCH_EMAILPROXY=none skips email-oauth2-proxy;
+# BENCH_WORK=DIR keeps logs and configs there (default: a temporary directory).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+command_line="bench/run.sh${*:+ $*}"
+
+smoke=0
+for a in "$@"; do [ "$a" = --smoke ] && smoke=1; done
+
+# Smoke mode reuses the debug build `cargo test` made; the full run measures release builds.
+profile=release
+[ "$smoke" = 1 ] && profile=debug
+target="${CARGO_TARGET_DIR:-$root/target}"
+flag=(--release)
+[ "$profile" = debug ] && flag=()
+echo "==> building authbridge, the sandbox and the load generator ($profile)"
+cargo build --quiet "${flag[@]}" -p authbridge -p authbridge-sandbox
+cargo build --quiet "${flag[@]}" --manifest-path bench/Cargo.toml --target-dir "$target"
+
+# email-oauth2-proxy (PyPI: emailproxy) in a virtualenv under bench/.venv (git-ignored).
+ep="none:BENCH_EMAILPROXY=none"
+if [ "${BENCH_EMAILPROXY:-}" != none ]; then
+  venv="$root/bench/.venv"
+  if [ ! -x "$venv/bin/emailproxy" ]; then
+    echo "==> installing email-oauth2-proxy (pip install emailproxy) into bench/.venv"
+    if python3 -m venv "$venv" >/dev/null 2>&1 || { rm -rf "$venv"; python3 -m virtualenv -q "$venv" >/dev/null 2>&1; }; then
+      "$venv/bin/pip" install --quiet --disable-pip-version-check emailproxy || true
+    fi
+  fi
+  if [ -x "$venv/bin/emailproxy" ]; then
+    ep="$venv/bin/emailproxy"
+  elif [ "$smoke" = 1 ]; then
+    ep="none:could not install the PyPI package emailproxy into bench/.venv (python3 -m venv and pip needed)"
+    echo "WARNING: $ep; measuring authbridge and direct only" >&2
+  else
+    echo "cannot install email-oauth2-proxy into bench/.venv (needs python3 -m venv and pip); BENCH_EMAILPROXY=none skips it" >&2
+    exit 1
+  fi
+fi
+
+# 10,000 idle sessions need ~20,000 descriptors in authbridge: raise the limit (root may raise
+# the hard limit too); children inherit it.
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+work="${BENCH_WORK:-}"
+cleanup=0
+if [ -z "$work" ]; then work="$(mktemp -d "${TMPDIR:-/tmp}/authbridge-bench.XXXXXX")"; cleanup=1; fi
+results=bench/RESULTS.md
+[ "$smoke" = 1 ] && results="$work/RESULTS.md"
+
+set +e
+"$target/$profile/authbridge-bench" \
+  --authbridge "$target/$profile/authbridge" \
+  --sandbox "$target/$profile/authbridge-sandbox" \
+  --emailproxy "$ep" \
+  --work "$work" \
+  --results "$results" \
+  --command "$command_line" \
+  "$@"
+rc=$?
+set -e
+if [ "$rc" != 0 ]; then
+  echo "bench failed (exit $rc); logs and configs kept in $work" >&2
+  exit "$rc"
+fi
+
+[ "$cleanup" = 1 ] && rm -rf "$work"
+exit 0

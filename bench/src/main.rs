@@ -1,0 +1,219 @@
+//! authbridge-bench: authbridge against a direct XOAUTH2 connection and email-oauth2-proxy, all
+//! against the same sandbox (fake Entra ID + fake Exchange Online), interleaving the systems
+//! round by round so that a noisy machine hurts them alike. Run it through `bench/run.sh`.
+
+mod client;
+mod phases;
+mod procs;
+mod report;
+mod systems;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Everything the command line can set.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub smoke: bool,
+    pub authbridge: PathBuf,
+    pub sandbox: PathBuf,
+    /// `None`: email-oauth2-proxy is not measured.
+    pub emailproxy: Option<PathBuf>,
+    pub emailproxy_why_not: String,
+    pub work: PathBuf,
+    /// Where the report goes (its generated part, between markers).
+    pub results: PathBuf,
+    pub command: String,
+    pub phases: Vec<String>,
+    /// Limit the systems measured (profiling runs): names as in the report.
+    pub systems: Option<Vec<String>>,
+    /// Warm logins per system and protocol, split over `rounds`.
+    pub sessions: usize,
+    pub ep_sessions: usize,
+    pub rounds: usize,
+    pub fetch_bytes: usize,
+    pub data_bytes: usize,
+    pub transfer_rounds: usize,
+    pub idle: Vec<usize>,
+    pub idle_budget_secs: u64,
+    pub burst: usize,
+    pub burst_rounds: usize,
+    pub ep_burst_rounds: usize,
+    pub burst_timeout_secs: u64,
+}
+
+impl Opts {
+    fn parse() -> Result<Opts, String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let smoke = args.iter().any(|a| a == "--smoke");
+        let mut o = Opts {
+            smoke,
+            authbridge: PathBuf::from("target/release/authbridge"),
+            sandbox: PathBuf::from("target/release/authbridge-sandbox"),
+            emailproxy: None,
+            emailproxy_why_not: "not given (--emailproxy)".into(),
+            work: std::env::temp_dir().join("authbridge-bench"),
+            results: PathBuf::from(if smoke {
+                "/dev/null"
+            } else {
+                "bench/RESULTS.md"
+            }),
+            command: String::new(),
+            phases: vec![
+                "login".into(),
+                "transfer".into(),
+                "idle".into(),
+                "burst".into(),
+            ],
+            systems: None,
+            sessions: if smoke { 20 } else { 1000 },
+            ep_sessions: 0,
+            rounds: if smoke { 2 } else { 5 },
+            fetch_bytes: if smoke { 1_000_000 } else { 100_000_000 },
+            data_bytes: if smoke { 1_000_000 } else { 50_000_000 },
+            transfer_rounds: if smoke { 1 } else { 5 },
+            idle: if smoke {
+                vec![10]
+            } else {
+                vec![100, 1000, 10_000]
+            },
+            idle_budget_secs: if smoke { 60 } else { 300 },
+            burst: if smoke { 20 } else { 1000 },
+            burst_rounds: if smoke { 1 } else { 3 },
+            ep_burst_rounds: 1,
+            burst_timeout_secs: if smoke { 60 } else { 300 },
+        };
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            if a == "--smoke" {
+                continue;
+            }
+            let mut v = || it.next().ok_or_else(|| format!("{a} needs a value"));
+            let num = |s: String| {
+                s.parse::<usize>()
+                    .map_err(|_| format!("{a}: expected a number, got {s:?}"))
+            };
+            match a.as_str() {
+                "--authbridge" => o.authbridge = v()?.into(),
+                "--sandbox" => o.sandbox = v()?.into(),
+                "--emailproxy" => {
+                    let p = v()?;
+                    if p.starts_with("none") {
+                        o.emailproxy = None;
+                        o.emailproxy_why_not = p
+                            .strip_prefix("none:")
+                            .unwrap_or("disabled (--emailproxy none)")
+                            .to_string();
+                    } else {
+                        o.emailproxy = Some(p.into());
+                    }
+                }
+                "--work" => o.work = v()?.into(),
+                "--results" => o.results = v()?.into(),
+                "--command" => o.command = v()?,
+                "--phases" => o.phases = v()?.split(',').map(str::to_string).collect(),
+                "--systems" => o.systems = Some(v()?.split(',').map(str::to_string).collect()),
+                "--sessions" => o.sessions = num(v()?)?,
+                "--ep-sessions" => o.ep_sessions = num(v()?)?,
+                "--rounds" => o.rounds = num(v()?)?.max(1),
+                "--fetch-mb" => o.fetch_bytes = num(v()?)? * 1_000_000,
+                "--data-mb" => o.data_bytes = num(v()?)? * 1_000_000,
+                "--transfer-rounds" => o.transfer_rounds = num(v()?)?.max(1),
+                "--idle" => {
+                    o.idle = v()?
+                        .split(',')
+                        .map(|s| num(s.to_string()))
+                        .collect::<Result<_, _>>()?
+                }
+                "--idle-budget" => o.idle_budget_secs = num(v()?)? as u64,
+                "--burst" => o.burst = num(v()?)?,
+                "--burst-rounds" => o.burst_rounds = num(v()?)?.max(1),
+                "--ep-burst-rounds" => o.ep_burst_rounds = num(v()?)?,
+                "--burst-timeout" => o.burst_timeout_secs = num(v()?)? as u64,
+                "-h" | "--help" => return Err(String::new()),
+                _ => return Err(format!("unknown option {a:?}")),
+            }
+        }
+        if o.ep_sessions == 0 {
+            o.ep_sessions = o.sessions;
+        }
+        Ok(o)
+    }
+}
+
+const USAGE: &str =
+    "usage: authbridge-bench [--smoke] --authbridge BIN --sandbox BIN [--emailproxy BIN|none[:why]]
+  [--work DIR] [--results FILE] [--command TEXT] [--phases login,transfer,idle,burst]
+  [--systems direct,authbridge,email-oauth2-proxy]
+  [--sessions N] [--ep-sessions N] [--rounds N] [--fetch-mb N] [--data-mb N] [--transfer-rounds N]
+  [--idle N,N,..] [--idle-budget SECS] [--burst N] [--burst-rounds N] [--ep-burst-rounds N]
+  [--burst-timeout SECS]
+       authbridge-bench relay LISTEN=UPSTREAM...   (started by the former: a byte-copying proxy)
+Normally started by bench/run.sh.";
+
+fn relay_main() -> ExitCode {
+    let mut pairs = Vec::new();
+    for a in std::env::args().skip(2) {
+        let parsed = a
+            .split_once('=')
+            .and_then(|(l, u)| Some((l.parse().ok()?, u.parse().ok()?)));
+        match parsed {
+            Some(p) => pairs.push(p),
+            None => {
+                eprintln!("authbridge-bench relay: expected LISTEN=UPSTREAM, got {a:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(client::relay(pairs)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authbridge-bench relay: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("relay") {
+        return relay_main();
+    }
+    let opts = match Opts::parse() {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("authbridge-bench: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("authbridge-bench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(phases::run(opts)) {
+        Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,
+        Ok(problems) => {
+            eprintln!("authbridge-bench: FAILED:");
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("authbridge-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
