@@ -38,6 +38,7 @@ pub struct ServeArgs {
 
 /// What the command line asked for.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // built once per process
 pub enum Command {
     Serve(ServeArgs),
     Help,
