@@ -481,10 +481,12 @@ pub async fn smtp_send(c: &mut Conn, from: &str, to: &str, body: &[u8]) -> io::R
     Ok(body.len() as u64)
 }
 
-/// `authbridge-bench relay LISTEN=UPSTREAM...`: accept on each LISTEN address and copy bytes to
-/// and from a new connection to its UPSTREAM, nothing else (a stand-in for the cheapest possible
-/// proxy, in its own process like a real one).
-pub async fn relay(pairs: Vec<(SocketAddr, SocketAddr)>) -> io::Result<()> {
+/// `authbridge-bench relay [--delay-ms D] LISTEN=UPSTREAM...`: accept on each LISTEN address
+/// and copy bytes to and from a new connection to its UPSTREAM, nothing else: with D = 0 a
+/// stand-in for the cheapest possible proxy (in its own process, like a real one); with D > 0
+/// every chunk is held D ms in each direction, emulating a wide-area round trip of 2·D ms
+/// (connection setup included) without limiting bandwidth.
+pub async fn relay(pairs: Vec<(SocketAddr, SocketAddr)>, delay: Duration) -> io::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for (listen, upstream) in pairs {
         let socket = tokio::net::TcpSocket::new_v4()?;
@@ -493,22 +495,76 @@ pub async fn relay(pairs: Vec<(SocketAddr, SocketAddr)>) -> io::Result<()> {
         let l = socket.listen(4096)?;
         tasks.spawn(async move {
             loop {
-                let Ok((mut c, _)) = l.accept().await else {
+                let Ok((c, _)) = l.accept().await else {
                     continue;
                 };
                 tokio::spawn(async move {
-                    let Ok(mut u) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
                     let _ = c.set_nodelay(true);
-                    let _ = u.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    if delay.is_zero() {
+                        let Ok(mut u) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let _ = u.set_nodelay(true);
+                        let mut c = c;
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                        return;
+                    }
+                    let (cr, cw) = c.into_split();
+                    let (to_up, from_client) = tokio::sync::mpsc::unbounded_channel();
+                    let upstream_side = async move {
+                        // The local connect completes at once; over a WAN the server sees the
+                        // handshake's last ACK (and can greet, or read a ClientHello) 1.5
+                        // round trips after the SYN. What the client sends meanwhile waits.
+                        tokio::time::sleep(delay * 3).await;
+                        let Ok(u) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let _ = u.set_nodelay(true);
+                        let (ur, uw) = u.into_split();
+                        let (to_client, from_up) = tokio::sync::mpsc::unbounded_channel();
+                        tokio::join!(
+                            pump_out(from_client, uw),
+                            pump_in(ur, to_client, delay),
+                            pump_out(from_up, cw),
+                        );
+                    };
+                    tokio::join!(pump_in(cr, to_up, delay), upstream_side);
                 });
             }
         });
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+type Chunk = (tokio::time::Instant, Vec<u8>);
+
+/// Read chunks and queue each with the time it may be written (`delay` after it was read).
+async fn pump_in(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    tx: tokio::sync::mpsc::UnboundedSender<Chunk>,
+    delay: Duration,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 || tx.send((tokio::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+}
+
+/// Write queued chunks when due, in order; shut the write side down after the last one.
+async fn pump_out(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Chunk>,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+) {
+    while let Some((due, chunk)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        if w.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
 }
 
 #[cfg(test)]

@@ -40,6 +40,11 @@ pub struct Opts {
     pub burst_rounds: usize,
     pub ep_burst_rounds: usize,
     pub burst_timeout_secs: u64,
+    /// > 0: every system reaches the sandbox's mail servers through a relay adding this round
+    /// trip (half each way); the zero-delay relay system is then not measured.
+    pub upstream_rtt_ms: u64,
+    /// Which generated block of the results file to write.
+    pub block: String,
 }
 
 impl Opts {
@@ -81,7 +86,9 @@ impl Opts {
             burst: if smoke { 20 } else { 1000 },
             burst_rounds: if smoke { 1 } else { 3 },
             ep_burst_rounds: 1,
-            burst_timeout_secs: if smoke { 60 } else { 300 },
+            burst_timeout_secs: if smoke { 10 } else { 300 },
+            upstream_rtt_ms: 0,
+            block: "main".into(),
         };
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
@@ -130,6 +137,8 @@ impl Opts {
                 "--burst-rounds" => o.burst_rounds = num(v()?)?.max(1),
                 "--ep-burst-rounds" => o.ep_burst_rounds = num(v()?)?,
                 "--burst-timeout" => o.burst_timeout_secs = num(v()?)? as u64,
+                "--upstream-rtt-ms" => o.upstream_rtt_ms = num(v()?)? as u64,
+                "--block" => o.block = v()?,
                 "-h" | "--help" => return Err(String::new()),
                 _ => return Err(format!("unknown option {a:?}")),
             }
@@ -148,12 +157,24 @@ const USAGE: &str =
   [--sessions N] [--ep-sessions N] [--rounds N] [--fetch-mb N] [--data-mb N] [--transfer-rounds N]
   [--idle N,N,..] [--idle-budget SECS] [--burst N] [--burst-rounds N] [--ep-burst-rounds N]
   [--burst-timeout SECS]
-       authbridge-bench relay LISTEN=UPSTREAM...   (started by the former: a byte-copying proxy)
+       authbridge-bench relay [--delay-ms D] LISTEN=UPSTREAM...   (started by the former)
 Normally started by bench/run.sh.";
 
 fn relay_main() -> ExitCode {
     let mut pairs = Vec::new();
-    for a in std::env::args().skip(2) {
+    let mut delay = std::time::Duration::ZERO;
+    let mut args = std::env::args().skip(2);
+    while let Some(a) = args.next() {
+        if a == "--delay-ms" {
+            match args.next().and_then(|v| v.parse::<u64>().ok()) {
+                Some(ms) => delay = std::time::Duration::from_millis(ms),
+                None => {
+                    eprintln!("authbridge-bench relay: --delay-ms needs milliseconds");
+                    return ExitCode::from(2);
+                }
+            }
+            continue;
+        }
         let parsed = a
             .split_once('=')
             .and_then(|(l, u)| Some((l.parse().ok()?, u.parse().ok()?)));
@@ -169,7 +190,7 @@ fn relay_main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    match rt.block_on(client::relay(pairs)) {
+    match rt.block_on(client::relay(pairs, delay)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("authbridge-bench relay: {e}");

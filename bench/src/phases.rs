@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub struct Ctx {
     pub sb: Sandbox,
     pub direct: Target,
     pub relay: Option<Relay>,
+    /// The WAN-emulating relay (kept alive while measuring).
+    _wan: Option<procs::Proc>,
     pub ab: Proxy,
     pub ep: Option<Proxy>,
     pub mailbox: String,
@@ -129,12 +132,32 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
         sb.s("smtp"),
         sb.s("token_url")
     ));
+    // The mail servers every system talks to: the sandbox's, or a relay adding a WAN round trip.
+    let (mut up_smtp, mut up_imap) = (sb.addr("smtp")?, sb.addr("imap")?);
+    let mut wan = None;
+    if opts.upstream_rtt_ms > 0 {
+        let (p, s, i) =
+            spawn_relay(&opts, "wan", up_smtp, up_imap, opts.upstream_rtt_ms / 2).await?;
+        log(format!(
+            "emulating a {} ms round trip to the upstream mail servers (SMTP {s}, IMAP {i})",
+            opts.upstream_rtt_ms
+        ));
+        (up_smtp, up_imap) = (s, i);
+        wan = Some(p);
+    }
     let hash = systems::hash_password(&opts.authbridge)?;
-    let mut ab = Proxy::authbridge(&opts.authbridge, &opts.work.join("authbridge"), &sb, &hash)?;
+    let mut ab = Proxy::authbridge(
+        &opts.authbridge,
+        &opts.work.join("authbridge"),
+        &sb,
+        &hash,
+        (up_smtp, up_imap),
+    )?;
     ab.start(true).await?;
     let mut ep = match &opts.emailproxy {
         Some(bin) => {
-            let mut p = Proxy::emailproxy(bin, &opts.work.join("emailproxy"), &sb)?;
+            let mut p =
+                Proxy::emailproxy(bin, &opts.work.join("emailproxy"), &sb, (up_smtp, up_imap))?;
             p.start(true).await?;
             Some(p)
         }
@@ -149,21 +172,32 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
     let token = sb.fetch_token().await?;
     let direct = Target {
         system: System::Direct,
-        smtp: sb.addr("smtp")?,
-        imap: sb.addr("imap")?,
+        smtp: up_smtp,
+        imap: up_imap,
         user: String::new(),
         pass: String::new(),
         tls: Some(sb.tls.clone()),
         mailbox: mailbox.clone(),
         token,
     };
-    let relay = start_relay(&opts, &sb, &direct).await?;
+    // A byte relay in front of the sandbox: the least any proxy costs (not with WAN emulation).
+    let relay = if wan.is_none() {
+        let (proc, smtp, imap) = spawn_relay(&opts, "relay", up_smtp, up_imap, 0).await?;
+        let mut target = direct.clone();
+        target.system = System::Relay;
+        target.smtp = smtp;
+        target.imap = imap;
+        Some(Relay { proc, target })
+    } else {
+        None
+    };
     let mut ctx = Ctx {
         res: Results::new(&opts, fd_limit),
         opts,
         sb,
         direct,
-        relay: Some(relay),
+        relay,
+        _wan: wan,
         ab,
         ep: None,
         mailbox,
@@ -193,7 +227,7 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
         p.stop();
     }
     let text = report::render(&ctx);
-    report::write(&ctx.opts.results, &text)?;
+    report::write(&ctx.opts.results, &ctx.opts.block, &text)?;
     if ctx.opts.results != std::path::Path::new("/dev/null") {
         log(format!("report written to {}", ctx.opts.results.display()));
     }
@@ -208,26 +242,28 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
     })
 }
 
-async fn start_relay(opts: &Opts, sb: &Sandbox, direct: &Target) -> io::Result<Relay> {
-    let smtp: std::net::SocketAddr = format!("127.0.0.1:{}", procs::free_port()?)
-        .parse()
-        .expect("address");
-    let imap: std::net::SocketAddr = format!("127.0.0.1:{}", procs::free_port()?)
-        .parse()
-        .expect("address");
+/// Start `authbridge-bench relay` in front of `smtp` and `imap`; returns it and its addresses.
+async fn spawn_relay(
+    opts: &Opts,
+    name: &str,
+    smtp: SocketAddr,
+    imap: SocketAddr,
+    delay_ms: u64,
+) -> io::Result<(procs::Proc, SocketAddr, SocketAddr)> {
+    let free = || -> io::Result<SocketAddr> {
+        Ok(SocketAddr::from(([127, 0, 0, 1], procs::free_port()?)))
+    };
+    let (l_smtp, l_imap) = (free()?, free()?);
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("relay")
-        .arg(format!("{smtp}={}", sb.addr("smtp")?))
-        .arg(format!("{imap}={}", sb.addr("imap")?));
-    std::fs::create_dir_all(opts.work.join("relay"))?;
-    let mut proc = procs::Proc::spawn("relay", cmd, &opts.work.join("relay/relay.log"))?;
-    procs::wait_port(smtp, &mut proc, Duration::from_secs(10)).await?;
-    procs::wait_port(imap, &mut proc, Duration::from_secs(10)).await?;
-    let mut target = direct.clone();
-    target.system = System::Relay;
-    target.smtp = smtp;
-    target.imap = imap;
-    Ok(Relay { proc, target })
+        .args(["--delay-ms", &delay_ms.to_string()])
+        .arg(format!("{l_smtp}={smtp}"))
+        .arg(format!("{l_imap}={imap}"));
+    std::fs::create_dir_all(opts.work.join(name))?;
+    let mut proc = procs::Proc::spawn(name, cmd, &opts.work.join(name).join("relay.log"))?;
+    procs::wait_port(l_smtp, &mut proc, Duration::from_secs(10)).await?;
+    procs::wait_port(l_imap, &mut proc, Duration::from_secs(10)).await?;
+    Ok((proc, l_smtp, l_imap))
 }
 
 // ---------------------------------------------------------------------------------------------

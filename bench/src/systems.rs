@@ -52,13 +52,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn authbridge(bin: &Path, dir: &Path, sb: &Sandbox, hash: &str) -> io::Result<Proxy> {
+    /// `upstream`: the SMTP and IMAP servers to use (the sandbox's, or a relay in front of them).
+    pub fn authbridge(
+        bin: &Path,
+        dir: &Path,
+        sb: &Sandbox,
+        hash: &str,
+        upstream: (SocketAddr, SocketAddr),
+    ) -> io::Result<Proxy> {
         fs::create_dir_all(dir)?;
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().unwrap();
         let imap: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().unwrap();
         let ca = sb.dir.join("ca.pem");
-        let up_smtp = sb.addr("smtp")?;
-        let up_imap = sb.addr("imap")?;
+        let (up_smtp, up_imap) = upstream;
         let text = format!(
             r#"# Written by bench/ (authbridge-bench); regenerated on every run.
 state_dir: ./state
@@ -117,12 +123,16 @@ listeners:
         })
     }
 
-    pub fn emailproxy(bin: &Path, dir: &Path, sb: &Sandbox) -> io::Result<Proxy> {
+    pub fn emailproxy(
+        bin: &Path,
+        dir: &Path,
+        sb: &Sandbox,
+        upstream: (SocketAddr, SocketAddr),
+    ) -> io::Result<Proxy> {
         fs::create_dir_all(dir)?;
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().unwrap();
         let imap: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().unwrap();
-        let up_smtp = sb.addr("smtp")?;
-        let up_imap = sb.addr("imap")?;
+        let (up_smtp, up_imap) = upstream;
         // Same token service, same client and the same upstream servers as authbridge. The
         // client-credentials flow needs no browser; the login password only encrypts the
         // cached token.
