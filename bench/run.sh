@@ -37,6 +37,14 @@ if [ "${BENCH_EMAILPROXY:-}" != none ]; then
     echo "==> installing email-oauth2-proxy (pip install emailproxy) into bench/.venv"
     if python3 -m venv "$venv" >/dev/null 2>&1 || { rm -rf "$venv"; python3 -m virtualenv -q "$venv" >/dev/null 2>&1; }; then
       "$venv/bin/pip" install --quiet --disable-pip-version-check emailproxy || true
+    elif python3 -m pip --version >/dev/null 2>&1; then
+      # No venv module (Debian without python3-venv): install into a plain directory instead.
+      rm -rf "$venv"
+      if python3 -m pip install --quiet --disable-pip-version-check --target "$venv/site" emailproxy; then
+        mkdir -p "$venv/bin"
+        printf '#!/bin/sh\nPYTHONPATH="%s" exec python3 -m emailproxy "$@"\n' "$venv/site" >"$venv/bin/emailproxy"
+        chmod +x "$venv/bin/emailproxy"
+      fi
     fi
   fi
   if [ -x "$venv/bin/emailproxy" ]; then
