@@ -150,22 +150,65 @@ struct RawUpstream {
     ca_file: Option<PathBuf>,
 }
 
-/// Optional overrides of the defaults in [`crate::limits`] (seconds and counts).
+/// Optional overrides of the defaults in [`crate::limits`] (sizes in octets, times in seconds
+/// unless the name says `_ms`). Each key has an accepted range, checked in
+/// [`Resolver::limits`]: a limit can be tuned, never switched off.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    // Connections and failures.
     #[serde(default)]
-    max_sessions: Option<usize>,
+    max_sessions: Option<u64>,
     #[serde(default)]
-    max_sessions_per_source: Option<usize>,
+    max_sessions_per_source: Option<u64>,
     #[serde(default)]
-    login_failures_per_source: Option<u32>,
+    login_failures_per_source: Option<u64>,
+    #[serde(default)]
+    failure_window_secs: Option<u64>,
+    #[serde(default)]
+    failure_delay_base_ms: Option<u64>,
+    #[serde(default)]
+    failure_delay_max_ms: Option<u64>,
+    // Sizes and counts before login.
+    #[serde(default)]
+    line_max: Option<u64>,
+    #[serde(default)]
+    auth_line_max: Option<u64>,
+    #[serde(default)]
+    literal_max: Option<u64>,
+    #[serde(default)]
+    preauth_commands_max: Option<u64>,
+    #[serde(default)]
+    bad_commands_max: Option<u64>,
+    #[serde(default)]
+    session_login_failures_max: Option<u64>,
+    #[serde(default)]
+    token_response_max: Option<u64>,
+    // Named timeouts.
+    #[serde(default)]
+    client_tls_handshake_secs: Option<u64>,
     #[serde(default)]
     preauth_idle_secs: Option<u64>,
     #[serde(default)]
-    pipe_idle_secs: Option<u64>,
+    preauth_total_secs: Option<u64>,
+    #[serde(default)]
+    client_write_secs: Option<u64>,
+    #[serde(default)]
+    upstream_connect_secs: Option<u64>,
+    #[serde(default)]
+    upstream_tls_handshake_secs: Option<u64>,
+    #[serde(default)]
+    upstream_setup_secs: Option<u64>,
+    #[serde(default)]
+    upstream_auth_secs: Option<u64>,
+    #[serde(default)]
+    token_request_secs: Option<u64>,
+    #[serde(default)]
+    capabilities_wait_secs: Option<u64>,
     #[serde(default)]
     login_budget_secs: Option<u64>,
+    #[serde(default)]
+    pipe_idle_secs: Option<u64>,
     #[serde(default)]
     shutdown_grace_secs: Option<u64>,
 }
@@ -492,33 +535,7 @@ impl Resolver<'_> {
             listeners.push(listener);
         }
 
-        let mut limits = Limits::default();
-        let rl = raw.limits;
-        if let Some(v) = rl.max_sessions {
-            limits.connections.max_sessions = v;
-        }
-        if let Some(v) = rl.max_sessions_per_source {
-            limits.connections.max_sessions_per_source = v;
-        }
-        if let Some(v) = rl.login_failures_per_source {
-            limits.connections.login_failures_per_source = v;
-        }
-        let secs = std::time::Duration::from_secs;
-        if let Some(v) = rl.preauth_idle_secs {
-            limits.timeouts.preauth_idle = secs(v);
-        }
-        if let Some(v) = rl.pipe_idle_secs {
-            limits.timeouts.pipe_idle = secs(v);
-        }
-        if let Some(v) = rl.login_budget_secs {
-            if v == 0 || v > 60 {
-                return Err(self.err("limits.login_budget_secs", "expected 1 to 60 seconds"));
-            }
-            limits.timeouts.login_budget = secs(v);
-        }
-        if let Some(v) = rl.shutdown_grace_secs {
-            limits.timeouts.shutdown_grace = secs(v);
-        }
+        let limits = self.limits(raw.limits)?;
 
         Ok(Config {
             file: self.file.to_owned(),
@@ -533,6 +550,232 @@ impl Resolver<'_> {
             listeners,
             limits,
         })
+    }
+
+    /// Apply the `limits:` overrides, each within its range.
+    fn limits(&self, rl: RawLimits) -> Result<Limits, ConfigError> {
+        let mut l = Limits::default();
+        let range = |key: &str, v: Option<u64>, min: u64, max: u64, unit: &str| match v {
+            Some(v) if v < min || v > max => Err(self.err(
+                format!("limits.{key}"),
+                format!("expected {min} to {max} {unit}, got {v}"),
+            )),
+            other => Ok(other),
+        };
+        let secs = std::time::Duration::from_secs;
+        let ms = std::time::Duration::from_millis;
+        let c = &mut l.connections;
+        if let Some(v) = range("max_sessions", rl.max_sessions, 1, 1_000_000, "sessions")? {
+            c.max_sessions = v as usize;
+        }
+        if let Some(v) = range(
+            "max_sessions_per_source",
+            rl.max_sessions_per_source,
+            1,
+            1_000_000,
+            "sessions",
+        )? {
+            c.max_sessions_per_source = v as usize;
+        }
+        if let Some(v) = range(
+            "login_failures_per_source",
+            rl.login_failures_per_source,
+            1,
+            100_000,
+            "failures",
+        )? {
+            c.login_failures_per_source = v as u32;
+        }
+        if let Some(v) = range(
+            "failure_window_secs",
+            rl.failure_window_secs,
+            1,
+            86_400,
+            "seconds",
+        )? {
+            c.failure_window = secs(v);
+        }
+        if let Some(v) = range(
+            "failure_delay_base_ms",
+            rl.failure_delay_base_ms,
+            0,
+            10_000,
+            "milliseconds",
+        )? {
+            c.failure_delay_base = ms(v);
+        }
+        if let Some(v) = range(
+            "failure_delay_max_ms",
+            rl.failure_delay_max_ms,
+            0,
+            30_000,
+            "milliseconds",
+        )? {
+            c.failure_delay_max = ms(v);
+        }
+        if c.failure_delay_max < c.failure_delay_base {
+            return Err(self.err(
+                "limits.failure_delay_max_ms",
+                "expected at least failure_delay_base_ms",
+            ));
+        }
+
+        let p = &mut l.protocol;
+        if let Some(v) = range("line_max", rl.line_max, 512, 65_536, "octets")? {
+            p.line_max = v as usize;
+        }
+        if let Some(v) = range("auth_line_max", rl.auth_line_max, 512, 65_536, "octets")? {
+            p.auth_line_max = v as usize;
+        }
+        if p.auth_line_max < p.line_max {
+            return Err(self.err(
+                "limits.auth_line_max",
+                format!(
+                    "expected at least line_max ({} octets): AUTH lines are the longest commands",
+                    p.line_max
+                ),
+            ));
+        }
+        if let Some(v) = range("literal_max", rl.literal_max, 0, 1 << 20, "octets")? {
+            p.literal_max = v as usize;
+        }
+        if let Some(v) = range(
+            "preauth_commands_max",
+            rl.preauth_commands_max,
+            1,
+            100_000,
+            "commands",
+        )? {
+            p.preauth_commands_max = v as u32;
+        }
+        if let Some(v) = range(
+            "bad_commands_max",
+            rl.bad_commands_max,
+            0,
+            10_000,
+            "commands",
+        )? {
+            p.bad_commands_max = v as u32;
+        }
+        if let Some(v) = range(
+            "session_login_failures_max",
+            rl.session_login_failures_max,
+            1,
+            100,
+            "failures",
+        )? {
+            p.session_login_failures_max = v as u32;
+        }
+        if let Some(v) = range(
+            "token_response_max",
+            rl.token_response_max,
+            4096,
+            16 << 20,
+            "octets",
+        )? {
+            l.token_response_max = v as usize;
+        }
+
+        let t = &mut l.timeouts;
+        let timeouts: [(&str, Option<u64>, u64, u64, &mut std::time::Duration); 13] = [
+            (
+                "client_tls_handshake_secs",
+                rl.client_tls_handshake_secs,
+                1,
+                300,
+                &mut t.client_tls_handshake,
+            ),
+            (
+                "preauth_idle_secs",
+                rl.preauth_idle_secs,
+                1,
+                3600,
+                &mut t.preauth_idle,
+            ),
+            (
+                "preauth_total_secs",
+                rl.preauth_total_secs,
+                1,
+                86_400,
+                &mut t.preauth_total,
+            ),
+            (
+                "client_write_secs",
+                rl.client_write_secs,
+                1,
+                600,
+                &mut t.client_write,
+            ),
+            (
+                "upstream_connect_secs",
+                rl.upstream_connect_secs,
+                1,
+                60,
+                &mut t.upstream_connect,
+            ),
+            (
+                "upstream_tls_handshake_secs",
+                rl.upstream_tls_handshake_secs,
+                1,
+                60,
+                &mut t.upstream_tls_handshake,
+            ),
+            (
+                "upstream_setup_secs",
+                rl.upstream_setup_secs,
+                1,
+                60,
+                &mut t.upstream_setup,
+            ),
+            (
+                "upstream_auth_secs",
+                rl.upstream_auth_secs,
+                1,
+                60,
+                &mut t.upstream_auth,
+            ),
+            (
+                "token_request_secs",
+                rl.token_request_secs,
+                1,
+                60,
+                &mut t.token_request,
+            ),
+            (
+                "capabilities_wait_secs",
+                rl.capabilities_wait_secs,
+                0,
+                60,
+                &mut t.capabilities_wait,
+            ),
+            (
+                "login_budget_secs",
+                rl.login_budget_secs,
+                1,
+                60,
+                &mut t.login_budget,
+            ),
+            (
+                "pipe_idle_secs",
+                rl.pipe_idle_secs,
+                1,
+                7 * 86_400,
+                &mut t.pipe_idle,
+            ),
+            (
+                "shutdown_grace_secs",
+                rl.shutdown_grace_secs,
+                0,
+                3600,
+                &mut t.shutdown_grace,
+            ),
+        ];
+        for (key, v, min, max, slot) in timeouts {
+            if let Some(v) = range(key, v, min, max, "seconds")? {
+                *slot = secs(v);
+            }
+        }
+        Ok(l)
     }
 
     fn secret(&self, at: &str, source: SecretSource) -> Result<SecretString, ConfigError> {

@@ -75,7 +75,11 @@ pub fn token_store(config: &Config) -> Result<TokenStore, RunError> {
 pub fn token_manager(config: &Config) -> Result<Arc<TokenManager>, RunError> {
     let store = token_store(config)?;
     let accounts = config.accounts.iter().map(|a| a.token_config()).collect();
-    Ok(TokenManager::new(store, accounts, Default::default()))
+    Ok(TokenManager::new(
+        store,
+        accounts,
+        config.limits.token_settings(),
+    ))
 }
 
 /// Bind every listener and start serving. Cancelling `shutdown` stops the server.
