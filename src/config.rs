@@ -1098,3 +1098,157 @@ impl Resolver<'_> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/authbridge/test.yaml"), text).map_err(|e| e.to_string())
+    }
+
+    fn listener(listen: &str, extra: &str) -> String {
+        format!(
+            "listeners:\n  - name: smtp\n    protocol: smtp\n    listen: {listen}\n{extra}    upstream: {{ host: smtp.office365.com, port: 587, tls: starttls }}\n"
+        )
+    }
+
+    #[test]
+    fn plaintext_on_a_non_loopback_address_needs_an_explicit_allow() {
+        let e = parse(&listener("0.0.0.0:1587", "")).unwrap_err();
+        assert!(
+            e.starts_with("/etc/authbridge/test.yaml: listeners[0].listen: 0.0.0.0:1587 is not a loopback address and tls is none"),
+            "{e}"
+        );
+        assert!(e.contains("allow_plaintext_remote: true"), "{e}");
+        let e = parse(&listener("\"[::]:1587\"", "")).unwrap_err();
+        assert!(e.contains("listeners[0].listen"), "{e}");
+        parse(&listener(
+            "0.0.0.0:1587",
+            "    allow_plaintext_remote: true\n",
+        ))
+        .unwrap();
+        parse(&listener("127.0.0.1:1587", "")).unwrap();
+        parse(&listener("127.0.0.2:1587", "")).unwrap();
+        parse(&listener("\"[::1]:1587\"", "")).unwrap();
+    }
+
+    #[test]
+    fn there_is_no_switch_to_skip_upstream_certificate_verification() {
+        for key in [
+            "insecure_skip_verify",
+            "verify",
+            "tls_verify",
+            "danger_accept_invalid_certs",
+        ] {
+            let text = format!(
+                "listeners:\n  - name: smtp\n    protocol: smtp\n    listen: 127.0.0.1:1587\n    upstream: {{ host: 127.0.0.1, port: 587, tls: starttls, {key}: false }}\n"
+            );
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.contains("listeners[0].upstream") && e.contains(key),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_defaults_overrides_and_ranges() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let d = Limits::default();
+        assert_eq!(d.protocol.line_max, 4096);
+        assert_eq!(d.protocol.auth_line_max, 12288);
+        assert!(d.timeouts.login_budget < std::time::Duration::from_secs(10));
+
+        let c = parse(
+            "limits:\n  line_max: 1000\n  auth_line_max: 2000\n  literal_max: 100\n  preauth_commands_max: 5\n  bad_commands_max: 2\n  session_login_failures_max: 1\n  max_sessions: 7\n  max_sessions_per_source: 3\n  login_failures_per_source: 4\n  failure_window_secs: 30\n  failure_delay_base_ms: 10\n  failure_delay_max_ms: 20\n  token_response_max: 8192\n  client_tls_handshake_secs: 2\n  preauth_idle_secs: 3\n  preauth_total_secs: 4\n  client_write_secs: 5\n  upstream_connect_secs: 6\n  upstream_tls_handshake_secs: 7\n  upstream_setup_secs: 8\n  upstream_auth_secs: 9\n  token_request_secs: 10\n  capabilities_wait_secs: 0\n  login_budget_secs: 11\n  pipe_idle_secs: 12\n  shutdown_grace_secs: 13\n",
+        )
+        .unwrap();
+        let l = &c.limits;
+        let s = std::time::Duration::from_secs;
+        assert_eq!(
+            (
+                l.protocol.line_max,
+                l.protocol.auth_line_max,
+                l.protocol.literal_max
+            ),
+            (1000, 2000, 100)
+        );
+        assert_eq!(
+            (
+                l.protocol.preauth_commands_max,
+                l.protocol.bad_commands_max,
+                l.protocol.session_login_failures_max
+            ),
+            (5, 2, 1)
+        );
+        assert_eq!(
+            (
+                l.connections.max_sessions,
+                l.connections.max_sessions_per_source,
+                l.connections.login_failures_per_source
+            ),
+            (7, 3, 4)
+        );
+        assert_eq!(l.connections.failure_window, s(30));
+        assert_eq!(
+            l.connections.failure_delay_max,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(l.token_response_max, 8192);
+        let t = &l.timeouts;
+        assert_eq!(
+            [
+                t.client_tls_handshake,
+                t.preauth_idle,
+                t.preauth_total,
+                t.client_write,
+                t.upstream_connect,
+                t.upstream_tls_handshake,
+                t.upstream_setup,
+                t.upstream_auth,
+                t.token_request,
+                t.capabilities_wait,
+                t.login_budget,
+                t.pipe_idle,
+                t.shutdown_grace
+            ],
+            [2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 11, 12, 13].map(s)
+        );
+        assert_eq!(l.token_settings().request_timeout, s(10));
+
+        for (yaml, want) in [
+            (
+                "line_max: 0",
+                "limits.line_max: expected 512 to 65536 octets, got 0",
+            ),
+            ("max_sessions: 0", "limits.max_sessions: expected 1 to"),
+            (
+                "preauth_idle_secs: 0",
+                "limits.preauth_idle_secs: expected 1 to 3600 seconds",
+            ),
+            (
+                "login_budget_secs: 61",
+                "limits.login_budget_secs: expected 1 to 60 seconds",
+            ),
+            ("literal_max: 99999999", "limits.literal_max"),
+            (
+                "line_max: 20000",
+                "limits.auth_line_max: expected at least line_max (20000 octets)",
+            ),
+            (
+                "failure_delay_base_ms: 500\n  failure_delay_max_ms: 100",
+                "limits.failure_delay_max_ms",
+            ),
+            ("line_max: -1", "limits.line_max"),
+            ("no_such_limit: 1", "limits: unknown field `no_such_limit`"),
+        ] {
+            let e = parse(&format!("limits:\n  {yaml}\n")).unwrap_err();
+            assert!(
+                e.starts_with("/etc/authbridge/test.yaml: ") && e.contains(want),
+                "{yaml}: {e}"
+            );
+        }
+    }
+}
