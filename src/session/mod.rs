@@ -504,6 +504,27 @@ async fn flush<S: AsyncWrite + Unpin>(client: &mut S, out: &mut Vec<u8>, limit: 
     }
 }
 
-async fn close<S: AsyncWrite + Unpin>(client: &mut S) {
-    let _ = timeout(Duration::from_secs(2), client.shutdown()).await;
+/// How long, and how many bytes, a closing session keeps reading (and discarding) what the
+/// client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Close the client connection after our last reply: shut down our write side (FIN), then keep
+/// reading and discarding what the client had already pipelined, until it closes, for at most
+/// [`LINGER`] and [`LINGER_BYTES`]. Closing a socket with unread input makes the kernel send a
+/// reset, and a reset can destroy the final reply (`421 … closing connection`, `* BYE …`) in
+/// the client's receive buffer before the client reads it (a lingering close, as HTTP servers do).
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) {
+    let _ = timeout(LINGER, client.shutdown()).await;
+    let _ = timeout(LINGER, async {
+        let mut buf = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
 }
