@@ -12,9 +12,11 @@
 //! refresh runs; after that callers wait for the refresh. If a refresh fails, a token that is still
 //! valid for 30 s is served instead of the error.
 //!
-//! After a failure, callers arriving within a short window (1 s, doubling on repeated transient
+//! After a transient failure, callers arriving within a short window (1 s, doubling on repeated
 //! failures up to 10 s, or the provider's `Retry-After` up to 5 min) get the same error without a
-//! new request. A permanent refusal is remembered with the refresh token it was for: the same stored
+//! new request. After a failure that needs action (refused token, nothing stored) each caller's
+//! fetch only re-reads the store, so a token stored by `authbridge login` in another process is
+//! used by the next login. A permanent refusal is remembered with the refresh token it was for: the same stored
 //! token is not sent again for 10 s, doubling up to 10 min, while a new one (after `authbridge login`)
 //! is tried at once.
 //!
@@ -291,17 +293,18 @@ impl Slot {
                 });
                 st.last_error = Some(e.clone());
                 // When the background refresher tries again.
-                let retry = match (e.kind, &st.permanent) {
+                let retry_at = match (e.kind, &st.permanent) {
                     (ErrorKind::Transient, _) => {
                         let doublings = st.transient_streak.saturating_sub(1).min(16);
                         let backoff =
                             Duration::from_secs(1u64 << doublings).min(MAX_BACKGROUND_BACKOFF);
-                        window.max(backoff)
+                        now + jittered(window.max(backoff))
                     }
-                    (ErrorKind::Permanent, Some(m)) if outcome.requested => m.backoff,
-                    _ => NOT_CONFIGURED_RETRY,
+                    // The refused token may be sent again after its backoff.
+                    (ErrorKind::Permanent, Some(m)) => (m.at + m.backoff).max(now + NEGATIVE_TTL),
+                    _ => now + jittered(NOT_CONFIGURED_RETRY),
                 };
-                st.retry_at = Some(now + jittered(retry));
+                st.retry_at = Some(retry_at);
                 let transition = (e.needs_action() && !st.reauth_notified).then(|| {
                     st.reauth_notified = true;
                     st.needs_login_since = Some(SystemTime::now());
@@ -495,9 +498,15 @@ impl TokenManager {
                     return Ok(token);
                 }
             }
+            // Only transient failures are cached for callers: after one that needs action, a
+            // fetch costs a store read (a refused token is not sent again, see
+            // `permanent_block`), so a token stored by `authbridge login` is used at once.
             let rx = if let Some(rx) = st.live_inflight() {
                 rx
-            } else if let Some(e) = st.active_negative(now) {
+            } else if let Some(e) = st
+                .active_negative(now)
+                .filter(|e| e.kind == ErrorKind::Transient)
+            {
                 return st.usable(now).ok_or_else(|| e.clone());
             } else {
                 self.start_fetch(slot, &mut st)
