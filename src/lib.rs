@@ -12,6 +12,7 @@ pub mod limits;
 pub mod login;
 pub mod pipe;
 pub mod protocol;
+pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod session;
