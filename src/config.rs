@@ -48,6 +48,17 @@ struct RawConfig {
     listeners: Vec<RawListener>,
     #[serde(default)]
     limits: RawLimits,
+    /// Command run when an account needs a new login: `[program, arg, …]` (no shell).
+    #[serde(default)]
+    on_reauth_needed: Option<RawCommand>,
+}
+
+/// `[program, arg, …]`; a plain string is refused with advice (no shell is ever used).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Argv(Vec<String>),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +334,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
     pub listeners: Vec<Listener>,
     pub limits: Limits,
+    /// `on_reauth_needed`: program and arguments (never empty when set).
+    pub on_reauth_needed: Option<Vec<String>>,
 }
 
 /// A mailbox and the local logins that map to it.
@@ -592,6 +605,44 @@ impl Resolver<'_> {
 
         let limits = self.limits(raw.limits)?;
 
+        let on_reauth_needed = match raw.on_reauth_needed {
+            None => None,
+            Some(RawCommand::Text(text)) => {
+                let first = text.split_whitespace().next().unwrap_or("/path/to/program");
+                return Err(self.err(
+                    "on_reauth_needed",
+                    format!(
+                        "expected a list [program, argument, …], e.g. [{first}, …] (it is run \
+                         without a shell; for a shell command write [/bin/sh, -c, \"…\"])"
+                    ),
+                ));
+            }
+            Some(RawCommand::Argv(argv)) => {
+                match argv.first().map(String::as_str) {
+                    None | Some("") => {
+                        return Err(self.err(
+                            "on_reauth_needed",
+                            "expected a list [program, argument, …] with a program first",
+                        ));
+                    }
+                    Some(program) if program.contains('/') && !Path::new(program).is_absolute() => {
+                        return Err(self.err(
+                            "on_reauth_needed[0]",
+                            format!(
+                                "`{program}` is a relative path: give an absolute path or a \
+                                 program name found on PATH"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                if argv.iter().any(|a| a.contains('\0')) {
+                    return Err(self.err("on_reauth_needed", "arguments cannot contain NUL"));
+                }
+                Some(argv)
+            }
+        };
+
         Ok(Config {
             file: self.file.to_owned(),
             state_dir,
@@ -604,6 +655,7 @@ impl Resolver<'_> {
             accounts,
             listeners,
             limits,
+            on_reauth_needed,
         })
     }
 
@@ -879,6 +931,24 @@ impl Resolver<'_> {
                 ));
             }
             _ => {}
+        }
+        if p.kind == ProviderType::Google && p.flow == FlowName::ClientCredentials {
+            return Err(self.err(
+                format!("{at}.flow"),
+                "Gmail has no client_credentials grant for IMAP/SMTP: use authorization_code or \
+                 device_code",
+            ));
+        }
+        if let Some(uri) = &p.redirect_uri {
+            let ok = (uri.starts_with("http://") || uri.starts_with("https://"))
+                && uri.parse::<hyper::Uri>().is_ok_and(|u| u.host().is_some());
+            if !ok {
+                return Err(self.err(
+                    format!("{at}.redirect_uri"),
+                    "expected an http:// or https:// URL as registered in the app, e.g. \
+                     http://localhost:8925/callback",
+                ));
+            }
         }
         if p.flow == FlowName::ClientCredentials && client_secret.is_none() {
             return Err(self.err(

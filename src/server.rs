@@ -19,7 +19,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::auth::{Credentials, FailureTracker};
 use crate::config::Config;
 use crate::session::{self, Shared, Stop};
-use crate::token::{MasterKey, TokenManager, TokenStore};
+use crate::token::{MasterKey, TokenManager, TokenSettings, TokenStore};
 
 /// How often stored refresh tokens are checked for age.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(3600);
@@ -103,15 +103,19 @@ fn check_private(path: &std::path::Path, what: &str, fix: u32) -> Result<(), Run
     Ok(())
 }
 
-/// Build the token manager for a config (shared by `run`, `check` and the CLI).
+/// Build the token manager for a config (shared by `run`, `check` and the CLI). Only the server
+/// runs the `on_reauth_needed` hook (see [`start`]).
 pub fn token_manager(config: &Config) -> Result<Arc<TokenManager>, RunError> {
+    token_manager_with(config, config.limits.token_settings())
+}
+
+fn token_manager_with(
+    config: &Config,
+    settings: TokenSettings,
+) -> Result<Arc<TokenManager>, RunError> {
     let store = token_store(config)?;
     let accounts = config.accounts.iter().map(|a| a.token_config()).collect();
-    Ok(TokenManager::new(
-        store,
-        accounts,
-        config.limits.token_settings(),
-    ))
+    Ok(TokenManager::new(store, accounts, settings))
 }
 
 /// Bind every listener and start serving. Cancelling `shutdown` stops the server.
@@ -119,9 +123,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if config.listeners.is_empty() {
         return Err(RunError::NoListeners);
     }
-    let tokens = token_manager(&config)?;
-    // Delegated refresh tokens die after 90 days unused: refresh any older than a week.
-    let keepalive = tokens.spawn_keepalive(KEEPALIVE_EVERY, KEEPALIVE_MAX_IDLE, shutdown.clone());
+    let tokens = token_manager_with(
+        &config,
+        TokenSettings {
+            on_reauth_needed: config.on_reauth_needed.clone(),
+            ..config.limits.token_settings()
+        },
+    )?;
+    // Access tokens of accounts in use are refreshed before they expire; delegated refresh tokens
+    // die after 90 days unused: refresh any older than a week.
+    let keepalive = tokens.spawn_background(KEEPALIVE_EVERY, KEEPALIVE_MAX_IDLE, shutdown.clone());
     let credentials = Credentials::new(&config.accounts);
     let failures = FailureTracker::new(config.limits.connections.clone());
     let mailboxes: HashMap<String, String> = config
