@@ -583,9 +583,8 @@ async fn fake_dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Proto::Pop3 => match first.as_str() {
                 "CAPA" => {
-                    let caps = if !tls && fault == Fault::NoStartTls {
-                        "USER\r\nSASL PLAIN"
-                    } else if fault == Fault::NoXoauth2 {
+                    let caps = if (!tls && fault == Fault::NoStartTls) || fault == Fault::NoXoauth2
+                    {
                         "USER\r\nSASL PLAIN"
                     } else {
                         "SASL XOAUTH2"
