@@ -260,3 +260,71 @@ async fn control_endpoints() {
     assert_eq!(v["token_requests"]["refresh_token"], 2);
     assert_eq!(v["mail_auth"]["smtp_ok"], 0);
 }
+
+#[tokio::test]
+async fn per_account_failures_and_device_polling_errors() {
+    let sb = sandbox(Duration::from_secs(2)).await;
+    let other = "alerts@contoso.com";
+    let rt = sb.issue_refresh_token(CID, MBX);
+    let rt_other = sb.issue_refresh_token(CID, other);
+    sb.add_client("app-client", "app-secret", &[MBX]);
+
+    // Only this mailbox's refreshes fail, twice; the other account and app-only requests are fine.
+    sb.inject_for(MBX, TokenFailure::InvalidGrant70008, Some(2));
+    let r = refresh(&sb, CID, SECRET, &rt).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error_codes"][0], 70008);
+    assert_eq!(refresh(&sb, CID, SECRET, &rt_other).await.status, 200);
+    let app = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "app-client"),
+        ("client_secret", "app-secret"),
+        ("scope", "https://outlook.office365.com/.default"),
+    ];
+    assert_eq!(token_request(&sb, &app).await.unwrap().status, 200);
+    assert_eq!(refresh(&sb, CID, SECRET, &rt).await.status, 400);
+    assert_eq!(
+        refresh(&sb, CID, SECRET, &rt).await.status,
+        200,
+        "two times only"
+    );
+
+    // An app-only client by its client id, through the control endpoint; clear removes it.
+    let r = request(
+        &sb,
+        "POST",
+        "/_sandbox/fail",
+        r#"{"mode":"http500","account":"app-client"}"#,
+        "application/json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(token_request(&sb, &app).await.unwrap().status, 500);
+    assert_eq!(refresh(&sb, CID, SECRET, &rt_other).await.status, 200);
+    sb.clear_failures();
+    assert_eq!(token_request(&sb, &app).await.unwrap().status, 200);
+
+    // Device-code polling answers on demand.
+    for (failure, error) in [
+        (TokenFailure::SlowDown, "slow_down"),
+        (TokenFailure::AuthorizationPending, "authorization_pending"),
+    ] {
+        sb.inject_times(failure, 1);
+        let r = token_request(
+            &sb,
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("client_id", CID),
+                ("device_code", "x"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some(error)));
+    }
+    assert_eq!(
+        TokenFailure::parse("slow_down"),
+        Some(TokenFailure::SlowDown)
+    );
+}
