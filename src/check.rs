@@ -42,11 +42,34 @@ pub async fn check(config: &Config, out: &mut dyn Write) -> bool {
         }
     }
     for l in &config.listeners {
+        if l.relay.is_some() {
+            let res = upstream::connect(
+                &l.upstream,
+                l.protocol,
+                true,
+                &config.hostname,
+                &config.limits.timeouts,
+            )
+            .await;
+            let line = match res {
+                Ok(_) => format!(
+                    "listener {} (relay → {}:{}): connector reachable, TLS OK",
+                    l.name, l.upstream.host, l.upstream.port
+                ),
+                Err(e) => {
+                    ok = false;
+                    format!("listener {} (relay): connector FAILED: {e}", l.name)
+                }
+            };
+            let _ = writeln!(out, "{line}");
+            continue;
+        }
         for (a, token) in &good {
             let res = async {
                 let mut conn = upstream::connect(
                     &l.upstream,
                     l.protocol,
+                    false,
                     &config.hostname,
                     &config.limits.timeouts,
                 )

@@ -135,6 +135,20 @@ struct RawListener {
     key: Option<PathBuf>,
     #[serde(default)]
     allow_plaintext_remote: bool,
+    /// Relay mode: clients must log in locally (default) …
+    #[serde(default)]
+    require_login: Option<bool>,
+    /// … or come from one of these networks.
+    #[serde(default)]
+    allow_from: Vec<ipnet::IpNet>,
+    /// Relay mode: MAIL FROM must match one of these (`user@domain` or `@domain`).
+    #[serde(default)]
+    allowed_senders: Vec<String>,
+    /// Relay mode: certificate chain and key presented to a certificate-based connector.
+    #[serde(default)]
+    client_cert: Option<PathBuf>,
+    #[serde(default)]
+    client_key: Option<PathBuf>,
     upstream: RawUpstream,
 }
 
@@ -294,6 +308,47 @@ pub struct Listener {
     pub tls: ClientTlsMode,
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     pub upstream: Upstream,
+    /// Set for `mode: relay` listeners.
+    pub relay: Option<Relay>,
+}
+
+/// Relay-mode settings (DESIGN §2).
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub require_login: bool,
+    pub allow_from: Vec<ipnet::IpNet>,
+    pub allowed_senders: Vec<SenderRule>,
+}
+
+/// One `allowed_senders` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderRule {
+    /// An exact address, lower-cased.
+    Address(String),
+    /// Any address at this domain (lower-cased, without the `@`).
+    Domain(String),
+}
+
+impl Relay {
+    /// May a client from `ip` send without logging in?
+    pub fn open_for(&self, ip: std::net::IpAddr) -> bool {
+        self.allow_from.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Is `sender` (the MAIL FROM address, without brackets) allowed? An empty list allows all.
+    pub fn sender_allowed(&self, sender: &str) -> bool {
+        if self.allowed_senders.is_empty() {
+            return true;
+        }
+        let sender = sender.to_ascii_lowercase();
+        let Some((_, domain)) = sender.rsplit_once('@') else {
+            return false;
+        };
+        self.allowed_senders.iter().any(|rule| match rule {
+            SenderRule::Address(a) => *a == sender,
+            SenderRule::Domain(d) => d == domain,
+        })
+    }
 }
 
 /// Where a listener's sessions go.
@@ -666,12 +721,7 @@ impl Resolver<'_> {
         if l.name.is_empty() {
             return Err(self.err(format!("{at}.name"), "expected a non-empty name"));
         }
-        if l.mode == ListenerMode::Relay {
-            return Err(self.err(
-                format!("{at}.mode"),
-                "relay mode is not available in this version of authbridge (use mode: auth)",
-            ));
-        }
+        let relay = self.relay(at, &l)?;
         let loopback = l.listen.ip().is_loopback();
         if l.tls == ClientTlsMode::None && !loopback && !l.allow_plaintext_remote {
             return Err(self.err(
@@ -709,8 +759,19 @@ impl Resolver<'_> {
             ));
         }
         let ca = u.ca_file.as_deref().map(|c| self.path(c));
-        let client_tls = crate::tls::client_config(ca.as_deref())
-            .map_err(|e| self.err(format!("{at}.upstream.ca_file"), e.to_string()))?;
+        let client_tls = match (&l.client_cert, &l.client_key) {
+            (None, None) => crate::tls::client_config(ca.as_deref()),
+            (Some(cert), Some(key)) => {
+                crate::tls::client_config_with_cert(ca.as_deref(), &self.path(cert), &self.path(key))
+            }
+            _ => {
+                return Err(self.err(
+                    format!("{at}.client_cert"),
+                    "client_cert and client_key go together (PEM: the full chain, leaf first, and its key)",
+                ));
+            }
+        }
+        .map_err(|e| self.err(format!("{at}.upstream"), e.to_string()))?;
         Ok(Listener {
             name: l.name,
             protocol: l.protocol,
@@ -725,6 +786,72 @@ impl Resolver<'_> {
                 server_name,
                 client_tls,
             },
+            relay,
         })
+    }
+
+    fn relay(&self, at: &str, l: &RawListener) -> Result<Option<Relay>, ConfigError> {
+        if l.mode == ListenerMode::Auth {
+            for (key, set) in [
+                ("require_login", l.require_login.is_some()),
+                ("allow_from", !l.allow_from.is_empty()),
+                ("allowed_senders", !l.allowed_senders.is_empty()),
+                ("client_cert", l.client_cert.is_some()),
+                ("client_key", l.client_key.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(
+                        format!("{at}.{key}"),
+                        "only relay-mode listeners take this key (add mode: relay)",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        if l.protocol != Protocol::Smtp {
+            return Err(self.err(
+                format!("{at}.mode"),
+                "relay mode is for SMTP listeners only",
+            ));
+        }
+        if l.upstream.tls != UpstreamTls::Starttls && l.upstream.tls != UpstreamTls::Implicit {
+            return Err(self.err(
+                format!("{at}.upstream.tls"),
+                "relay mode needs TLS to the connector (starttls)",
+            ));
+        }
+        let require_login = l.require_login.unwrap_or(true);
+        if !require_login && l.allow_from.is_empty() {
+            return Err(self.err(
+                format!("{at}.require_login"),
+                "require_login: false without allow_from would make an open relay; list the sending hosts under allow_from",
+            ));
+        }
+        let mut allowed_senders = Vec::new();
+        for (i, s) in l.allowed_senders.iter().enumerate() {
+            let s = s.trim().to_ascii_lowercase();
+            let rule = match s.split_once('@') {
+                Some(("", domain)) if !domain.is_empty() && !domain.contains('@') => {
+                    SenderRule::Domain(domain.to_string())
+                }
+                Some((local, domain))
+                    if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+                {
+                    SenderRule::Address(s.clone())
+                }
+                _ => {
+                    return Err(self.err(
+                        format!("{at}.allowed_senders[{i}]"),
+                        "expected an address (tickets@contoso.com) or a domain (@contoso.com)",
+                    ));
+                }
+            };
+            allowed_senders.push(rule);
+        }
+        Ok(Some(Relay {
+            require_login,
+            allow_from: l.allow_from.clone(),
+            allowed_senders,
+        }))
     }
 }

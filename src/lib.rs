@@ -11,6 +11,7 @@ pub mod config;
 pub mod limits;
 pub mod pipe;
 pub mod protocol;
+pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -476,3 +476,154 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> ReplyAfter for Lin
         self.reply().await
     }
 }
+
+/// A rustls client that trusts the harness's self-signed `cert.pem`.
+async fn tls_connect(
+    env: &Env,
+    tcp: tokio::net::TcpStream,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in authbridge::tls::load_certs(&env.dir.path().join("cert.pem")).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake with authbridge")
+}
+
+/// Implicit TLS on the client side (GLPI 11 on port 465 style) and implicit TLS upstream.
+#[tokio::test]
+async fn implicit_tls_listener_sends_mail() {
+    let env = Env::start().await;
+    let tcp = tokio::net::TcpStream::connect(env.addr("smtps"))
+        .await
+        .unwrap();
+    let mut c = LineClient::new(tls_connect(&env, tcp).await);
+    assert!(c.code().await.starts_with("220"));
+    c.send("EHLO tls-client").await;
+    let ehlo = c.reply().await;
+    assert!(
+        ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")),
+        "{ehlo:?}"
+    );
+    assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")), "{ehlo:?}");
+    let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
+    assert!(
+        c.cmd(&format!("AUTH PLAIN {blob}"))
+            .await
+            .starts_with("235")
+    );
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<x@contoso.com>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.write(b"Subject: over implicit TLS\r\n\r\nhi\r\n.\r\n")
+        .await;
+    assert!(c.code().await.starts_with("250"));
+    assert_eq!(env.sandbox.messages().len(), 1);
+}
+
+/// GLPI 9.5/10 "SMTP+TLS" and Symfony Mailer on a STARTTLS listener: EHLO, STARTTLS, EHLO
+/// again (now with AUTH, without STARTTLS), AUTH LOGIN, mail.
+#[tokio::test]
+async fn starttls_listener_full_session() {
+    let env = Env::start().await;
+    let mut c = LineClient::connect(env.addr("smtp-starttls")).await;
+    assert!(c.code().await.starts_with("220"));
+    c.send("EHLO vm").await;
+    c.reply().await;
+    assert!(c.cmd("STARTTLS").await.starts_with("220"));
+    let tcp = c.io.into_inner();
+    let mut c = LineClient::new(tls_connect(&env, tcp).await);
+    c.send("EHLO vm").await;
+    let ehlo = c.reply().await;
+    assert!(
+        ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")),
+        "{ehlo:?}"
+    );
+    assert!(!ehlo.iter().any(|l| l.contains("STARTTLS")), "{ehlo:?}");
+    assert!(
+        c.cmd("STARTTLS").await.starts_with("503"),
+        "no second STARTTLS"
+    );
+    assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6");
+    assert_eq!(c.cmd(&b64(USER.as_bytes())).await, "334 UGFzc3dvcmQ6");
+    assert!(c.cmd(&b64(PASSWORD.as_bytes())).await.starts_with("235"));
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("QUIT").await.starts_with("221"));
+}
+
+/// Graceful shutdown: new connections are refused, a pre-login session gets `421 4.3.0`, a
+/// logged-in session keeps working until it ends (within the grace period).
+#[tokio::test]
+async fn shutdown_drains_piped_sessions_and_says_goodbye_to_the_rest() {
+    let mut env = Env::start().await;
+    let addr = env.addr("smtp");
+    let mut piped = LineClient::connect(addr).await;
+    piped.code().await;
+    piped.cmd("EHLO vm").await;
+    let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
+    assert!(
+        piped
+            .cmd(&format!("AUTH PLAIN {blob}"))
+            .await
+            .starts_with("235")
+    );
+    let mut waiting = LineClient::connect(addr).await;
+    waiting.code().await;
+
+    env.shutdown.cancel();
+    let bye = waiting.line().await.expect("a goodbye");
+    assert!(bye.starts_with("421 4.3.0"), "{bye}");
+    assert!(waiting.closed().await);
+    // The logged-in session still delivers.
+    assert!(
+        piped
+            .cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        piped
+            .cmd("RCPT TO:<x@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(piped.cmd("DATA").await.starts_with("354"));
+    piped
+        .write(b"Subject: during shutdown\r\n\r\nhi\r\n.\r\n")
+        .await;
+    assert!(piped.code().await.starts_with("250"));
+    assert!(piped.cmd("QUIT").await.starts_with("221"));
+    // New connections are refused once the accept loop is gone.
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener still accepts after shutdown");
+    let running = env.running.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("stops once sessions end");
+    assert_eq!(env.sandbox.messages().len(), 1);
+}

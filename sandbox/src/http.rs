@@ -265,7 +265,11 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
         (&Method::GET, ["counters"]) => {
             let tokens = shared.entra().counters.clone();
             let mail = crate::lock(&shared.mail_auth).clone();
-            json_reply(200, json!({"token_requests": tokens, "mail_auth": mail}))
+            let connector = crate::lock(&shared.connector_counters).clone();
+            json_reply(
+                200,
+                json!({"token_requests": tokens, "mail_auth": mail, "connector": connector}),
+            )
         }
         (&Method::GET, ["messages"]) => {
             let msgs = crate::lock(&shared.submissions).clone();
@@ -275,6 +279,9 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                     json!({
                         "mailboxes": m.mailboxes,
                         "auth_user": m.auth_user,
+                        "via_connector": m.via_connector,
+                        "tls": m.tls,
+                        "client_cert_names": m.client_cert_names,
                         "from": m.from,
                         "rcpts": m.rcpts,
                         "size": m.raw.len(),
@@ -283,6 +290,47 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                 })
                 .collect();
             json_reply(200, Value::Array(list))
+        }
+        (&Method::GET, ["connector"]) => {
+            let c = shared.connector_settings();
+            json_reply(
+                200,
+                json!({
+                    "allowed_ips": c.allowed_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                    "allowed_cert_names": c.allowed_cert_names,
+                    "starttls": c.starttls,
+                }),
+            )
+        }
+        (&Method::POST, ["connector"]) => {
+            // Any of: {"allowed_ips": ["192.0.2.7"], "allowed_cert_names": ["contoso.com"],
+            // "starttls": false}; absent keys stay as they are.
+            let strings = |k: &str| -> Option<Vec<String>> {
+                input.get(k).and_then(Value::as_array).map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+            };
+            let ips = match strings("allowed_ips")
+                .map(|v| v.iter().map(|i| i.parse()).collect::<Result<Vec<_>, _>>())
+                .transpose()
+            {
+                Ok(ips) => ips,
+                Err(e) => return json_reply(400, json!({"error": format!("allowed_ips: {e}")})),
+            };
+            let mut c = crate::lock(&shared.connector);
+            if let Some(ips) = ips {
+                c.allowed_ips = ips;
+            }
+            if let Some(names) = strings("allowed_cert_names") {
+                c.allowed_cert_names = names;
+            }
+            if let Some(on) = input.get("starttls").and_then(Value::as_bool) {
+                c.starttls = on;
+            }
+            json_reply(200, json!({"ok": true}))
         }
         (&Method::POST, ["expire_access_tokens"]) => {
             shared.entra().expire_access_tokens(Instant::now());

@@ -60,6 +60,9 @@ pub enum Step {
     /// Check these credentials, log in upstream, and report with
     /// [`ClientProtocol::login_finished`].
     Login(LoginRequest),
+    /// Relay mode, client from an allow-listed address: it may send mail without logging in.
+    /// The command that started it is left in `input`; everything from there on goes upstream.
+    ProceedWithoutLogin,
     /// Close the connection.
     Close,
 }

@@ -106,11 +106,12 @@ where
     let upstream_task = {
         let upstream = l.upstream.clone();
         let protocol = l.protocol;
+        let relay = l.relay.is_some();
         let hostname = shared.hostname.clone();
         let timeouts = shared.limits.timeouts.clone();
-        tokio::spawn(
-            async move { upstream::connect(&upstream, protocol, &hostname, &timeouts).await },
-        )
+        tokio::spawn(async move {
+            upstream::connect(&upstream, protocol, relay, &hostname, &timeouts).await
+        })
     };
     let mut session = Session {
         shared: Arc::clone(&shared),
@@ -135,7 +136,10 @@ where
         limits: shared.limits.protocol.clone(),
     };
     let machine: Box<dyn ClientProtocol> = match l.protocol {
-        Protocol::Smtp => Box::new(SmtpClient::new(ctx)),
+        Protocol::Smtp => match &l.relay {
+            Some(relay) => Box::new(SmtpClient::new(ctx).relay(relay.open_for(peer.ip()))),
+            None => Box::new(SmtpClient::new(ctx)),
+        },
         Protocol::Imap => Box::new(ImapClient::new(ctx)),
         Protocol::Pop3 => Box::new(Pop3Client::new(ctx)),
     };
@@ -156,6 +160,15 @@ where
         ..
     } = *conn;
     let idle = shared.limits.timeouts.pipe_idle;
+    if let Some(settings) = &shared.listener.relay {
+        tokio::select! {
+            end = crate::relay::relay(client, leftover, up, up_leftover, settings, idle) => {
+                info!(end = ?end, secs = started.elapsed().as_secs(), "relay session ended");
+            }
+            _ = stop.hard.cancelled() => info!("session closed: server stopped"),
+        }
+        return;
+    }
     tokio::select! {
         end = pipe(client, up, &leftover, &up_leftover, idle) => match end {
             PipeEnd::Closed { up, down } => info!(bytes_up = up, bytes_down = down, secs = started.elapsed().as_secs(), "session ended"),
@@ -292,6 +305,21 @@ impl Session {
                             return None;
                         }
                     }
+                }
+                Step::ProceedWithoutLogin => {
+                    // Relay mode, allow-listed client: the connector must be there.
+                    let wait = self.shared.limits.timeouts.login_budget;
+                    if let Err(why) = self.upstream.resolve(wait).await {
+                        warn!(reason = %why, "relay connector unavailable");
+                        out.extend_from_slice(
+                            format!("421 4.4.2 Relay connector unavailable: {why}\r\n").as_bytes(),
+                        );
+                        flush(&mut client, &mut out).await;
+                        close(&mut client).await;
+                        return None;
+                    }
+                    info!("allow-listed client relaying without login");
+                    return Some((client, input));
                 }
                 Step::Close => {
                     close(&mut client).await;

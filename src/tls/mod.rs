@@ -86,6 +86,32 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 /// Client config for upstream mail servers and token endpoints: the webpki roots plus, when
 /// given, every certificate in `ca_file` (a private CA, or the sandbox's).
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_inner(ca_file, None)
+}
+
+/// Like [`client_config`], presenting a client certificate (the whole chain in `cert`, leaf
+/// first) — for a certificate-based Exchange Online connector.
+pub fn client_config_with_cert(
+    ca_file: Option<&Path>,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let chain = load_certs(cert)?;
+    let private = load_key(key)?;
+    client_config_inner(ca_file, Some((chain, private, cert, key)))
+}
+
+type ClientAuth<'a> = (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    &'a Path,
+    &'a Path,
+);
+
+fn client_config_inner(
+    ca_file: Option<&Path>,
+    auth: Option<ClientAuth<'_>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -102,8 +128,18 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
             path: ca_file.map(Path::to_owned).unwrap_or_default(),
             message: e.to_string(),
         })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config =
+        match auth {
+            None => config.with_no_client_auth(),
+            Some((chain, private, cert, key)) => config
+                .with_client_auth_cert(chain, private)
+                .map_err(|source| TlsError::Config {
+                    cert: cert.to_owned(),
+                    key: key.to_owned(),
+                    source,
+                })?,
+        };
     Ok(Arc::new(config))
 }
 

@@ -53,18 +53,26 @@ pub enum AuthResult {
     Rejected(String),
 }
 
-fn machine(protocol: Protocol, starttls: bool, ehlo_name: &str) -> Box<dyn UpstreamProtocol> {
+fn machine(
+    protocol: Protocol,
+    starttls: bool,
+    relay: bool,
+    ehlo_name: &str,
+) -> Box<dyn UpstreamProtocol> {
     match protocol {
+        Protocol::Smtp if relay => Box::new(SmtpUpstream::new(starttls, ehlo_name).for_relay()),
         Protocol::Smtp => Box::new(SmtpUpstream::new(starttls, ehlo_name)),
         Protocol::Imap => Box::new(ImapUpstream::new(starttls)),
         Protocol::Pop3 => Box::new(Pop3Upstream::new(starttls)),
     }
 }
 
-/// Connect, do TLS, read the greeting and capabilities.
+/// Connect, do TLS, read the greeting and capabilities. `relay`: an SMTP connector that takes
+/// mail without AUTH (XOAUTH2 is then not required).
 pub async fn connect(
     upstream: &Upstream,
     protocol: Protocol,
+    relay: bool,
     ehlo_name: &str,
     timeouts: &Timeouts,
 ) -> Result<Connected, UpstreamError> {
@@ -95,7 +103,7 @@ pub async fn connect(
             .await
             .map_err(|m| err("tls_handshake", m))?
     };
-    let mut conn_machine = machine(protocol, starttls, ehlo_name);
+    let mut conn_machine = machine(protocol, starttls, relay, ehlo_name);
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let setup = async {
         loop {

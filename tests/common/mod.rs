@@ -384,3 +384,319 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// IMAP and POP3 helpers (tests/imap.rs, tests/pop3.rs).
+
+impl Env {
+    /// Like [`Env::start_with`], then `edit` rewrites the generated YAML (e.g. with
+    /// [`with_login`] or [`with_upstream`]) and authbridge is restarted on the edited config.
+    pub async fn start_with_yaml(
+        opts: EnvOptions,
+        edit: impl FnOnce(&Sandbox, String) -> String,
+    ) -> Env {
+        let mut env = Env::start_with(opts).await;
+        env.stop_proxy().await;
+        let yaml = std::fs::read_to_string(&env.config_path).unwrap();
+        std::fs::write(&env.config_path, edit(&env.sandbox, yaml)).unwrap();
+        env.start_proxy().await;
+        env
+    }
+
+    /// A rustls client config that trusts only the self-signed `cert.pem` of this environment
+    /// (the certificate of the client-facing TLS listeners; server name `localhost`).
+    pub fn client_tls(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(self.dir.path().join("cert.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        std::sync::Arc::new(config)
+    }
+
+    /// Connect to an implicit-TLS listener.
+    pub async fn connect_tls(&self, listener: &str) -> TlsClient {
+        let plain = LineClient::connect(self.addr(listener)).await;
+        plain.start_tls(self).await
+    }
+}
+
+/// A line client over client-side TLS.
+pub type TlsClient = LineClient<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl LineClient<TcpStream> {
+    /// TLS handshake (after STARTTLS/STLS was accepted, or at once for implicit TLS). Nothing
+    /// may be buffered from the plaintext phase.
+    pub async fn start_tls(self, env: &Env) -> TlsClient {
+        assert!(
+            self.io.buffer().is_empty(),
+            "plaintext bytes buffered before the TLS handshake"
+        );
+        let tcp = self.io.into_inner();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsConnector::from(env.client_tls()).connect(name, tcp),
+        )
+        .await
+        .expect("TLS handshake within 10 s")
+        .expect("TLS handshake succeeds");
+        LineClient::new(tls)
+    }
+}
+
+/// `{N}` or `{N+}` at the end of an IMAP line.
+pub fn imap_literal_len(line: &[u8]) -> Option<usize> {
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let digits = &inner[open + 1..];
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LineClient<S> {
+    /// One raw line including its line end (empty at EOF). Fails the test after 15 s.
+    pub async fn raw_line(&mut self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(15), self.io.read_until(b'\n', &mut buf))
+            .await
+            .expect("a line within 15 s")
+            .unwrap_or(0);
+        buf
+    }
+
+    /// Exactly `n` bytes (an IMAP literal payload).
+    pub async fn read_n(&mut self, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(15), self.io.read_exact(&mut buf))
+            .await
+            .expect("literal within 15 s")
+            .expect("literal bytes, not EOF");
+        buf
+    }
+
+    /// One IMAP response without its final CRLF: a line and, for every `{N}` that ends a line,
+    /// the N literal bytes and what follows them. None at EOF.
+    pub async fn imap_response(&mut self) -> Option<Vec<u8>> {
+        let mut resp = Vec::new();
+        loop {
+            let line = self.raw_line().await;
+            if line.is_empty() {
+                assert!(resp.is_empty(), "EOF inside a response: {resp:?}");
+                return None;
+            }
+            resp.extend_from_slice(&line);
+            let mut bare: &[u8] = &line;
+            while let Some(rest) = bare
+                .strip_suffix(b"\n")
+                .or_else(|| bare.strip_suffix(b"\r"))
+            {
+                bare = rest;
+            }
+            match imap_literal_len(bare) {
+                Some(n) => {
+                    let payload = self.read_n(n).await;
+                    resp.extend_from_slice(&payload);
+                }
+                None => {
+                    while resp.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        resp.pop();
+                    }
+                    return Some(resp);
+                }
+            }
+        }
+    }
+
+    /// Responses up to and including the one tagged `tag`: (untagged and continuation
+    /// responses, the tagged line), lossy UTF-8.
+    pub async fn imap_tagged(&mut self, tag: &str) -> (Vec<String>, String) {
+        let prefix = format!("{tag} ");
+        let mut untagged = Vec::new();
+        loop {
+            let Some(r) = self.imap_response().await else {
+                panic!("EOF before the {tag} reply; got {untagged:?}");
+            };
+            let r = String::from_utf8_lossy(&r).into_owned();
+            if r.starts_with(&prefix) {
+                return (untagged, r);
+            }
+            untagged.push(r);
+        }
+    }
+
+    /// Send `<tag> <command>` and read to the tagged reply.
+    pub async fn imap(&mut self, tag: &str, command: &str) -> (Vec<String>, String) {
+        self.send(&format!("{tag} {command}")).await;
+        self.imap_tagged(tag).await
+    }
+
+    /// A POP3 multi-line body after its `+OK` line: lines up to the lone `.`, dot-unstuffed.
+    pub async fn pop3_multiline(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let l = self.line().await.expect("multi-line response, not EOF");
+            if l == "." {
+                return lines;
+            }
+            lines.push(l.strip_prefix('.').map(str::to_string).unwrap_or(l));
+        }
+    }
+}
+
+/// Add a second local login (`username`, `password`) to the `tickets` account.
+pub fn with_login(yaml: String, username: &str, password: &[u8]) -> String {
+    let anchor = format!("      - {{ username: {USER}, password_hash: ");
+    let at = yaml.find(&anchor).expect("the harness login line");
+    let end = at + yaml[at..].find('\n').unwrap() + 1;
+    let hash = authbridge::auth::hash_password(password).unwrap();
+    let line = format!("      - {{ username: \"{username}\", password_hash: \"{hash}\" }}\n");
+    let mut out = yaml;
+    out.insert_str(end, &line);
+    out
+}
+
+/// Replace the `upstream:` of listener `listener` by `upstream` (a YAML flow mapping).
+pub fn with_upstream(yaml: String, listener: &str, upstream: &str) -> String {
+    let head = format!("  - name: {listener}\n");
+    let at = yaml.find(&head).expect("listener in the harness config") + head.len();
+    let rel = yaml[at..]
+        .find("    upstream: ")
+        .expect("its upstream line");
+    let start = at + rel;
+    let end = start + yaml[start..].find('\n').unwrap();
+    let mut out = yaml;
+    out.replace_range(start..end, &format!("    upstream: {upstream}"));
+    out
+}
+
+/// A TCP port on 127.0.0.1 with nothing listening on it.
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A subject no other test uses.
+pub fn unique_subject(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos:09}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Like [`smtp_send`] but to `rcpt` (e.g. [`MAILBOX`], to read the message back over IMAP or
+/// POP3). Returns the final DATA reply.
+pub async fn smtp_send_to(
+    addr: SocketAddr,
+    rcpt: &str,
+    subject: &str,
+    body_lines: usize,
+) -> String {
+    let mut c = LineClient::connect(addr).await;
+    assert!(c.code().await.starts_with("220"));
+    assert!(c.cmd("EHLO test.local").await.starts_with("250"));
+    let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
+    let r = c.cmd(&format!("AUTH PLAIN {blob}")).await;
+    assert!(r.starts_with("235"), "login: {r}");
+    let r = c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let mut msg = format!("From: {MAILBOX}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\r\n");
+    for i in 0..body_lines {
+        msg.push_str(&format!("line {i:08} of {subject}\r\n"));
+    }
+    msg.push_str(".\r\n");
+    c.write(msg.as_bytes()).await;
+    let r = c.code().await;
+    let _ = c.cmd("QUIT").await;
+    r
+}
+
+/// A value from /proc/self/status in KiB (`VmRSS`, `VmHWM`), if readable.
+pub fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Reset this process's peak RSS (`VmHWM`) to its current RSS (Linux: `5` into clear_refs).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Run test `test` alone in a fresh process of this test binary (with `envs` set there) and
+/// assert that it passed; returns true. In that child process it returns false: the caller then
+/// does the real work. For tests that must not share the process with others (memory
+/// measurements, environment variables).
+pub fn run_isolated(test: &str, envs: &[(&str, &str)]) -> bool {
+    const CHILD: &str = "AUTHBRIDGE_ISOLATED_TEST";
+    if std::env::var(CHILD).as_deref() == Ok(test) {
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, test)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "isolated run of {test} failed:\n{stdout}\n{stderr}"
+    );
+    true
+}
+
+/// `python3`, when installed (it is on CI: .ci/run installs it).
+pub fn python3() -> Option<&'static str> {
+    let ok = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some("python3")
+}
+
+/// Run a Python script with `env` set; returns its stdout. Fails the test on a non-zero exit
+/// (showing stderr) or after 60 s.
+pub async fn run_python(script: &str, env: &[(&str, String)]) -> String {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c").arg(script).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("python finishes within 60 s")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -125,6 +125,13 @@ pub fn run(machine: &mut dyn ClientProtocol, env: &Env<'_>, chunks: &[&[u8]]) ->
                     AfterLogin::Close => break End::Closed,
                 }
             }
+            Step::ProceedWithoutLogin => {
+                let mut leftover = input.to_vec();
+                for c in chunks.by_ref() {
+                    leftover.extend_from_slice(c);
+                }
+                break End::Pipe { leftover };
+            }
             Step::Close => break End::Closed,
         }
     };

@@ -8,8 +8,8 @@
 
 use bytes::BytesMut;
 
-use super::KEPT_EXTENSIONS;
 use super::command::{Command, parse_command};
+use super::{KEPT_EXTENSIONS, RELAY_DROPPED};
 use crate::protocol::line::{Frame, LineFramer};
 use crate::protocol::sasl::{self, LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, SaslError};
 use crate::protocol::{
@@ -43,6 +43,14 @@ pub struct SmtpClient {
     commands: u32,
     bad_commands: u32,
     login_failures: u32,
+    relay: Option<Relay>,
+}
+
+/// Relay-mode options (DESIGN §2).
+#[derive(Debug, Clone, Copy)]
+struct Relay {
+    /// The client's address is allow-listed: mail may start without a login.
+    open: bool,
 }
 
 impl SmtpClient {
@@ -58,7 +66,15 @@ impl SmtpClient {
             commands: 0,
             bad_commands: 0,
             login_failures: 0,
+            relay: None,
         }
+    }
+
+    /// Relay mode: the session after login is relayed command by command, so PIPELINING and
+    /// CHUNKING are not offered; `open` lets an allow-listed client send without logging in.
+    pub fn relay(mut self, open: bool) -> Self {
+        self.relay = Some(Relay { open });
+        self
     }
 
     /// STARTTLS is on offer: a STARTTLS listener that has not upgraded yet.
@@ -72,6 +88,9 @@ impl SmtpClient {
             Some(Some(caps)) => {
                 for cap in caps {
                     let keyword = cap.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                    if self.relay.is_some() && RELAY_DROPPED.contains(&keyword.as_str()) {
+                        continue;
+                    }
                     if KEPT_EXTENSIONS.contains(&keyword.as_str()) {
                         lines.push(cap.clone());
                     }
@@ -79,6 +98,9 @@ impl SmtpClient {
             }
             _ => {
                 for cap in ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"] {
+                    if self.relay.is_some() && RELAY_DROPPED.contains(&cap) {
+                        continue;
+                    }
                     lines.push(cap.to_string());
                 }
             }
@@ -127,7 +149,7 @@ impl SmtpClient {
         }
     }
 
-    fn command(&mut self, line: &[u8], out: &mut Vec<u8>) -> Step {
+    fn command(&mut self, line: &[u8], input: &mut BytesMut, out: &mut Vec<u8>) -> Step {
         self.commands += 1;
         if self.commands > self.ctx.limits.preauth_commands_max {
             out.extend_from_slice(
@@ -197,6 +219,15 @@ impl SmtpClient {
                         Step::Continue
                     }
                 }
+            }
+            Command::NeedsAuth if self.relay.is_some_and(|r| r.open) => {
+                // Put the command back: the relay takes it from here.
+                let mut restored = BytesMut::with_capacity(line.len() + 2 + input.len());
+                restored.extend_from_slice(line);
+                restored.extend_from_slice(b"\r\n");
+                restored.unsplit(input.split());
+                *input = restored;
+                Step::ProceedWithoutLogin
             }
             Command::NeedsAuth => {
                 out.extend_from_slice(b"530 5.7.0 Authentication required\r\n");
@@ -279,7 +310,7 @@ impl ClientProtocol for SmtpClient {
             Frame::Line(line) => line,
         };
         match std::mem::replace(&mut self.state, State::Command) {
-            State::Command => self.command(&line, out),
+            State::Command => self.command(&line, input, out),
             State::PlainResponse => self.plain_response(&line, out),
             State::LoginUsername => self.login_username(&line, out),
             State::LoginPassword { username } => match sasl::decode_response(&line) {

@@ -24,3 +24,7 @@ const KEPT_EXTENSIONS: &[&str] = &[
     "CHUNKING",
     "BINARYMIME",
 ];
+
+/// Extensions a relay-mode listener does not pass on: the relay handles one command at a time
+/// and streams DATA, so it offers neither pipelining nor BDAT.
+const RELAY_DROPPED: &[&str] = &["PIPELINING", "CHUNKING", "BINARYMIME"];

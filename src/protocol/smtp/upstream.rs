@@ -35,6 +35,8 @@ pub struct SmtpUpstream {
     parser: ReplyParser,
     state: State,
     challenge: Option<String>,
+    /// Relay mode: no AUTH is sent, so XOAUTH2 is not required.
+    relay: bool,
 }
 
 impl SmtpUpstream {
@@ -46,7 +48,14 @@ impl SmtpUpstream {
             parser: ReplyParser::new(UPSTREAM_LINE_MAX, UPSTREAM_REPLY_LINES_MAX),
             state: State::Greeting,
             challenge: None,
+            relay: false,
         }
+    }
+
+    /// Relay mode (a connector on port 25): the same setup, without requiring AUTH XOAUTH2.
+    pub fn for_relay(mut self) -> Self {
+        self.relay = true;
+        self
     }
 
     fn ehlo(&self, out: &mut Vec<u8>) {
@@ -78,9 +87,11 @@ impl SmtpUpstream {
                 let caps: Vec<String> = reply.lines.into_iter().skip(1).collect();
                 if self.state == State::Ehlo && self.starttls {
                     if !caps.iter().any(|c| c.eq_ignore_ascii_case("STARTTLS")) {
-                        return self.fail(
-                            "upstream does not offer STARTTLS; refusing to send credentials in plaintext".into(),
-                        );
+                        return self.fail(if self.relay {
+                            "upstream connector does not offer STARTTLS; refusing to relay mail in plaintext".into()
+                        } else {
+                            "upstream does not offer STARTTLS; refusing to send credentials in plaintext".into()
+                        });
                     }
                     out.extend_from_slice(b"STARTTLS\r\n");
                     self.state = State::StartTls;
@@ -91,7 +102,7 @@ impl SmtpUpstream {
                     words.next().is_some_and(|w| w.eq_ignore_ascii_case("AUTH"))
                         && words.any(|m| m.eq_ignore_ascii_case("XOAUTH2"))
                 });
-                if !xoauth2 {
+                if !xoauth2 && !self.relay {
                     return self.fail("upstream does not offer AUTH XOAUTH2".into());
                 }
                 self.state = State::Ready;
