@@ -360,6 +360,25 @@ impl Session {
                 };
             }
         };
+        if shared.listener.relay.is_some() {
+            // Relay mode: the local login is all; nothing but the mail goes upstream.
+            return match tokio::time::timeout_at(deadline, self.upstream.resolve(budget)).await {
+                Ok(Ok(_)) => {
+                    info!(account = %account, "relay login ok");
+                    LoginOutcome::Success {
+                        untagged: Vec::new(),
+                        text: "Authentication successful".into(),
+                    }
+                }
+                Ok(Err(why)) => {
+                    warn!(reason = %why, "relay login: connector unavailable");
+                    LoginOutcome::Unavailable(why)
+                }
+                Err(_) => {
+                    LoginOutcome::Unavailable("the relay connector did not answer in time".into())
+                }
+            };
+        }
         let mut phase = "upstream connection";
         let res =
             tokio::time::timeout_at(deadline, self.upstream_login(&account, &mut phase)).await;
