@@ -55,10 +55,13 @@ install_packages() {
 		policy=/usr/sbin/policy-rc.d
 		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
 	fi
-	apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	local log
+	log=$(mktemp)
+	apt-get update -qq >"$log" 2>&1 && apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1
 	local rc=$?
 	[ -n "$policy" ] && rm -f "$policy"
-	[ $rc = 0 ] || die "apt-get install failed"
+	[ $rc = 0 ] || die "apt-get install failed: $(tail -n 20 "$log")"
+	rm -f "$log"
 }
 
 # Debian's interpreter when there is one (a version manager's shim costs ~0.3 s a start).
@@ -393,13 +396,8 @@ sender_case smtp-python-smtplib "Python smtplib: $S_PLAIN" send_smtplib "$AB_SMT
 sender_case smtp-python-smtplib-starttls "Python smtplib starttls(): $S_TLS" send_smtplib "$AB_SMTP_TLS" --starttls
 R_LOGIN="authbridge relay (none, login) -> Postfix port-25 style (STARTTLS, no AUTH)"
 R_OPEN="authbridge relay (none, allow_from) -> Postfix port-25 style (STARTTLS, no AUTH)"
-# Relay mode after a local login still sends AUTH XOAUTH2 to the connector (which answers
-# "535 5.5.1 Error: authentication not enabled"), so these two stay off until that is fixed:
-# INTEROP_RELAY_LOGIN=1 runs them.
-if [ "${INTEROP_RELAY_LOGIN:-0}" = 1 ]; then
-	sender_case relay-phpmailer-glpi10-smtp "PHPMailer, GLPI 9.5/10 SMTP: $R_LOGIN" send_phpmailer smtp "$AB_RELAY"
-	sender_case relay-symfony-glpi11 "Symfony Mailer, GLPI 11 DSN: $R_LOGIN" send_symfony "$AB_RELAY"
-fi
+sender_case relay-phpmailer-glpi10-smtp "PHPMailer, GLPI 9.5/10 SMTP: $R_LOGIN" send_phpmailer smtp "$AB_RELAY"
+sender_case relay-symfony-glpi11 "Symfony Mailer, GLPI 11 DSN: $R_LOGIN" send_symfony "$AB_RELAY"
 sender_case relay-swaks-allowlisted "swaks without AUTH: $R_OPEN" send_swaks_noauth "$AB_RELAY_OPEN"
 sender_case smtp-postfix-relay-listener "swaks --tls, no AUTH, straight to Postfix's port-25 style listener" send_relay_direct
 
