@@ -31,8 +31,19 @@ step() { printf -- '-- %s\n' "$*"; }
 die() { # a setup failure: counts as one failed case
 	FAILED=$((FAILED + 1))
 	say "FAIL  setup: $*"
+	dump_logs
 	say "$PASSED passed, $FAILED failed"
 	exit 1
+}
+
+dump_logs() { # the tail of every server's log, for a failed run
+	local f
+	[ -n "$T" ] && [ -d "$T" ] || return 0
+	for f in authbridge.log dovecot.log postfix.log sandbox.log; do
+		[ -s "$T/$f" ] || continue
+		say "---- last lines of $f"
+		tail -n 40 "$T/$f" | cut -c1-400
+	done
 }
 
 # ---------------------------------------------------------------- packages
@@ -78,16 +89,8 @@ cleanup() {
 		wait "$pid" 2>/dev/null
 	done
 	if [ -n "$T" ] && [ -d "$T" ]; then
-		if ((FAILED > 0)); then
-			local f
-			for f in authbridge.log dovecot.log postfix.log sandbox.log; do
-				[ -s "$T/$f" ] || continue
-				say "---- last lines of $f"
-				tail -n 40 "$T/$f" | cut -c1-400
-			done
-		fi
 		if [ "${INTEROP_KEEP:-0}" = 1 ]; then
-			say "interop: kept $T"
+			say "interop: kept $T" >&2
 		else
 			rm -rf "$T"
 		fi
@@ -578,6 +581,7 @@ all_logins_tls() {
 run_case upstream-logins-over-tls "every Dovecot login (IMAPS, STARTTLS, POP3S, STLS) was inside TLS" all_logins_tls
 
 # ================================================================ summary
+((FAILED == 0)) || dump_logs
 say "interop suite took $(($(date +%s) - SUITE_START)) s"
 say "$PASSED passed, $FAILED failed"
 ((FAILED == 0))
