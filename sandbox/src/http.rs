@@ -171,8 +171,7 @@ async fn token(
     tenant: &str,
     form: HashMap<String, String>,
 ) -> Result<Response<Full<Bytes>>, ResetError> {
-    let grant = form.get("grant_type").cloned().unwrap_or_default();
-    let injected = shared.entra().admit_token_request(&grant);
+    let injected = shared.entra().admit_token_request(&form);
     match injected {
         Some(Injected::Reply(r)) => return Ok(to_response(r)),
         Some(Injected::Hang) => {
@@ -255,7 +254,10 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                 return json_reply(400, json!({"error": format!("unknown mode {mode:?}")}));
             };
             let times = n("times").map(|t| t.clamp(1, u64::from(u32::MAX)) as u32);
-            shared.entra().inject(failure, times);
+            match s("account") {
+                Some(account) => shared.entra().inject_for(&account, failure, times),
+                None => shared.entra().inject(failure, times),
+            }
             json_reply(200, json!({"ok": true}))
         }
         (&Method::POST, ["clear"]) => {

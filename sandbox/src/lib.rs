@@ -132,12 +132,16 @@ pub enum TokenFailure {
     GarbageJson,
     /// HTTP 400 `{"error":"temporarily_unavailable",…}`.
     TemporarilyUnavailable,
+    /// HTTP 400 `slow_down` (device-code polling too fast, RFC 8628 §3.5).
+    SlowDown,
+    /// HTTP 400 `authorization_pending` (device-code polling before the user acted).
+    AuthorizationPending,
 }
 
 impl TokenFailure {
     /// Parse a mode name as the control endpoint and the binary take it: `http500`,
     /// `throttle429[:SECS]`, `invalid_grant`, `hang`, `slow[:MILLIS]`, `reset`, `garbage_json`,
-    /// `temporarily_unavailable`.
+    /// `temporarily_unavailable`, `slow_down`, `authorization_pending`.
     pub fn parse(spec: &str) -> Option<TokenFailure> {
         let (mode, arg) = match spec.split_once(':') {
             Some((m, a)) => (m, Some(a.parse::<u64>().ok()?)),
@@ -154,6 +158,8 @@ impl TokenFailure {
             "reset" | "reset_connection" => TokenFailure::ResetConnection,
             "garbage" | "garbage_json" => TokenFailure::GarbageJson,
             "temporarily_unavailable" | "unavailable" => TokenFailure::TemporarilyUnavailable,
+            "slow_down" => TokenFailure::SlowDown,
+            "authorization_pending" | "pending" => TokenFailure::AuthorizationPending,
             _ => return None,
         })
     }
@@ -593,6 +599,17 @@ impl Sandbox {
         self.shared.entra().inject(failure, Some(times.max(1)));
     }
 
+    /// Apply `failure` to the token refreshes of one account only (`times`: `None` until
+    /// [`Sandbox::clear_failures`]). `account` is the mailbox of a delegated refresh token or the
+    /// client id of a client-credentials request; interactive grants (authorization code, device
+    /// code) are never affected, so `authbridge login` still works for a failing account.
+    pub fn inject_for(&self, account: &str, failure: TokenFailure, times: Option<u32>) {
+        self.shared
+            .entra()
+            .inject_for(account, failure, times.map(|t| t.max(1)));
+    }
+
+    /// Clears global and per-account failures.
     pub fn clear_failures(&self) {
         self.shared.entra().clear_failures();
     }
