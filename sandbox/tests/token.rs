@@ -232,6 +232,60 @@ async fn introspection_and_expiry() {
     .await
     .unwrap();
     assert_eq!(r.json()["active"], false);
+    let c = sb.token_requests();
+    assert_eq!((c.introspect, c.introspect_active, c.total), (2, 1, 0));
+}
+
+#[tokio::test]
+async fn control_revokes_and_expires_a_refresh_token_family() {
+    let sb = sandbox(Duration::from_secs(2)).await;
+    let control = |path: &'static str, body: String| {
+        let sb = &sb;
+        async move {
+            request(sb, "POST", path, &body, "application/json")
+                .await
+                .unwrap()
+        }
+    };
+    // Revoking the first token of a family also kills its rotations.
+    let rt1 = sb.issue_refresh_token(CID, MBX);
+    let r = refresh(&sb, CID, SECRET, &rt1).await;
+    assert_eq!(r.status, 200);
+    let rt2 = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let other = sb.issue_refresh_token(CID, "helpdesk@contoso.com");
+    let r = control(
+        "/_sandbox/revoke_refresh_token",
+        format!(r#"{{"refresh_token":"{rt1}"}}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["ok"].clone()), (200, true.into()));
+    let r = refresh(&sb, CID, SECRET, &rt2).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error_codes"][0], 50173);
+    // Another family is untouched.
+    assert_eq!(refresh(&sb, CID, SECRET, &other).await.status, 200);
+    // Expiry answers 70008.
+    let r = control(
+        "/_sandbox/expire_refresh_token",
+        format!(r#"{{"refresh_token":"{other}"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = refresh(&sb, CID, SECRET, &other).await;
+    assert_eq!(r.json()["error_codes"][0], 70008);
+    // Unknown token, missing field.
+    let r = control(
+        "/_sandbox/revoke_refresh_token",
+        r#"{"refresh_token":"nope"}"#.to_string(),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["ok"].clone()), (404, false.into()));
+    assert_eq!(
+        control("/_sandbox/revoke_refresh_token", "{}".to_string())
+            .await
+            .status,
+        400
+    );
 }
 
 #[tokio::test]
