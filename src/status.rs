@@ -190,6 +190,138 @@ pub fn utc(t: SystemTime) -> String {
 mod tests {
     use super::*;
 
+    fn account(flow: &str) -> Account {
+        let yaml = format!(
+            "providers:\n  m365:\n    type: microsoft\n    tenant: t\n    client_id: c\n    \
+             client_secret: s\n    flow: {flow}\naccounts:\n  - name: tickets\n    provider: m365\n    \
+             mailbox: tickets@contoso.com\n"
+        );
+        crate::config::Config::parse(std::path::Path::new("/x/a.yaml"), &yaml)
+            .unwrap()
+            .accounts
+            .remove(0)
+    }
+
+    fn persisted(now: u64) -> PersistedStatus {
+        PersistedStatus {
+            version: 1,
+            account: "tickets".into(),
+            updated_at: now,
+            flow: "authorization_code".into(),
+            access_token_expires_at: Some(now + 3000),
+            last_refresh: Some(now - 600),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn states() {
+        let now_s = 1_700_000_000;
+        let now = from_unix_secs(now_s);
+        let a = account("authorization_code");
+        let stored = Some(Ok(Some(from_unix_secs(now_s - 2 * 86_400))));
+        let ok = line(&a, Some(&persisted(now_s)), stored.clone(), now);
+        assert_eq!(
+            ok.text,
+            "tickets  flow=authorization_code  access_token=expires in 50m (2023-11-14 23:03:20 UTC)  \
+             last_refresh=10m ago  refresh_token_age=2d 0h  state=ok"
+        );
+        assert!(!ok.needs_action);
+
+        let refreshing = PersistedStatus {
+            refreshing_since: Some(now_s - 2),
+            ..persisted(now_s)
+        };
+        assert!(
+            line(&a, Some(&refreshing), stored.clone(), now)
+                .text
+                .ends_with("state=refreshing")
+        );
+        let stale = PersistedStatus {
+            refreshing_since: Some(now_s - 600),
+            ..persisted(now_s)
+        };
+        assert!(
+            line(&a, Some(&stale), stored.clone(), now)
+                .text
+                .ends_with("state=ok")
+        );
+
+        let transient = PersistedStatus {
+            last_error: Some("token refresh for account tickets failed: HTTP 503".into()),
+            ..persisted(now_s)
+        };
+        let l = line(&a, Some(&transient), stored.clone(), now);
+        assert!(l.text.contains("last_error=\"token refresh"), "{}", l.text);
+        assert!(l.text.ends_with("state=ok") && !l.needs_action);
+
+        let refused = PersistedStatus {
+            last_error: Some("…".into()),
+            needs_login: Some(
+                "AADSTS70008 refresh token expired — run `authbridge login tickets`".into(),
+            ),
+            needs_login_since: Some(now_s - 60),
+            ..persisted(now_s)
+        };
+        let l = line(&a, Some(&refused), stored.clone(), now);
+        assert!(
+            l.text.ends_with(
+                "state=needs login: AADSTS70008 refresh token expired — run `authbridge login tickets`"
+            ),
+            "{}",
+            l.text
+        );
+        assert!(l.needs_action && !l.text.contains("last_error"));
+        // A token stored after the refusal (login, import-token in another process).
+        let l = line(
+            &a,
+            Some(&refused),
+            Some(Ok(Some(from_unix_secs(now_s - 5)))),
+            now,
+        );
+        assert!(
+            l.text.contains("state=ok (a new refresh token was stored"),
+            "{}",
+            l.text
+        );
+        assert!(!l.needs_action);
+
+        // Nothing stored yet; no status file yet; an unreadable token file.
+        let l = line(&a, None, Some(Ok(None)), now);
+        assert!(
+            l.text.ends_with(
+                "access_token=none  last_refresh=never  refresh_token_age=none  state=needs login: \
+                 no refresh token stored yet — run `authbridge login tickets` (or pipe an existing \
+                 refresh token into `authbridge import-token tickets`)"
+            ),
+            "{}",
+            l.text
+        );
+        let l = line(&a, None, stored.clone(), now);
+        assert!(
+            l.text
+                .ends_with("state=ok (no token request made yet; `authbridge check` tries one)")
+        );
+        let l = line(&a, None, Some(Err("tickets.json is damaged".into())), now);
+        assert!(l.needs_action && l.text.contains("refresh_token_age=unreadable"));
+
+        // App-only: no refresh token, an expired access token.
+        let app = account("client_credentials");
+        let expired = PersistedStatus {
+            access_token_expires_at: Some(now_s - 120),
+            ..persisted(now_s)
+        };
+        let l = line(&app, Some(&expired), Some(Ok(None)), now);
+        assert!(
+            l.text
+                .contains("flow=client_credentials  access_token=expired 2m ago")
+                && l.text.contains("refresh_token_age=n/a")
+                && l.text.ends_with("state=ok"),
+            "{}",
+            l.text
+        );
+    }
+
     #[test]
     fn formats() {
         assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00 UTC");

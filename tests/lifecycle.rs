@@ -271,7 +271,8 @@ async fn invalid_grant_needs_login_runs_the_hook_once_and_login_resumes_service(
 
     // The refresh token family expires (AADSTS70008) and the upstream stops taking the cached
     // access token: the proxy refreshes once, gets invalid_grant, and the client gets a 4xx.
-    env.sandbox.expire_refresh_token(&stored_token(&env));
+    let refused = stored_token(&env);
+    env.sandbox.expire_refresh_token(&refused);
     env.sandbox.expire_access_tokens();
     let (r, _) = smtp_login(env.addr("smtp")).await;
     assert!(r.starts_with("454 4.7.0"), "{r}");
@@ -323,6 +324,11 @@ async fn invalid_grant_needs_login_runs_the_hook_once_and_login_resumes_service(
     }
     assert!(!hook_env.contains(CLIENT_SECRET));
 
+    assert_eq!(
+        stored_token(&env),
+        refused,
+        "the refused token is kept until replaced"
+    );
     let (code, out) = status(&env.config_path);
     assert_eq!(code, Some(1), "{out}");
     assert!(

@@ -117,6 +117,15 @@ async fn browser_flow_end_to_end_and_a_running_proxy_picks_the_token_up() {
     );
     let rt = stored_token(&env).expect("a refresh token is stored");
     assert!(!out.contains(&rt), "the refresh token is never printed");
+    let code_value = callback
+        .split("code=")
+        .nth(1)
+        .and_then(|c| c.split('&').next())
+        .unwrap();
+    assert!(
+        !out.contains(code_value),
+        "the authorization code is never printed"
+    );
 
     // The proxy started before the login serves with the new token: no restart.
     let r = smtp_send(env.addr("smtp"), "after login", 1).await;

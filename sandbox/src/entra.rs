@@ -403,9 +403,11 @@ impl Entra {
     }
 
     /// RFC 7662 introspection.
-    pub(crate) fn introspect(&self, token: &str, now: Instant) -> Value {
+    pub(crate) fn introspect(&mut self, token: &str, now: Instant) -> Value {
+        self.counters.introspect += 1;
         match self.access.get(token) {
             Some(at) if now < at.expires => {
+                self.counters.introspect_active += 1;
                 let mut v = json!({
                     "active": true,
                     "scope": at.scope,

@@ -365,6 +365,19 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
             let rt = shared.entra().issue_refresh_token(&id, &mailbox);
             json_reply(200, json!({"refresh_token": rt}))
         }
+        (&Method::POST, [action @ ("revoke_refresh_token" | "expire_refresh_token")]) => {
+            // The whole family goes: the token given and every rotation of it.
+            let Some(token) = s("refresh_token") else {
+                return json_reply(400, json!({"error": "refresh_token required"}));
+            };
+            let mut e = shared.entra();
+            let ok = if *action == "revoke_refresh_token" {
+                e.revoke_refresh_token(&token)
+            } else {
+                e.expire_refresh_token(&token)
+            };
+            json_reply(if ok { 200 } else { 404 }, json!({"ok": ok}))
+        }
         (&Method::POST, ["deliver"]) => {
             let (Some(mailbox), Some(raw)) = (s("mailbox"), s("raw")) else {
                 return json_reply(400, json!({"error": "mailbox and raw required"}));

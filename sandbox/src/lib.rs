@@ -180,6 +180,11 @@ pub struct TokenCounters {
     pub device_authorizations: u64,
     /// Requests to the authorize endpoint (not part of `total`).
     pub authorize: u64,
+    /// Requests to the introspection endpoint (not part of `total`): one per XOAUTH2 attempt a
+    /// real mail server (Dovecot's `passdb oauth2`) checks with us.
+    pub introspect: u64,
+    /// Introspection requests answered `"active": true`.
+    pub introspect_active: u64,
 }
 
 /// XOAUTH2 attempts seen by the fake mail servers.

@@ -4,8 +4,8 @@
 //! Safe by construction: the command is an argv list run without a shell; the environment is
 //! cleared except for a few harmless variables (`PATH`, `HOME`, `LANG`, `LC_ALL`, `TZ`, `USER`,
 //! `LOGNAME`), so neither `AUTHBRIDGE_KEY` nor a client secret given as `{ env: … }` reaches it;
-//! stdin is empty; the run is bounded (killed after the timeout); its output is read up to a cap
-//! and logged. What it gets: `AUTHBRIDGE_ACCOUNT`, `AUTHBRIDGE_MAILBOX`, `AUTHBRIDGE_PROVIDER`,
+//! stdin is empty; the run is bounded (its process group is killed after the timeout); its output
+//! is read up to a cap and logged. What it gets: `AUTHBRIDGE_ACCOUNT`, `AUTHBRIDGE_MAILBOX`, `AUTHBRIDGE_PROVIDER`,
 //! `AUTHBRIDGE_HINT` (what happened — what to do), `AUTHBRIDGE_FIX` (what to do),
 //! `AUTHBRIDGE_ERROR` (the OAuth2 `error`, may be empty) and `AUTHBRIDGE_AADSTS` (may be empty).
 
@@ -72,6 +72,9 @@ impl ReauthHook {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Its own process group, so a timeout ends whatever it started too.
+        #[cfg(unix)]
+        cmd.process_group(0);
         for key in KEPT_ENV {
             if let Some(v) = std::env::var_os(key) {
                 cmd.env(key, v);
@@ -143,6 +146,16 @@ impl ReauthHook {
                 tracing::warn!(account, program = %program, "on_reauth_needed: waiting for the command failed: {e}");
             }
             Err(_) => {
+                #[cfg(unix)]
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}")])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .await;
+                }
                 let _ = child.kill().await;
                 tracing::warn!(
                     account,
@@ -152,5 +165,70 @@ impl ReauthHook {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::token::{Endpoints, ErrorKind, Flow, ProviderConfig, ProviderKind};
+
+    fn account() -> AccountConfig {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        AccountConfig {
+            name: "tickets".into(),
+            mailbox: "tickets@contoso.com".into(),
+            provider: Arc::new(ProviderConfig {
+                name: "m365".into(),
+                kind: ProviderKind::Microsoft,
+                flow: Flow::AuthorizationCode,
+                client_id: "cid".into(),
+                client_secret: None,
+                endpoints: Endpoints {
+                    token_url: "https://x/t".into(),
+                    authorize_url: None,
+                    device_code_url: None,
+                },
+                scopes: Vec::new(),
+                redirect_uri: None,
+                tls: Arc::new(tls),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hanging_hook_is_killed_and_a_missing_one_is_logged() {
+        let err = TokenError::new("tickets", ErrorKind::Permanent, "refused", "run it");
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("after-sleep");
+        let mut hook = ReauthHook::new(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("(sleep 1; touch {}) & sleep 5", marker.display()),
+        ])
+        .unwrap();
+        hook.timeout = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        hook.spawn(&account(), &err).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!marker.exists(), "the hook and what it started were killed");
+
+        let missing = ReauthHook::new(vec!["/nonexistent/notify".into()]).unwrap();
+        missing.spawn(&account(), &err).await.unwrap();
+        assert!(ReauthHook::new(Vec::new()).is_none());
+        assert!(ReauthHook::new(vec![String::new()]).is_none());
     }
 }
