@@ -7,7 +7,10 @@
 //! - An unknown user is checked against a dummy hash with the same parameters: wrong user and
 //!   wrong password take the same time and get the same reply.
 //! - argon2 runs on the blocking pool behind a semaphore, so a login storm cannot exhaust memory
-//!   (each verification takes ~19 MiB).
+//!   (each verification takes ~19 MiB). Its working memory comes from a pool of at most
+//!   `ARGON2_PARALLEL` buffers, reused: allocating 19 MiB afresh for every verification made the
+//!   allocator keep a little more each time (tests/hostile.rs saw the resident size climb by
+//!   ~19 MiB per failed login up to ~200 MiB).
 //! - Failures are counted per source address in a sliding window; the reply to a failure is
 //!   delayed more with each one, and past the limit the source is refused outright.
 
@@ -16,8 +19,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -72,6 +75,8 @@ pub struct Credentials {
     cache_key: Secret<Vec<u8>>,
     dummy_hash: String,
     argon2_slots: Semaphore,
+    /// argon2 working memory, one buffer per slot in use, reused across verifications.
+    argon2_memory: Mutex<Vec<Vec<Block>>>,
 }
 
 /// The result of a credential check.
@@ -107,6 +112,7 @@ impl Credentials {
             cache_key: Secret::new(key),
             dummy_hash,
             argon2_slots: Semaphore::new(ARGON2_PARALLEL),
+            argon2_memory: Mutex::new(Vec::new()),
         })
     }
 
@@ -139,13 +145,25 @@ impl Credentials {
         }
         let hash = entry.map_or_else(|| self.dummy_hash.clone(), |e| e.hash.clone());
         let pw = password.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| Argon2::default().verify_password(pw.expose(), &h).is_ok())
-                .unwrap_or(false)
+        let memory = self
+            .argon2_memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let (ok, memory) = tokio::task::spawn_blocking(move || {
+            let mut memory = memory;
+            let ok = verify_with_memory(&hash, pw.expose(), &mut memory);
+            (ok, memory)
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or((false, Vec::new()));
+        if !memory.is_empty() {
+            self.argon2_memory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(memory);
+        }
         match entry {
             Some(e) if ok => {
                 *e.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
@@ -154,6 +172,44 @@ impl Credentials {
             _ => Verdict::Invalid,
         }
     }
+}
+
+/// `PasswordVerifier::verify_password` (password-hash crate), with the caller's working memory:
+/// recompute the hash with the PHC string's algorithm, version, parameters and salt, compare in
+/// constant time. The memory is wiped before it goes back to the pool.
+fn verify_with_memory(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(h.algorithm) else {
+        return false;
+    };
+    let version = match h.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(&h) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let computed = Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
+        .is_ok();
+    memory[..blocks].fill(Block::default());
+    let ok = computed && bool::from(out.as_slice().ct_eq(expected.as_bytes()));
+    zeroize::Zeroize::zeroize(&mut out);
+    ok
 }
 
 fn cached(entry: &LoginEntry, digest: &[u8; 32]) -> bool {

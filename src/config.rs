@@ -48,6 +48,17 @@ struct RawConfig {
     listeners: Vec<RawListener>,
     #[serde(default)]
     limits: RawLimits,
+    /// Command run when an account needs a new login: `[program, arg, …]` (no shell).
+    #[serde(default)]
+    on_reauth_needed: Option<RawCommand>,
+}
+
+/// `[program, arg, …]`; a plain string is refused with advice (no shell is ever used).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Argv(Vec<String>),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,22 +175,65 @@ struct RawUpstream {
     ca_file: Option<PathBuf>,
 }
 
-/// Optional overrides of the defaults in [`crate::limits`] (seconds and counts).
+/// Optional overrides of the defaults in [`crate::limits`] (sizes in octets, times in seconds
+/// unless the name says `_ms`). Each key has an accepted range, checked in
+/// [`Resolver::limits`]: a limit can be tuned, never switched off.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    // Connections and failures.
     #[serde(default)]
-    max_sessions: Option<usize>,
+    max_sessions: Option<u64>,
     #[serde(default)]
-    max_sessions_per_source: Option<usize>,
+    max_sessions_per_source: Option<u64>,
     #[serde(default)]
-    login_failures_per_source: Option<u32>,
+    login_failures_per_source: Option<u64>,
+    #[serde(default)]
+    failure_window_secs: Option<u64>,
+    #[serde(default)]
+    failure_delay_base_ms: Option<u64>,
+    #[serde(default)]
+    failure_delay_max_ms: Option<u64>,
+    // Sizes and counts before login.
+    #[serde(default)]
+    line_max: Option<u64>,
+    #[serde(default)]
+    auth_line_max: Option<u64>,
+    #[serde(default)]
+    literal_max: Option<u64>,
+    #[serde(default)]
+    preauth_commands_max: Option<u64>,
+    #[serde(default)]
+    bad_commands_max: Option<u64>,
+    #[serde(default)]
+    session_login_failures_max: Option<u64>,
+    #[serde(default)]
+    token_response_max: Option<u64>,
+    // Named timeouts.
+    #[serde(default)]
+    client_tls_handshake_secs: Option<u64>,
     #[serde(default)]
     preauth_idle_secs: Option<u64>,
     #[serde(default)]
-    pipe_idle_secs: Option<u64>,
+    preauth_total_secs: Option<u64>,
+    #[serde(default)]
+    client_write_secs: Option<u64>,
+    #[serde(default)]
+    upstream_connect_secs: Option<u64>,
+    #[serde(default)]
+    upstream_tls_handshake_secs: Option<u64>,
+    #[serde(default)]
+    upstream_setup_secs: Option<u64>,
+    #[serde(default)]
+    upstream_auth_secs: Option<u64>,
+    #[serde(default)]
+    token_request_secs: Option<u64>,
+    #[serde(default)]
+    capabilities_wait_secs: Option<u64>,
     #[serde(default)]
     login_budget_secs: Option<u64>,
+    #[serde(default)]
+    pipe_idle_secs: Option<u64>,
     #[serde(default)]
     shutdown_grace_secs: Option<u64>,
 }
@@ -280,6 +334,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
     pub listeners: Vec<Listener>,
     pub limits: Limits,
+    /// `on_reauth_needed`: program and arguments (never empty when set).
+    pub on_reauth_needed: Option<Vec<String>>,
 }
 
 /// A mailbox and the local logins that map to it.
@@ -547,33 +603,45 @@ impl Resolver<'_> {
             listeners.push(listener);
         }
 
-        let mut limits = Limits::default();
-        let rl = raw.limits;
-        if let Some(v) = rl.max_sessions {
-            limits.connections.max_sessions = v;
-        }
-        if let Some(v) = rl.max_sessions_per_source {
-            limits.connections.max_sessions_per_source = v;
-        }
-        if let Some(v) = rl.login_failures_per_source {
-            limits.connections.login_failures_per_source = v;
-        }
-        let secs = std::time::Duration::from_secs;
-        if let Some(v) = rl.preauth_idle_secs {
-            limits.timeouts.preauth_idle = secs(v);
-        }
-        if let Some(v) = rl.pipe_idle_secs {
-            limits.timeouts.pipe_idle = secs(v);
-        }
-        if let Some(v) = rl.login_budget_secs {
-            if v == 0 || v > 60 {
-                return Err(self.err("limits.login_budget_secs", "expected 1 to 60 seconds"));
+        let limits = self.limits(raw.limits)?;
+
+        let on_reauth_needed = match raw.on_reauth_needed {
+            None => None,
+            Some(RawCommand::Text(text)) => {
+                let first = text.split_whitespace().next().unwrap_or("/path/to/program");
+                return Err(self.err(
+                    "on_reauth_needed",
+                    format!(
+                        "expected a list [program, argument, …], e.g. [{first}, …] (it is run \
+                         without a shell; for a shell command write [/bin/sh, -c, \"…\"])"
+                    ),
+                ));
             }
-            limits.timeouts.login_budget = secs(v);
-        }
-        if let Some(v) = rl.shutdown_grace_secs {
-            limits.timeouts.shutdown_grace = secs(v);
-        }
+            Some(RawCommand::Argv(argv)) => {
+                match argv.first().map(String::as_str) {
+                    None | Some("") => {
+                        return Err(self.err(
+                            "on_reauth_needed",
+                            "expected a list [program, argument, …] with a program first",
+                        ));
+                    }
+                    Some(program) if program.contains('/') && !Path::new(program).is_absolute() => {
+                        return Err(self.err(
+                            "on_reauth_needed[0]",
+                            format!(
+                                "`{program}` is a relative path: give an absolute path or a \
+                                 program name found on PATH"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                if argv.iter().any(|a| a.contains('\0')) {
+                    return Err(self.err("on_reauth_needed", "arguments cannot contain NUL"));
+                }
+                Some(argv)
+            }
+        };
 
         Ok(Config {
             file: self.file.to_owned(),
@@ -587,7 +655,234 @@ impl Resolver<'_> {
             accounts,
             listeners,
             limits,
+            on_reauth_needed,
         })
+    }
+
+    /// Apply the `limits:` overrides, each within its range.
+    fn limits(&self, rl: RawLimits) -> Result<Limits, ConfigError> {
+        let mut l = Limits::default();
+        let range = |key: &str, v: Option<u64>, min: u64, max: u64, unit: &str| match v {
+            Some(v) if v < min || v > max => Err(self.err(
+                format!("limits.{key}"),
+                format!("expected {min} to {max} {unit}, got {v}"),
+            )),
+            other => Ok(other),
+        };
+        let secs = std::time::Duration::from_secs;
+        let ms = std::time::Duration::from_millis;
+        let c = &mut l.connections;
+        if let Some(v) = range("max_sessions", rl.max_sessions, 1, 1_000_000, "sessions")? {
+            c.max_sessions = v as usize;
+        }
+        if let Some(v) = range(
+            "max_sessions_per_source",
+            rl.max_sessions_per_source,
+            1,
+            1_000_000,
+            "sessions",
+        )? {
+            c.max_sessions_per_source = v as usize;
+        }
+        if let Some(v) = range(
+            "login_failures_per_source",
+            rl.login_failures_per_source,
+            1,
+            100_000,
+            "failures",
+        )? {
+            c.login_failures_per_source = v as u32;
+        }
+        if let Some(v) = range(
+            "failure_window_secs",
+            rl.failure_window_secs,
+            1,
+            86_400,
+            "seconds",
+        )? {
+            c.failure_window = secs(v);
+        }
+        if let Some(v) = range(
+            "failure_delay_base_ms",
+            rl.failure_delay_base_ms,
+            0,
+            10_000,
+            "milliseconds",
+        )? {
+            c.failure_delay_base = ms(v);
+        }
+        if let Some(v) = range(
+            "failure_delay_max_ms",
+            rl.failure_delay_max_ms,
+            0,
+            30_000,
+            "milliseconds",
+        )? {
+            c.failure_delay_max = ms(v);
+        }
+        if c.failure_delay_max < c.failure_delay_base {
+            return Err(self.err(
+                "limits.failure_delay_max_ms",
+                "expected at least failure_delay_base_ms",
+            ));
+        }
+
+        let p = &mut l.protocol;
+        if let Some(v) = range("line_max", rl.line_max, 512, 65_536, "octets")? {
+            p.line_max = v as usize;
+        }
+        if let Some(v) = range("auth_line_max", rl.auth_line_max, 512, 65_536, "octets")? {
+            p.auth_line_max = v as usize;
+        }
+        if p.auth_line_max < p.line_max {
+            return Err(self.err(
+                "limits.auth_line_max",
+                format!(
+                    "expected at least line_max ({} octets): AUTH lines are the longest commands",
+                    p.line_max
+                ),
+            ));
+        }
+        if let Some(v) = range("literal_max", rl.literal_max, 0, 1 << 20, "octets")? {
+            p.literal_max = v as usize;
+        }
+        if let Some(v) = range(
+            "preauth_commands_max",
+            rl.preauth_commands_max,
+            1,
+            100_000,
+            "commands",
+        )? {
+            p.preauth_commands_max = v as u32;
+        }
+        if let Some(v) = range(
+            "bad_commands_max",
+            rl.bad_commands_max,
+            0,
+            10_000,
+            "commands",
+        )? {
+            p.bad_commands_max = v as u32;
+        }
+        if let Some(v) = range(
+            "session_login_failures_max",
+            rl.session_login_failures_max,
+            1,
+            100,
+            "failures",
+        )? {
+            p.session_login_failures_max = v as u32;
+        }
+        if let Some(v) = range(
+            "token_response_max",
+            rl.token_response_max,
+            4096,
+            16 << 20,
+            "octets",
+        )? {
+            l.token_response_max = v as usize;
+        }
+
+        let t = &mut l.timeouts;
+        let timeouts: [(&str, Option<u64>, u64, u64, &mut std::time::Duration); 13] = [
+            (
+                "client_tls_handshake_secs",
+                rl.client_tls_handshake_secs,
+                1,
+                300,
+                &mut t.client_tls_handshake,
+            ),
+            (
+                "preauth_idle_secs",
+                rl.preauth_idle_secs,
+                1,
+                3600,
+                &mut t.preauth_idle,
+            ),
+            (
+                "preauth_total_secs",
+                rl.preauth_total_secs,
+                1,
+                86_400,
+                &mut t.preauth_total,
+            ),
+            (
+                "client_write_secs",
+                rl.client_write_secs,
+                1,
+                600,
+                &mut t.client_write,
+            ),
+            (
+                "upstream_connect_secs",
+                rl.upstream_connect_secs,
+                1,
+                60,
+                &mut t.upstream_connect,
+            ),
+            (
+                "upstream_tls_handshake_secs",
+                rl.upstream_tls_handshake_secs,
+                1,
+                60,
+                &mut t.upstream_tls_handshake,
+            ),
+            (
+                "upstream_setup_secs",
+                rl.upstream_setup_secs,
+                1,
+                60,
+                &mut t.upstream_setup,
+            ),
+            (
+                "upstream_auth_secs",
+                rl.upstream_auth_secs,
+                1,
+                60,
+                &mut t.upstream_auth,
+            ),
+            (
+                "token_request_secs",
+                rl.token_request_secs,
+                1,
+                60,
+                &mut t.token_request,
+            ),
+            (
+                "capabilities_wait_secs",
+                rl.capabilities_wait_secs,
+                0,
+                60,
+                &mut t.capabilities_wait,
+            ),
+            (
+                "login_budget_secs",
+                rl.login_budget_secs,
+                1,
+                60,
+                &mut t.login_budget,
+            ),
+            (
+                "pipe_idle_secs",
+                rl.pipe_idle_secs,
+                1,
+                7 * 86_400,
+                &mut t.pipe_idle,
+            ),
+            (
+                "shutdown_grace_secs",
+                rl.shutdown_grace_secs,
+                0,
+                3600,
+                &mut t.shutdown_grace,
+            ),
+        ];
+        for (key, v, min, max, slot) in timeouts {
+            if let Some(v) = range(key, v, min, max, "seconds")? {
+                *slot = secs(v);
+            }
+        }
+        Ok(l)
     }
 
     fn secret(&self, at: &str, source: SecretSource) -> Result<SecretString, ConfigError> {
@@ -636,6 +931,24 @@ impl Resolver<'_> {
                 ));
             }
             _ => {}
+        }
+        if p.kind == ProviderType::Google && p.flow == FlowName::ClientCredentials {
+            return Err(self.err(
+                format!("{at}.flow"),
+                "Gmail has no client_credentials grant for IMAP/SMTP: use authorization_code or \
+                 device_code",
+            ));
+        }
+        if let Some(uri) = &p.redirect_uri {
+            let ok = (uri.starts_with("http://") || uri.starts_with("https://"))
+                && uri.parse::<hyper::Uri>().is_ok_and(|u| u.host().is_some());
+            if !ok {
+                return Err(self.err(
+                    format!("{at}.redirect_uri"),
+                    "expected an http:// or https:// URL as registered in the app, e.g. \
+                     http://localhost:8925/callback",
+                ));
+            }
         }
         if p.flow == FlowName::ClientCredentials && client_secret.is_none() {
             return Err(self.err(
@@ -853,5 +1166,159 @@ impl Resolver<'_> {
             allow_from: l.allow_from.clone(),
             allowed_senders,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/authbridge/test.yaml"), text).map_err(|e| e.to_string())
+    }
+
+    fn listener(listen: &str, extra: &str) -> String {
+        format!(
+            "listeners:\n  - name: smtp\n    protocol: smtp\n    listen: {listen}\n{extra}    upstream: {{ host: smtp.office365.com, port: 587, tls: starttls }}\n"
+        )
+    }
+
+    #[test]
+    fn plaintext_on_a_non_loopback_address_needs_an_explicit_allow() {
+        let e = parse(&listener("0.0.0.0:1587", "")).unwrap_err();
+        assert!(
+            e.starts_with("/etc/authbridge/test.yaml: listeners[0].listen: 0.0.0.0:1587 is not a loopback address and tls is none"),
+            "{e}"
+        );
+        assert!(e.contains("allow_plaintext_remote: true"), "{e}");
+        let e = parse(&listener("\"[::]:1587\"", "")).unwrap_err();
+        assert!(e.contains("listeners[0].listen"), "{e}");
+        parse(&listener(
+            "0.0.0.0:1587",
+            "    allow_plaintext_remote: true\n",
+        ))
+        .unwrap();
+        parse(&listener("127.0.0.1:1587", "")).unwrap();
+        parse(&listener("127.0.0.2:1587", "")).unwrap();
+        parse(&listener("\"[::1]:1587\"", "")).unwrap();
+    }
+
+    #[test]
+    fn there_is_no_switch_to_skip_upstream_certificate_verification() {
+        for key in [
+            "insecure_skip_verify",
+            "verify",
+            "tls_verify",
+            "danger_accept_invalid_certs",
+        ] {
+            let text = format!(
+                "listeners:\n  - name: smtp\n    protocol: smtp\n    listen: 127.0.0.1:1587\n    upstream: {{ host: 127.0.0.1, port: 587, tls: starttls, {key}: false }}\n"
+            );
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.contains("listeners[0].upstream") && e.contains(key),
+                "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_defaults_overrides_and_ranges() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let d = Limits::default();
+        assert_eq!(d.protocol.line_max, 4096);
+        assert_eq!(d.protocol.auth_line_max, 12288);
+        assert!(d.timeouts.login_budget < std::time::Duration::from_secs(10));
+
+        let c = parse(
+            "limits:\n  line_max: 1000\n  auth_line_max: 2000\n  literal_max: 100\n  preauth_commands_max: 5\n  bad_commands_max: 2\n  session_login_failures_max: 1\n  max_sessions: 7\n  max_sessions_per_source: 3\n  login_failures_per_source: 4\n  failure_window_secs: 30\n  failure_delay_base_ms: 10\n  failure_delay_max_ms: 20\n  token_response_max: 8192\n  client_tls_handshake_secs: 2\n  preauth_idle_secs: 3\n  preauth_total_secs: 4\n  client_write_secs: 5\n  upstream_connect_secs: 6\n  upstream_tls_handshake_secs: 7\n  upstream_setup_secs: 8\n  upstream_auth_secs: 9\n  token_request_secs: 10\n  capabilities_wait_secs: 0\n  login_budget_secs: 11\n  pipe_idle_secs: 12\n  shutdown_grace_secs: 13\n",
+        )
+        .unwrap();
+        let l = &c.limits;
+        let s = std::time::Duration::from_secs;
+        assert_eq!(
+            (
+                l.protocol.line_max,
+                l.protocol.auth_line_max,
+                l.protocol.literal_max
+            ),
+            (1000, 2000, 100)
+        );
+        assert_eq!(
+            (
+                l.protocol.preauth_commands_max,
+                l.protocol.bad_commands_max,
+                l.protocol.session_login_failures_max
+            ),
+            (5, 2, 1)
+        );
+        assert_eq!(
+            (
+                l.connections.max_sessions,
+                l.connections.max_sessions_per_source,
+                l.connections.login_failures_per_source
+            ),
+            (7, 3, 4)
+        );
+        assert_eq!(l.connections.failure_window, s(30));
+        assert_eq!(
+            l.connections.failure_delay_max,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(l.token_response_max, 8192);
+        let t = &l.timeouts;
+        assert_eq!(
+            [
+                t.client_tls_handshake,
+                t.preauth_idle,
+                t.preauth_total,
+                t.client_write,
+                t.upstream_connect,
+                t.upstream_tls_handshake,
+                t.upstream_setup,
+                t.upstream_auth,
+                t.token_request,
+                t.capabilities_wait,
+                t.login_budget,
+                t.pipe_idle,
+                t.shutdown_grace
+            ],
+            [2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 11, 12, 13].map(s)
+        );
+        assert_eq!(l.token_settings().request_timeout, s(10));
+
+        for (yaml, want) in [
+            (
+                "line_max: 0",
+                "limits.line_max: expected 512 to 65536 octets, got 0",
+            ),
+            ("max_sessions: 0", "limits.max_sessions: expected 1 to"),
+            (
+                "preauth_idle_secs: 0",
+                "limits.preauth_idle_secs: expected 1 to 3600 seconds",
+            ),
+            (
+                "login_budget_secs: 61",
+                "limits.login_budget_secs: expected 1 to 60 seconds",
+            ),
+            ("literal_max: 99999999", "limits.literal_max"),
+            (
+                "line_max: 20000",
+                "limits.auth_line_max: expected at least line_max (20000 octets)",
+            ),
+            (
+                "failure_delay_base_ms: 500\n  failure_delay_max_ms: 100",
+                "limits.failure_delay_max_ms",
+            ),
+            ("line_max: -1", "limits.line_max"),
+            ("no_such_limit: 1", "limits: unknown field `no_such_limit`"),
+        ] {
+            let e = parse(&format!("limits:\n  {yaml}\n")).unwrap_err();
+            assert!(
+                e.starts_with("/etc/authbridge/test.yaml: ") && e.contains(want),
+                "{yaml}: {e}"
+            );
+        }
     }
 }

@@ -1,7 +1,16 @@
 //! Every bound and timeout in one place, with safe defaults.
 //!
 //! Protocol machines get [`ProtocolLimits`] (sizes and counts); the session driver uses
-//! [`Timeouts`] (one named deadline per network phase).
+//! [`Timeouts`] (one named deadline per network phase); the server and the failure tracker use
+//! [`ConnectionLimits`]. The `limits:` section of the config overrides any of them (see
+//! `config::RawLimits` for the key names and their accepted ranges).
+//!
+//! Invariants the rest of the code relies on:
+//! - no input is buffered past its cap: an overlong line is drained as it arrives and answered
+//!   once its end comes (`protocol::line`), a literal over `literal_max` is refused before its
+//!   payload is read;
+//! - every await on the network has one of the deadlines below;
+//! - a client that never logs in is gone after `preauth_total` however it trickles its bytes.
 
 use std::time::Duration;
 
@@ -15,6 +24,7 @@ pub struct ProtocolLimits {
     pub auth_line_max: usize,
     /// Largest IMAP literal accepted before login (user names and passwords only).
     pub literal_max: usize,
+
     /// Commands accepted before login; then the session is closed.
     pub preauth_commands_max: u32,
     /// Invalid or unknown commands before the session is closed.
@@ -43,6 +53,11 @@ pub struct Timeouts {
     pub client_tls_handshake: Duration,
     /// Silence from the client before it has logged in.
     pub preauth_idle: Duration,
+    /// The whole pre-login phase (greeting to login success), however the client trickles its
+    /// bytes: the bound on slowloris clients, which `preauth_idle` alone does not give.
+    pub preauth_total: Duration,
+    /// How long one reply to the client may take to be written before the client is dropped.
+    pub client_write: Duration,
     /// TCP connect to the upstream.
     pub upstream_connect: Duration,
     /// Upstream TLS handshake.
@@ -51,6 +66,8 @@ pub struct Timeouts {
     pub upstream_setup: Duration,
     /// Upstream SASL exchange.
     pub upstream_auth: Duration,
+    /// One whole token endpoint request (connect, TLS, request, response body).
+    pub token_request: Duration,
     /// Everything a login may take, token and upstream included, before the client gets a 4xx.
     /// GLPI 11 gives up after 10 s of silence (FACTS.md), so this stays well under that.
     pub login_budget: Duration,
@@ -67,10 +84,13 @@ impl Default for Timeouts {
         Timeouts {
             client_tls_handshake: Duration::from_secs(10),
             preauth_idle: Duration::from_secs(60),
+            preauth_total: Duration::from_secs(300),
+            client_write: Duration::from_secs(30),
             upstream_connect: Duration::from_secs(5),
             upstream_tls_handshake: Duration::from_secs(5),
             upstream_setup: Duration::from_secs(6),
             upstream_auth: Duration::from_secs(6),
+            token_request: Duration::from_secs(5),
             login_budget: Duration::from_secs(7),
             capabilities_wait: Duration::from_secs(4),
             pipe_idle: Duration::from_secs(30 * 60),
@@ -109,9 +129,33 @@ impl Default for ConnectionLimits {
 }
 
 /// All limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub protocol: ProtocolLimits,
     pub timeouts: Timeouts,
     pub connections: ConnectionLimits,
+    /// Largest token endpoint response body; a token response is a few KB.
+    pub token_response_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            protocol: ProtocolLimits::default(),
+            timeouts: Timeouts::default(),
+            connections: ConnectionLimits::default(),
+            token_response_max: 64 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The token manager's settings under these limits.
+    pub fn token_settings(&self) -> crate::token::TokenSettings {
+        crate::token::TokenSettings {
+            request_timeout: self.timeouts.token_request,
+            max_response_bytes: self.token_response_max,
+            ..Default::default()
+        }
+    }
 }

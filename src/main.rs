@@ -37,6 +37,28 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// First delegated authorisation of ACCOUNT (browser with PKCE by default). The local
+    /// password is not needed; a running authbridge picks the new token up without a restart.
+    Login {
+        account: String,
+        /// Device-code flow: print a code to enter at the provider's verification page.
+        #[arg(long, conflicts_with = "paste")]
+        device_code: bool,
+        /// Paste the address the browser was sent to (when the loopback port cannot be reached).
+        #[arg(long)]
+        paste: bool,
+        /// How long to wait for the browser or the pasted address, in seconds.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        timeout: u64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// One line per account: flow, access-token expiry, last refresh, refresh-token age, state.
+    /// Exits 1 when an account needs a login (or other action).
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Store an existing refresh token (read from stdin) for ACCOUNT.
     ImportToken {
         account: String,
@@ -110,6 +132,54 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 Ok(())
             } else {
                 Err(Failure::Runtime(anyhow!("some checks failed (see above)")))
+            }
+        }
+        Command::Login {
+            account,
+            device_code,
+            paste,
+            timeout,
+            config,
+        } => {
+            let config = load(config)?;
+            authbridge::telemetry::init(Some("warn"), config.log_format);
+            let opts = authbridge::login::LoginOptions {
+                mode: if device_code {
+                    Some(authbridge::login::Mode::DeviceCode)
+                } else if paste {
+                    Some(authbridge::login::Mode::Paste)
+                } else {
+                    None
+                },
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            let mut stdout = std::io::stdout();
+            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+            runtime()?
+                .block_on(authbridge::login::login(
+                    &config,
+                    &account,
+                    &opts,
+                    &mut stdout,
+                    &mut stdin,
+                ))
+                .map_err(|e| match e {
+                    authbridge::login::LoginError::Usage(m) => Failure::Usage(anyhow!(m)),
+                    authbridge::login::LoginError::Failed(m) => Failure::Runtime(anyhow!(m)),
+                })
+        }
+        Command::Status { config } => {
+            let config = load(config)?;
+            let lines = authbridge::status::report(&config, std::time::SystemTime::now());
+            for l in &lines {
+                println!("{}", l.text);
+            }
+            if lines.iter().any(|l| l.needs_action) {
+                Err(Failure::Runtime(anyhow!(
+                    "some accounts need attention (see above)"
+                )))
+            } else {
+                Ok(())
             }
         }
         Command::ImportToken { account, config } => {

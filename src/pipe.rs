@@ -1,13 +1,22 @@
 //! After login: forward what each side already sent, then copy bytes both ways until either side
 //! closes or both are silent for the idle timeout. No per-line work happens here; the only cost
 //! per read is one relaxed atomic store that records activity.
+//!
+//! Closing is asymmetric. A client that half-closes (shuts down its write side after QUIT) still
+//! gets the upstream's last replies: its EOF is passed on and the upstream→client direction goes
+//! on. Once the upstream has closed and everything it sent has been written to the client (and
+//! the client's write side shut down), the session is over: nothing more can come, so a client
+//! that keeps its socket open does not hold the session (and a connection permit) until the idle
+//! timeout.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -39,15 +48,21 @@ where
 {
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
+    let client_shut = Arc::new(Notify::new());
+    let (from_client, from_upstream) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut client = Activity {
         inner: client,
         start,
         last: Arc::clone(&last),
+        read: Arc::clone(&from_client),
+        shut: Some(Arc::clone(&client_shut)),
     };
     let mut upstream = Activity {
         inner: upstream,
         start,
         last: Arc::clone(&last),
+        read: Arc::clone(&from_upstream),
+        shut: None,
     };
     if !client_leftover.is_empty() {
         if let Err(e) = upstream.write_all(client_leftover).await {
@@ -75,6 +90,13 @@ where
                     Err(e) => PipeEnd::Error(e),
                 };
             }
+            // The upstream closed and all it sent reached the client: the session is over.
+            _ = client_shut.notified() => {
+                return PipeEnd::Closed {
+                    up: from_client.load(Ordering::Relaxed),
+                    down: from_upstream.load(Ordering::Relaxed),
+                };
+            }
             _ = tokio::time::sleep(check) => {
                 let since_start = start.elapsed().as_millis() as u64;
                 let quiet = since_start.saturating_sub(last.load(Ordering::Relaxed));
@@ -86,11 +108,14 @@ where
     }
 }
 
-/// Records the time of the last successful read.
+/// Records the time of the last successful read and the bytes read; `shut` is told when the
+/// write side has been shut down (the other side's EOF was passed on).
 struct Activity<S> {
     inner: S,
     start: Instant,
     last: Arc<AtomicU64>,
+    read: Arc<AtomicU64>,
+    shut: Option<Arc<Notify>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
@@ -101,9 +126,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if matches!(res, Poll::Ready(Ok(()))) && n > 0 {
             let now = self.start.elapsed().as_millis() as u64;
             self.last.store(now, Ordering::Relaxed);
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
         }
         res
     }
@@ -121,7 +148,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let res = Pin::new(&mut self.inner).poll_shutdown(cx);
+        if res.is_ready() {
+            if let Some(shut) = &self.shut {
+                shut.notify_one();
+            }
+        }
+        res
     }
 }
 
@@ -154,6 +187,63 @@ mod tests {
         let n = ca.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"250 ok\r\n");
         assert!(matches!(task.await.unwrap(), PipeEnd::Idle));
+    }
+
+    /// The upstream closes (after QUIT) while the client keeps its socket open: the client gets
+    /// every byte, then EOF, and the pipe ends at once rather than at the idle timeout.
+    #[tokio::test]
+    async fn upstream_close_ends_the_pipe_even_if_the_client_stays() {
+        let (client_app, client_proxy) = duplex(1024);
+        let (up_proxy, mut up_server) = duplex(1024);
+        let task = tokio::spawn(async move {
+            pipe(
+                client_proxy,
+                up_proxy,
+                b"QUIT\r\n",
+                b"",
+                Duration::from_secs(60),
+            )
+            .await
+        });
+        let mut buf = [0u8; 64];
+        let n = up_server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"QUIT\r\n");
+        up_server.write_all(b"221 bye\r\n").await.unwrap();
+        drop(up_server);
+        let mut ca = client_app;
+        let mut got = Vec::new();
+        ca.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"221 bye\r\n");
+        let end = tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("the pipe ends without waiting for the client")
+            .unwrap();
+        assert!(matches!(end, PipeEnd::Closed { up: 0, down: 9 }), "{end:?}");
+        drop(ca);
+    }
+
+    /// A client that half-closes after QUIT still gets the upstream's reply.
+    #[tokio::test]
+    async fn client_half_close_still_gets_the_last_reply() {
+        let (mut client_app, client_proxy) = duplex(1024);
+        let (up_proxy, mut up_server) = duplex(1024);
+        let task = tokio::spawn(async move {
+            pipe(client_proxy, up_proxy, b"", b"", Duration::from_secs(60)).await
+        });
+        client_app.write_all(b"QUIT\r\n").await.unwrap();
+        client_app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        up_server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"QUIT\r\n");
+        up_server.write_all(b"221 bye\r\n").await.unwrap();
+        drop(up_server);
+        let mut reply = Vec::new();
+        client_app.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"221 bye\r\n");
+        assert!(matches!(
+            task.await.unwrap(),
+            PipeEnd::Closed { up: 6, down: 9 }
+        ));
     }
 
     #[tokio::test]

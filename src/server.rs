@@ -19,7 +19,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::auth::{Credentials, FailureTracker};
 use crate::config::Config;
 use crate::session::{self, Shared, Stop};
-use crate::token::{MasterKey, TokenManager, TokenStore};
+use crate::token::{MasterKey, TokenManager, TokenSettings, TokenStore};
 
 /// How often stored refresh tokens are checked for age.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(3600);
@@ -37,6 +37,8 @@ pub enum RunError {
     },
     #[error("token store: {0}")]
     Store(String),
+    #[error("unsafe permissions: {0}")]
+    Permissions(String),
     #[error("no listeners configured: add at least one under `listeners:`")]
     NoListeners,
 }
@@ -62,20 +64,58 @@ impl Running {
 
 /// Open the encrypted token store of a config (key from `key_file`, `AUTHBRIDGE_KEY` or
 /// `state_dir/master.key`, created if absent).
+///
+/// Refuses to start when `state_dir` or the key file exists and is group- or world-accessible:
+/// the key decrypts every stored refresh token.
 pub fn token_store(config: &Config) -> Result<TokenStore, RunError> {
     let env_key = std::env::var("AUTHBRIDGE_KEY")
         .ok()
         .map(crate::secret::SecretString::new);
+    check_private(&config.state_dir, "state_dir", 0o700)?;
+    if let Some(key_file) = &config.key_file {
+        check_private(key_file, "key_file", 0o600)?;
+    } else if env_key.is_none() {
+        check_private(&config.state_dir.join("master.key"), "key file", 0o600)?;
+    }
     let key = MasterKey::load_or_create(config.key_file.as_deref(), env_key, &config.state_dir)
         .map_err(|e| RunError::Store(e.to_string()))?;
     TokenStore::open(&config.state_dir, key).map_err(|e| RunError::Store(e.to_string()))
 }
 
-/// Build the token manager for a config (shared by `run`, `check` and the CLI).
+/// An existing `path` must not be readable, writable or searchable by group or others.
+fn check_private(path: &std::path::Path, what: &str, fix: u32) -> Result<(), RunError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(RunError::Permissions(format!(
+                    "{what} {} is accessible by other users (mode {mode:03o}); run `chmod {fix:o} {}`",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what, fix);
+    Ok(())
+}
+
+/// Build the token manager for a config (shared by `run`, `check` and the CLI). Only the server
+/// runs the `on_reauth_needed` hook (see [`start`]).
 pub fn token_manager(config: &Config) -> Result<Arc<TokenManager>, RunError> {
+    token_manager_with(config, config.limits.token_settings())
+}
+
+fn token_manager_with(
+    config: &Config,
+    settings: TokenSettings,
+) -> Result<Arc<TokenManager>, RunError> {
     let store = token_store(config)?;
     let accounts = config.accounts.iter().map(|a| a.token_config()).collect();
-    Ok(TokenManager::new(store, accounts, Default::default()))
+    Ok(TokenManager::new(store, accounts, settings))
 }
 
 /// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`). std and mio use
@@ -102,9 +142,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if config.listeners.is_empty() {
         return Err(RunError::NoListeners);
     }
-    let tokens = token_manager(&config)?;
-    // Delegated refresh tokens die after 90 days unused: refresh any older than a week.
-    let keepalive = tokens.spawn_keepalive(KEEPALIVE_EVERY, KEEPALIVE_MAX_IDLE, shutdown.clone());
+    let tokens = token_manager_with(
+        &config,
+        TokenSettings {
+            on_reauth_needed: config.on_reauth_needed.clone(),
+            ..config.limits.token_settings()
+        },
+    )?;
+    // Access tokens of accounts in use are refreshed before they expire; delegated refresh tokens
+    // die after 90 days unused: refresh any older than a week.
+    let keepalive = tokens.spawn_background(KEEPALIVE_EVERY, KEEPALIVE_MAX_IDLE, shutdown.clone());
     let credentials = Credentials::new(&config.accounts);
     let failures = FailureTracker::new(config.limits.connections.clone());
     let mailboxes: HashMap<String, String> = config
@@ -265,7 +312,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Stop, tra
 }
 
 #[cfg(test)]
-mod tests {
+mod listen_tests {
     use super::*;
 
     /// 200 connections that nobody accepts yet must all complete and then be accepted: with
@@ -289,5 +336,63 @@ mod tests {
                 .unwrap_or_else(|_| panic!("connection {i} was lost"))
                 .unwrap();
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config(dir: &std::path::Path, key_file: Option<&str>) -> Config {
+        let key = key_file.map_or(String::new(), |k| format!("key_file: {k}\n"));
+        let text = format!("state_dir: state\n{key}");
+        Config::parse(&dir.join("authbridge.yaml"), &text).unwrap()
+    }
+
+    #[test]
+    fn state_dir_and_key_file_must_be_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let c = config(dir, None);
+        // First start creates both, private.
+        token_store(&c).unwrap();
+        let state = dir.join("state");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("master.key")), 0o600);
+
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = token_store(&c).err().unwrap().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "unsafe permissions: state_dir {} is accessible by other users (mode 755); run `chmod 700 {}`",
+                state.display(),
+                state.display()
+            )
+        );
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let key = state.join("master.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = token_store(&c).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!(
+                "key file {} is accessible by other users (mode 640); run `chmod 600 {}`",
+                key.display(),
+                key.display()
+            )),
+            "{e}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        token_store(&c).unwrap();
+
+        // An explicit key_file is checked under its own name.
+        let c = config(dir, Some("secrets/k.key"));
+        token_store(&c).unwrap();
+        let k = dir.join("secrets/k.key");
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let e = token_store(&c).err().unwrap().to_string();
+        assert!(e.contains("key_file") && e.contains("chmod 600"), "{e}");
     }
 }

@@ -99,12 +99,25 @@ fn gen_cert_writes_a_usable_pair_with_a_private_key_file() {
 
 #[test]
 fn example_configs_load() {
-    // SAFETY of env mutation: this test binary sets the variable before any thread reads it.
+    // SAFETY of env mutation: only this test reads the variable.
     unsafe { std::env::set_var("M365_CLIENT_SECRET", "example") };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["config/authbridge.example.yaml", "config/sandbox.yaml"] {
-        authbridge::config::Config::load(&root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
-    }
+    authbridge::config::Config::load(&root.join("config/authbridge.example.yaml"))
+        .unwrap_or_else(|e| panic!("authbridge.example.yaml: {e}"));
+    // sandbox.yaml points at ../sandbox-data/ca.pem, which demo.sh creates: lay that out in a
+    // temp folder instead of depending on a previous demo run.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::create_dir_all(dir.path().join("sandbox-data")).unwrap();
+    std::fs::copy(
+        root.join("config/sandbox.yaml"),
+        dir.path().join("config/sandbox.yaml"),
+    )
+    .unwrap();
+    let (ca, _key) = authbridge::tls::self_signed_localhost().unwrap();
+    std::fs::write(dir.path().join("sandbox-data/ca.pem"), ca).unwrap();
+    authbridge::config::Config::load(&dir.path().join("config/sandbox.yaml"))
+        .unwrap_or_else(|e| panic!("sandbox.yaml: {e}"));
 }
 
 /// Everything a log could leak, at trace level, must be absent: the local password (raw and

@@ -131,8 +131,11 @@ async fn laminas_glpi10_collects_a_message() {
 async fn laminas_password_with_lf_goes_as_a_literal() {
     const LF_USER: &str = "sink@contoso.test";
     const LF_PASSWORD: &str = "abcde\nfghij";
+    const UTF8_USER: &str = "alerts@contoso.test";
+    const UTF8_PASSWORD: &str = "Grüße \"für\" \\ü";
     let env = Env::start_with_yaml(EnvOptions::default(), |_, yaml| {
-        with_login(yaml, LF_USER, LF_PASSWORD.as_bytes())
+        let yaml = with_login(yaml, LF_USER, LF_PASSWORD.as_bytes());
+        with_login(yaml, UTF8_USER, UTF8_PASSWORD.as_bytes())
     })
     .await;
     let (mut c, _) = connect(&env, "imap").await;
@@ -149,6 +152,19 @@ async fn laminas_password_with_lf_goes_as_a_literal() {
     assert!(ok.starts_with("TAG1 OK"), "{ok}");
     let (_, ok) = c.imap("TAG2", "SELECT \"INBOX\"").await;
     assert!(ok.starts_with("TAG2 OK"), "{ok}");
+
+    // 8-bit bytes in a quoted string go raw (laminas escapes only `\` and `"`).
+    let (mut c, _) = connect(&env, "imap").await;
+    c.write(
+        format!(
+            "TAG1 LOGIN \"{UTF8_USER}\" {}\r\n",
+            laminas_quote(UTF8_PASSWORD)
+        )
+        .as_bytes(),
+    )
+    .await;
+    let (_, ok) = c.imap_tagged("TAG1").await;
+    assert!(ok.starts_with("TAG1 OK"), "{ok}");
 }
 
 /// PHP's c-client (GLPI ≤ 9.4) on the plaintext listener: it trusts the greeting's
@@ -312,6 +328,45 @@ async fn imaplib_style_capability_then_login_or_authenticate() {
     assert!(ok.starts_with("KPLD2 OK"), "{ok}");
     let (_, ok) = c.imap("KPLD3", "SELECT INBOX").await;
     assert!(ok.starts_with("KPLD3 OK"), "{ok}");
+}
+
+/// The other login forms of DESIGN §1: LOGIN with a `{N+}` (LITERAL+) literal, needing no
+/// continuation; AUTHENTICATE LOGIN with its two prompts; and commands pipelined in the same
+/// write as the login, which reach the upstream after it.
+#[tokio::test]
+async fn literal_plus_authenticate_login_and_pipelining_after_login() {
+    let env = Env::start().await;
+    let (mut c, _) = connect(&env, "imap").await;
+    c.write(format!("a1 LOGIN {USER} {{{}+}}\r\n{PASSWORD}\r\n", PASSWORD.len()).as_bytes())
+        .await;
+    let (untagged, ok) = c.imap_tagged("a1").await;
+    assert!(ok.starts_with("a1 OK"), "{ok}");
+    assert!(!untagged.iter().any(|l| l.starts_with('+')), "{untagged:?}");
+
+    let mut c = env.connect_tls("imaps").await;
+    c.line().await.unwrap();
+    c.send("a1 AUTHENTICATE LOGIN").await;
+    assert_eq!(c.line().await.unwrap(), "+ VXNlcm5hbWU6");
+    c.send(&b64(USER.as_bytes())).await;
+    assert_eq!(c.line().await.unwrap(), "+ UGFzc3dvcmQ6");
+    c.send(&b64(PASSWORD.as_bytes())).await;
+    let (_, ok) = c.imap_tagged("a1").await;
+    assert!(ok.starts_with("a1 OK"), "{ok}");
+
+    let (mut c, _) = connect(&env, "imap").await;
+    c.write(
+        format!(
+            "a1 LOGIN {USER} {}\r\na2 SELECT INBOX\r\na3 NOOP\r\n",
+            laminas_quote(PASSWORD)
+        )
+        .as_bytes(),
+    )
+    .await;
+    for tag in ["a1", "a2", "a3"] {
+        let (_, ok) = c.imap_tagged(tag).await;
+        assert!(ok.starts_with(&format!("{tag} OK")), "{ok}");
+    }
+    assert_eq!(env.sandbox.mail_auth_attempts().imap_ok, 3);
 }
 
 /// The real Python imaplib (python3 is installed on CI): LOGIN (imaplib quotes the password,
@@ -848,7 +903,8 @@ async fn thousand_pipelined_bad_commands_get_bye_and_close() {
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     let bads = lines.iter().filter(|l| l.contains(" BAD ")).count();
     assert!((1..=20).contains(&bads), "{bads} BADs: {lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{lines:?}");
+    assert_eq!(lines.len(), bads + 1, "{lines:?}");
+    assert!(lines.last().unwrap().starts_with("* BYE"), "{lines:?}");
     assert_eq!(env.sandbox.mail_auth_attempts().total(), 0);
     // The listener still serves others.
     let (mut c, _) = connect(&env, "imap").await;

@@ -1,6 +1,7 @@
 //! The `authbridge-sandbox` command line, kept in the library so it can be tested: argument
 //! parsing (std only) and the files `serve` writes for the demo (`ca.pem`, `sandbox.json`,
-//! `refresh_token`). `main.rs` only wires these to a runtime and the signals.
+//! `refresh_token`, the connector client certificate). `main.rs` only wires these to a runtime and
+//! the signals.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,13 +22,17 @@ pub const USAGE: &str =
                                 [--device-interval SECS] [--tenant NAME]
                                 [--token-port N] [--smtp-port N] [--smtps-port N] [--imap-port N]
                                 [--imap-starttls-port N] [--pop3-port N] [--pop3-starttls-port N]
+                                [--connector-port N] [--connector-allow-ip IP]...
+                                [--connector-cert-name NAME]... [--connector-starttls on|off]
                                 [--max-sessions N] [--idle-timeout SECS]
 
-Starts a fake Entra ID token service and a fake Exchange Online (SMTP, IMAP, POP3) on 127.0.0.1
-(port 0 = any free port), writes DIR/ca.pem, DIR/sandbox.json and DIR/refresh_token (default DIR:
-./sandbox-data), prints the endpoints and runs until SIGINT or SIGTERM. --max-sessions: concurrent
-sessions per listener (default 512); --idle-timeout: a silent mail session is dropped after this
-(default 300).";
+Starts a fake Entra ID token service, a fake Exchange Online (SMTP, IMAP, POP3) and a fake inbound
+connector (plain SMTP, STARTTLS, no AUTH; takes mail from an allowed IP or a client certificate
+with an allowed name, default contoso.com) on 127.0.0.1 (port 0 = any free port), writes
+DIR/ca.pem, DIR/sandbox.json, DIR/refresh_token and DIR/connector-client.{pem,key} (a client
+certificate with its chain for the first allowed name) (default DIR: ./sandbox-data), prints the
+endpoints and runs until SIGINT or SIGTERM. --max-sessions: concurrent sessions per listener
+(default 512); --idle-timeout: a silent mail session is dropped after this (default 300).";
 
 /// Parsed `serve` arguments.
 #[derive(Debug, Clone)]
@@ -38,7 +43,8 @@ pub struct ServeArgs {
 
 /// What the command line asked for.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // built once per process
+// Parsed once per process; boxing `ServeArgs` would change the public API for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Serve(ServeArgs),
     Help,
@@ -58,6 +64,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
         ..Default::default()
     };
     let mut ports = Ports::default();
+    let mut cert_names: Option<Vec<String>> = None;
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Ok(Command::Help);
@@ -93,8 +100,25 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
                     .filter(|n| *n > 0)
                     .ok_or_else(|| format!("{flag}: expected a positive number, got {value:?}"))?
             }
+            "--connector-port" => ports.connector = port(&value)?,
+            "--connector-allow-ip" => options.connector_allowed_ips.push(
+                value
+                    .parse()
+                    .map_err(|_| format!("{flag}: expected an IP address, got {value:?}"))?,
+            ),
+            "--connector-cert-name" => cert_names.get_or_insert_with(Vec::new).push(value),
+            "--connector-starttls" => {
+                options.connector_starttls = match value.to_ascii_lowercase().as_str() {
+                    "on" | "yes" | "true" | "1" => true,
+                    "off" | "no" | "false" | "0" => false,
+                    _ => return Err(format!("{flag}: expected on or off, got {value:?}")),
+                }
+            }
             _ => return Err(format!("unknown option {flag:?}")),
         }
+    }
+    if let Some(names) = cert_names {
+        options.connector_allowed_cert_names = names;
     }
     options.ports = ports;
     Ok(Command::Serve(ServeArgs { dir, options }))
@@ -118,6 +142,10 @@ pub fn describe(sb: &Sandbox, dir: &Path) -> Value {
         "imap_starttls": sb.imap_starttls_addr().to_string(),
         "pop3": sb.pop3_addr().to_string(),
         "pop3_starttls": sb.pop3_starttls_addr().to_string(),
+        "connector": sb.connector_addr().to_string(),
+        "connector_client_cert_name": demo_cert_name(sb),
+        "connector_client_cert": dir.join("connector-client.pem"),
+        "connector_client_key": dir.join("connector-client.key"),
         "ca_file": dir.join("ca.pem"),
         "client_id": DEMO_CLIENT_ID,
         "client_secret": DEMO_CLIENT_SECRET,
@@ -128,7 +156,16 @@ pub fn describe(sb: &Sandbox, dir: &Path) -> Value {
     })
 }
 
-/// Seed the demo client and mailbox, then write `ca.pem`, `sandbox.json` and `refresh_token`
+/// The name of the demo connector client certificate: the first allowed name.
+fn demo_cert_name(sb: &Sandbox) -> String {
+    sb.connector_allowed_cert_names()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "contoso.com".to_string())
+}
+
+/// Seed the demo client and mailbox, then write `ca.pem`, `sandbox.json`, `refresh_token` and
+/// `connector-client.pem` / `.key` (leaf + intermediate, for the certificate-based connector)
 /// into `dir` (created if needed). Returns the description written to `sandbox.json`.
 pub fn prepare(sb: &Sandbox, dir: &Path) -> io::Result<Value> {
     std::fs::create_dir_all(dir)?;
@@ -136,6 +173,9 @@ pub fn prepare(sb: &Sandbox, dir: &Path) -> io::Result<Value> {
     let rt = sb.issue_refresh_token(DEMO_CLIENT_ID, DEMO_MAILBOX);
     sb.write_ca(&dir.join("ca.pem"))?;
     write_private(&dir.join("refresh_token"), format!("{rt}\n").as_bytes())?;
+    let cert = sb.issue_client_cert(&demo_cert_name(sb));
+    std::fs::write(dir.join("connector-client.pem"), &cert.chain_pem)?;
+    write_private(&dir.join("connector-client.key"), cert.key_pem.as_bytes())?;
     let info = describe(sb, dir);
     let text = serde_json::to_string_pretty(&info).map_err(io::Error::other)?;
     std::fs::write(dir.join("sandbox.json"), format!("{text}\n"))?;
@@ -159,7 +199,7 @@ fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
 pub fn banner(info: &Value) -> String {
     let s = |k: &str| info[k].as_str().unwrap_or("").to_string();
     format!(
-        "authbridge sandbox running\n  token endpoint   {}\n  authorize        {}\n  device code      {}\n  device login     {}\n  introspection    {}\n  control          {}\n  SMTP (STARTTLS)  {}\n  SMTP (TLS)       {}\n  IMAP (TLS)       {}\n  IMAP (STARTTLS)  {}\n  POP3 (TLS)       {}\n  POP3 (STLS)      {}\n  CA certificate   {}\n  client           {} / {}\n  mailbox          {} (refresh token in {})\n",
+        "authbridge sandbox running\n  token endpoint   {}\n  authorize        {}\n  device code      {}\n  device login     {}\n  introspection    {}\n  control          {}\n  SMTP (STARTTLS)  {}\n  SMTP (TLS)       {}\n  IMAP (TLS)       {}\n  IMAP (STARTTLS)  {}\n  POP3 (TLS)       {}\n  POP3 (STLS)      {}\n  SMTP connector   {} (client certificate for {} in {})\n  CA certificate   {}\n  client           {} / {}\n  mailbox          {} (refresh token in {})\n",
         s("token_url"),
         s("authorize_url"),
         s("device_code_url"),
@@ -172,6 +212,9 @@ pub fn banner(info: &Value) -> String {
         s("imap_starttls"),
         s("pop3"),
         s("pop3_starttls"),
+        s("connector"),
+        s("connector_client_cert_name"),
+        s("connector_client_cert"),
         s("ca_file"),
         s("client_id"),
         s("client_secret"),
@@ -208,5 +251,25 @@ mod tests {
         assert!(parse_args(args("serve --token-lifetime")).is_err());
         assert!(parse_args(args("serve --token-lifetime x")).is_err());
         assert!(parse_args(args("frobnicate")).is_err());
+
+        let Command::Serve(a) = parse_args(args(
+            "serve --connector-port 2525 --connector-allow-ip 192.0.2.7 --connector-allow-ip ::1 \
+             --connector-cert-name fabrikam.com --connector-starttls off",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.options.ports.connector, 2525);
+        assert_eq!(
+            a.options.connector_allowed_ips,
+            vec![
+                "192.0.2.7".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(a.options.connector_allowed_cert_names, vec!["fabrikam.com"]);
+        assert!(!a.options.connector_starttls);
+        assert!(parse_args(args("serve --connector-allow-ip nope")).is_err());
+        assert!(parse_args(args("serve --connector-starttls maybe")).is_err());
     }
 }

@@ -150,6 +150,8 @@ pub(crate) struct Entra {
     codes: HashMap<String, AuthCode>,
     devices: HashMap<String, DeviceCode>,
     failure: Option<(TokenFailure, Option<u32>)>,
+    /// Failures for one account's token refreshes, by lower-cased mailbox or client id.
+    account_failures: HashMap<String, (TokenFailure, Option<u32>)>,
     pub counters: TokenCounters,
 }
 
@@ -196,6 +198,7 @@ impl Entra {
             codes: HashMap::new(),
             devices: HashMap::new(),
             failure: None,
+            account_failures: HashMap::new(),
             counters: TokenCounters::default(),
         }
     }
@@ -323,8 +326,29 @@ impl Entra {
         self.failure = Some((failure, times));
     }
 
+    /// `failure` for the refresh-token and client-credentials requests of one account only: `account`
+    /// is the mailbox of a delegated refresh token or the client id of an app-only request.
+    pub(crate) fn inject_for(&mut self, account: &str, failure: TokenFailure, times: Option<u32>) {
+        self.account_failures
+            .insert(lower(account), (failure, times));
+    }
+
     pub(crate) fn clear_failures(&mut self) {
         self.failure = None;
+        self.account_failures.clear();
+    }
+
+    /// Whose credentials a token request uses: the mailbox of the refresh token or the client id of
+    /// a client-credentials request; `None` for interactive grants (code, device code).
+    fn request_account(&self, form: &Form) -> Option<String> {
+        match form.get("grant_type").map(String::as_str) {
+            Some("refresh_token") => form
+                .get("refresh_token")
+                .and_then(|t| self.refresh.get(t))
+                .map(|rt| rt.mailbox.clone()),
+            Some("client_credentials") => form.get("client_id").map(|c| lower(c)),
+            _ => None,
+        }
     }
 
     pub(crate) fn approve_device_code(&mut self, user_code: &str, mailbox: &str) -> bool {
@@ -379,9 +403,11 @@ impl Entra {
     }
 
     /// RFC 7662 introspection.
-    pub(crate) fn introspect(&self, token: &str, now: Instant) -> Value {
+    pub(crate) fn introspect(&mut self, token: &str, now: Instant) -> Value {
+        self.counters.introspect += 1;
         match self.access.get(token) {
             Some(at) if now < at.expires => {
+                self.counters.introspect_active += 1;
                 let mut v = json!({
                     "active": true,
                     "scope": at.scope,
@@ -429,8 +455,10 @@ impl Entra {
         )
     }
 
-    /// Count a token request and decide whether an injected failure takes it over.
-    pub(crate) fn admit_token_request(&mut self, grant_type: &str) -> Option<Injected> {
+    /// Count a token request and decide whether an injected failure takes it over: the failure
+    /// injected for the request's account (see [`Entra::inject_for`]) first, else the global one.
+    pub(crate) fn admit_token_request(&mut self, form: &Form) -> Option<Injected> {
+        let grant_type = form.get("grant_type").map(String::as_str).unwrap_or("");
         let c = &mut self.counters;
         c.total += 1;
         match grant_type {
@@ -440,12 +468,34 @@ impl Entra {
             "urn:ietf:params:oauth:grant-type:device_code" | "device_code" => c.device_code += 1,
             _ => c.other += 1,
         }
-        let (failure, left) = self.failure.clone()?;
-        match left {
-            Some(n) if n <= 1 => self.failure = None,
-            Some(n) => self.failure = Some((failure.clone(), Some(n - 1))),
-            None => {}
-        }
+        let account = self
+            .request_account(form)
+            .filter(|a| self.account_failures.contains_key(a));
+        let failure = match account {
+            Some(a) => {
+                let (failure, left) = self.account_failures.get(&a)?.clone();
+                match left {
+                    Some(n) if n <= 1 => {
+                        self.account_failures.remove(&a);
+                    }
+                    Some(n) => {
+                        self.account_failures
+                            .insert(a, (failure.clone(), Some(n - 1)));
+                    }
+                    None => {}
+                }
+                failure
+            }
+            None => {
+                let (failure, left) = self.failure.clone()?;
+                match left {
+                    Some(n) if n <= 1 => self.failure = None,
+                    Some(n) => self.failure = Some((failure.clone(), Some(n - 1))),
+                    None => {}
+                }
+                failure
+            }
+        };
         Some(match failure {
             TokenFailure::Http500 => Injected::Reply(self.error(
                 500,
@@ -470,6 +520,18 @@ impl Entra {
                 "temporarily_unavailable",
                 90033,
                 "A transient error has occurred. Please try again.",
+            )),
+            TokenFailure::SlowDown => Injected::Reply(self.error(
+                400,
+                "slow_down",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling. Polling too fast: slow down.",
+            )),
+            TokenFailure::AuthorizationPending => Injected::Reply(self.error(
+                400,
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
             )),
             TokenFailure::GarbageJson => Injected::Reply(Reply {
                 status: 200,

@@ -171,8 +171,7 @@ async fn token(
     tenant: &str,
     form: HashMap<String, String>,
 ) -> Result<Response<Full<Bytes>>, ResetError> {
-    let grant = form.get("grant_type").cloned().unwrap_or_default();
-    let injected = shared.entra().admit_token_request(&grant);
+    let injected = shared.entra().admit_token_request(&form);
     match injected {
         Some(Injected::Reply(r)) => return Ok(to_response(r)),
         Some(Injected::Hang) => {
@@ -255,7 +254,10 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                 return json_reply(400, json!({"error": format!("unknown mode {mode:?}")}));
             };
             let times = n("times").map(|t| t.clamp(1, u64::from(u32::MAX)) as u32);
-            shared.entra().inject(failure, times);
+            match s("account") {
+                Some(account) => shared.entra().inject_for(&account, failure, times),
+                None => shared.entra().inject(failure, times),
+            }
             json_reply(200, json!({"ok": true}))
         }
         (&Method::POST, ["clear"]) => {
@@ -265,7 +267,11 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
         (&Method::GET, ["counters"]) => {
             let tokens = shared.entra().counters.clone();
             let mail = crate::lock(&shared.mail_auth).clone();
-            json_reply(200, json!({"token_requests": tokens, "mail_auth": mail}))
+            let connector = crate::lock(&shared.connector_counters).clone();
+            json_reply(
+                200,
+                json!({"token_requests": tokens, "mail_auth": mail, "connector": connector}),
+            )
         }
         (&Method::GET, ["messages"]) => {
             let msgs = crate::lock(&shared.submissions).clone();
@@ -275,6 +281,9 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                     json!({
                         "mailboxes": m.mailboxes,
                         "auth_user": m.auth_user,
+                        "via_connector": m.via_connector,
+                        "tls": m.tls,
+                        "client_cert_names": m.client_cert_names,
                         "from": m.from,
                         "rcpts": m.rcpts,
                         "size": m.raw.len(),
@@ -283,6 +292,47 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                 })
                 .collect();
             json_reply(200, Value::Array(list))
+        }
+        (&Method::GET, ["connector"]) => {
+            let c = shared.connector_settings();
+            json_reply(
+                200,
+                json!({
+                    "allowed_ips": c.allowed_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                    "allowed_cert_names": c.allowed_cert_names,
+                    "starttls": c.starttls,
+                }),
+            )
+        }
+        (&Method::POST, ["connector"]) => {
+            // Any of: {"allowed_ips": ["192.0.2.7"], "allowed_cert_names": ["contoso.com"],
+            // "starttls": false}; absent keys stay as they are.
+            let strings = |k: &str| -> Option<Vec<String>> {
+                input.get(k).and_then(Value::as_array).map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+            };
+            let ips = match strings("allowed_ips")
+                .map(|v| v.iter().map(|i| i.parse()).collect::<Result<Vec<_>, _>>())
+                .transpose()
+            {
+                Ok(ips) => ips,
+                Err(e) => return json_reply(400, json!({"error": format!("allowed_ips: {e}")})),
+            };
+            let mut c = crate::lock(&shared.connector);
+            if let Some(ips) = ips {
+                c.allowed_ips = ips;
+            }
+            if let Some(names) = strings("allowed_cert_names") {
+                c.allowed_cert_names = names;
+            }
+            if let Some(on) = input.get("starttls").and_then(Value::as_bool) {
+                c.starttls = on;
+            }
+            json_reply(200, json!({"ok": true}))
         }
         (&Method::POST, ["expire_access_tokens"]) => {
             shared.entra().expire_access_tokens(Instant::now());
@@ -314,6 +364,19 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
             };
             let rt = shared.entra().issue_refresh_token(&id, &mailbox);
             json_reply(200, json!({"refresh_token": rt}))
+        }
+        (&Method::POST, [action @ ("revoke_refresh_token" | "expire_refresh_token")]) => {
+            // The whole family goes: the token given and every rotation of it.
+            let Some(token) = s("refresh_token") else {
+                return json_reply(400, json!({"error": "refresh_token required"}));
+            };
+            let mut e = shared.entra();
+            let ok = if *action == "revoke_refresh_token" {
+                e.revoke_refresh_token(&token)
+            } else {
+                e.expire_refresh_token(&token)
+            };
+            json_reply(if ok { 200 } else { 404 }, json!({"ok": ok}))
         }
         (&Method::POST, ["deliver"]) => {
             let (Some(mailbox), Some(raw)) = (s("mailbox"), s("raw")) else {

@@ -1,9 +1,12 @@
 //! authbridge's stand-in for Microsoft: a fake Entra ID token service and a fake Exchange Online
-//! (SMTP submission, IMAP, POP3) that accept only SASL XOAUTH2 with tokens the fake Entra issued.
+//! (SMTP submission, IMAP, POP3) that accept only SASL XOAUTH2 with tokens the fake Entra issued,
+//! plus a fake inbound connector (`<tenant>.mail.protection.outlook.com:25`: no AUTH, mail only
+//! from an allow-listed IP or a sender with an allowed TLS client certificate).
 //!
 //! One [`Sandbox`] owns its listeners (all on 127.0.0.1), its token state and an in-memory mail
-//! store shared by the three mail servers, so a test can send over SMTP and read back over IMAP or
-//! POP3. Every server certificate is signed by one process-wide CA ([`Sandbox::ca_pem`]).
+//! store shared by the mail servers, so a test can send over SMTP and read back over IMAP or
+//! POP3. Every server certificate is signed by one process-wide CA ([`Sandbox::ca_pem`]); client
+//! certificates for the connector ([`Sandbox::issue_client_cert`]) by an intermediate under it.
 //! Dropping the handle (or [`Sandbox::shutdown`]) stops every server and session.
 //!
 //! The wire behaviour follows what Entra and Exchange send (shared/FACTS.md); the fakes are strict
@@ -14,6 +17,7 @@
 
 pub mod cli;
 mod conn;
+mod connector;
 mod entra;
 mod http;
 mod imap;
@@ -27,7 +31,7 @@ pub mod tls;
 mod util;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use store::MailboxMessage;
-pub use tls::client_config;
+pub use tls::{ClientCert, client_config};
 
 /// Fixed ports, or 0 for "any free port" (the default for all).
 #[derive(Clone, Debug, Default)]
@@ -51,6 +55,8 @@ pub struct Ports {
     pub imap_starttls: u16,
     pub pop3: u16,
     pub pop3_starttls: u16,
+    /// The fake inbound connector (plain SMTP, like port 25).
+    pub connector: u16,
 }
 
 /// How a sandbox behaves. Build with `SandboxOptions { field: x, ..Default::default() }`.
@@ -78,6 +84,15 @@ pub struct SandboxOptions {
     pub max_message_size: usize,
     /// Concurrent sessions per listener; more connections wait in the accept queue. Default 512.
     pub max_sessions: usize,
+    /// Peers the connector takes mail from without a certificate (its "static IP" allow-list).
+    /// Default empty. Every client of the sandbox is 127.0.0.1.
+    pub connector_allowed_ips: Vec<IpAddr>,
+    /// Names (CN or DNS SAN, case-insensitive; `*.domain` matches one label) a verified TLS client
+    /// certificate must carry for the connector to take mail. Default `["contoso.com"]`.
+    pub connector_allowed_cert_names: Vec<String>,
+    /// Whether the connector offers STARTTLS. Default true; false mimics a connector (or a
+    /// man in the middle) that does not.
+    pub connector_starttls: bool,
 }
 
 impl Default for SandboxOptions {
@@ -94,6 +109,9 @@ impl Default for SandboxOptions {
             idle_timeout: Duration::from_secs(300),
             max_message_size: 157_286_400,
             max_sessions: 512,
+            connector_allowed_ips: Vec::new(),
+            connector_allowed_cert_names: vec!["contoso.com".to_string()],
+            connector_starttls: true,
         }
     }
 }
@@ -117,12 +135,16 @@ pub enum TokenFailure {
     GarbageJson,
     /// HTTP 400 `{"error":"temporarily_unavailable",…}`.
     TemporarilyUnavailable,
+    /// HTTP 400 `slow_down` (device-code polling too fast, RFC 8628 §3.5).
+    SlowDown,
+    /// HTTP 400 `authorization_pending` (device-code polling before the user acted).
+    AuthorizationPending,
 }
 
 impl TokenFailure {
     /// Parse a mode name as the control endpoint and the binary take it: `http500`,
     /// `throttle429[:SECS]`, `invalid_grant`, `hang`, `slow[:MILLIS]`, `reset`, `garbage_json`,
-    /// `temporarily_unavailable`.
+    /// `temporarily_unavailable`, `slow_down`, `authorization_pending`.
     pub fn parse(spec: &str) -> Option<TokenFailure> {
         let (mode, arg) = match spec.split_once(':') {
             Some((m, a)) => (m, Some(a.parse::<u64>().ok()?)),
@@ -139,6 +161,8 @@ impl TokenFailure {
             "reset" | "reset_connection" => TokenFailure::ResetConnection,
             "garbage" | "garbage_json" => TokenFailure::GarbageJson,
             "temporarily_unavailable" | "unavailable" => TokenFailure::TemporarilyUnavailable,
+            "slow_down" => TokenFailure::SlowDown,
+            "authorization_pending" | "pending" => TokenFailure::AuthorizationPending,
             _ => return None,
         })
     }
@@ -159,6 +183,11 @@ pub struct TokenCounters {
     pub device_authorizations: u64,
     /// Requests to the authorize endpoint (not part of `total`).
     pub authorize: u64,
+    /// Requests to the introspection endpoint (not part of `total`): one per XOAUTH2 attempt a
+    /// real mail server (Dovecot's `passdb oauth2`) checks with us.
+    pub introspect: u64,
+    /// Introspection requests answered `"active": true`.
+    pub introspect_active: u64,
 }
 
 /// XOAUTH2 attempts seen by the fake mail servers.
@@ -184,13 +213,33 @@ impl MailAuthCounters {
     }
 }
 
-/// A message accepted by the fake SMTP server.
+/// What the fake inbound connector saw (every counter only grows).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectorCounters {
+    /// TCP connections accepted.
+    pub connector_connections: u64,
+    /// STARTTLS handshakes completed.
+    pub connector_tls: u64,
+    /// Messages accepted (end of DATA or BDAT LAST).
+    pub connector_accepted: u64,
+    /// RCPT TO commands refused with `550 5.7.64 TenantAttribution`.
+    pub connector_refused: u64,
+}
+
+/// A message accepted by the fake SMTP submission server or the fake connector.
 #[derive(Clone, Debug)]
 pub struct StoredMessage {
     /// The mailboxes it was delivered to (lower-cased recipients).
     pub mailboxes: Vec<String>,
-    /// The authenticated mailbox that sent it.
+    /// The authenticated mailbox that sent it; empty for mail that came via the connector.
     pub auth_user: String,
+    /// It came through the inbound connector (not SMTP submission).
+    pub via_connector: bool,
+    /// The session was TLS when the message was sent (STARTTLS or implicit).
+    pub tls: bool,
+    /// Names of the verified TLS client certificate (DNS SANs and CN, lower-cased); empty when
+    /// none was presented or it did not verify.
+    pub client_cert_names: Vec<String>,
     /// Envelope sender (MAIL FROM), as given.
     pub from: String,
     /// Envelope recipients (RCPT TO), as given.
@@ -212,10 +261,14 @@ pub(crate) struct Shared {
     store: store::Store,
     submissions: Mutex<Vec<StoredMessage>>,
     mail_auth: Mutex<MailAuthCounters>,
+    connector: Mutex<connector::Settings>,
+    connector_counters: Mutex<ConnectorCounters>,
     host: String,
     idle_timeout: Duration,
     max_message_size: usize,
     acceptor: TlsAcceptor,
+    /// The connector's: requests a client certificate.
+    connector_acceptor: TlsAcceptor,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,6 +278,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn entra(&self) -> MutexGuard<'_, entra::Entra> {
         lock(&self.entra)
+    }
+
+    pub(crate) fn connector_settings(&self) -> connector::Settings {
+        lock(&self.connector).clone()
+    }
+
+    pub(crate) fn count_connector(&self, f: impl FnOnce(&mut ConnectorCounters)) {
+        f(&mut lock(&self.connector_counters));
     }
 
     pub(crate) fn record_submission(&self, msg: StoredMessage) {
@@ -246,6 +307,7 @@ struct Addrs {
     imap_starttls: SocketAddr,
     pop3: SocketAddr,
     pop3_starttls: SocketAddr,
+    connector: SocketAddr,
 }
 
 /// A running sandbox. Dropping it stops every server.
@@ -277,6 +339,7 @@ impl Sandbox {
         let imap_starttls = bind(opts.ports.imap_starttls).await?;
         let pop3 = bind(opts.ports.pop3).await?;
         let pop3_starttls = bind(opts.ports.pop3_starttls).await?;
+        let connector = bind(opts.ports.connector).await?;
         let addrs = Addrs {
             token: token.local_addr()?,
             smtp: smtp.local_addr()?,
@@ -285,6 +348,7 @@ impl Sandbox {
             imap_starttls: imap_starttls.local_addr()?,
             pop3: pop3.local_addr()?,
             pop3_starttls: pop3_starttls.local_addr()?,
+            connector: connector.local_addr()?,
         };
         let mut entra = entra::Entra::new(&opts);
         entra.base_url = format!("https://{}", addrs.token);
@@ -293,10 +357,17 @@ impl Sandbox {
             store: store::Store::default(),
             submissions: Mutex::new(Vec::new()),
             mail_auth: Mutex::new(MailAuthCounters::default()),
+            connector: Mutex::new(connector::Settings {
+                allowed_ips: opts.connector_allowed_ips.clone(),
+                allowed_cert_names: opts.connector_allowed_cert_names.clone(),
+                starttls: opts.connector_starttls,
+            }),
+            connector_counters: Mutex::new(ConnectorCounters::default()),
             host: opts.host.clone(),
             idle_timeout: opts.idle_timeout,
             max_message_size: opts.max_message_size,
             acceptor: TlsAcceptor::from(config),
+            connector_acceptor: TlsAcceptor::from(tls::connector_config()?),
         });
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -313,7 +384,8 @@ impl Sandbox {
         run.spawn(imap_starttls, |s, t| imap::serve(s, t, false));
         run.spawn(pop3, |s, t| pop3::serve(s, t, true));
         run.spawn(pop3_starttls, |s, t| pop3::serve(s, t, false));
-        tracing::info!(token = %addrs.token, smtp = %addrs.smtp, imap = %addrs.imap, pop3 = %addrs.pop3, "sandbox started");
+        run.spawn(connector, smtp::serve_connector);
+        tracing::info!(token = %addrs.token, smtp = %addrs.smtp, imap = %addrs.imap, pop3 = %addrs.pop3, connector = %addrs.connector, "sandbox started");
         Ok(Sandbox {
             shared,
             addrs,
@@ -411,6 +483,62 @@ impl Sandbox {
         self.addrs.pop3_starttls
     }
 
+    /// The fake inbound connector (like `<tenant>.mail.protection.outlook.com:25`): plain SMTP,
+    /// STARTTLS (unless turned off) with a client certificate requested, never AUTH.
+    pub fn connector_addr(&self) -> SocketAddr {
+        self.addrs.connector
+    }
+
+    /// Replace the connector's IP allow-list (applies to following RCPT TO commands).
+    pub fn set_connector_allowed_ips(&self, ips: &[IpAddr]) {
+        lock(&self.shared.connector).allowed_ips = ips.to_vec();
+    }
+
+    /// Replace the names a client certificate must carry (applies to following RCPT TO commands).
+    pub fn set_connector_allowed_cert_names(&self, names: &[&str]) {
+        lock(&self.shared.connector).allowed_cert_names =
+            names.iter().map(|n| n.to_string()).collect();
+    }
+
+    /// Whether the connector offers STARTTLS to sessions that start from now on.
+    pub fn set_connector_starttls(&self, offered: bool) {
+        lock(&self.shared.connector).starttls = offered;
+    }
+
+    /// The names a client certificate must carry now.
+    pub fn connector_allowed_cert_names(&self) -> Vec<String> {
+        lock(&self.shared.connector).allowed_cert_names.clone()
+    }
+
+    /// The IP allow-list now.
+    pub fn connector_allowed_ips(&self) -> Vec<IpAddr> {
+        lock(&self.shared.connector).allowed_ips.clone()
+    }
+
+    pub fn connector_counters(&self) -> ConnectorCounters {
+        lock(&self.shared.connector_counters).clone()
+    }
+
+    /// A TLS client certificate for `name` (CN and DNS SAN) signed by an intermediate CA under
+    /// the sandbox root, with the chain (leaf + intermediate) a certificate-based connector needs.
+    /// The connector trusts only the root, so the certificate verifies only with the chain sent.
+    pub fn issue_client_cert(&self, name: &str) -> ClientCert {
+        // Key generation and signing with keys this crate made cannot fail.
+        tls::issue_client_cert(name, true).expect("sandbox can issue client certificates")
+    }
+
+    /// Like [`Sandbox::issue_client_cert`] but `chain_pem` holds the leaf only: the connector
+    /// cannot verify it and treats the session as having no certificate.
+    pub fn issue_client_cert_without_chain(&self, name: &str) -> ClientCert {
+        tls::issue_client_cert(name, false).expect("sandbox can issue client certificates")
+    }
+
+    /// A rustls client config (ring provider) trusting the sandbox CA and presenting `cert`.
+    pub fn client_config_with_cert(&self, cert: &ClientCert) -> Arc<rustls::ClientConfig> {
+        cert.client_config(self.ca_pem)
+            .expect("sandbox CA and client certificate PEM are valid")
+    }
+
     /// Register a client. A non-empty secret makes it confidential (the secret is then required);
     /// client-credentials tokens of this client may open `app_mailboxes`. Calling again replaces it.
     pub fn add_client(&self, client_id: &str, client_secret: &str, app_mailboxes: &[&str]) {
@@ -475,6 +603,17 @@ impl Sandbox {
         self.shared.entra().inject(failure, Some(times.max(1)));
     }
 
+    /// Apply `failure` to the token refreshes of one account only (`times`: `None` until
+    /// [`Sandbox::clear_failures`]). `account` is the mailbox of a delegated refresh token or the
+    /// client id of a client-credentials request; interactive grants (authorization code, device
+    /// code) are never affected, so `authbridge login` still works for a failing account.
+    pub fn inject_for(&self, account: &str, failure: TokenFailure, times: Option<u32>) {
+        self.shared
+            .entra()
+            .inject_for(account, failure, times.map(|t| t.max(1)));
+    }
+
+    /// Clears global and per-account failures.
     pub fn clear_failures(&self) {
         self.shared.entra().clear_failures();
     }
@@ -498,7 +637,7 @@ impl Sandbox {
         self.shared.entra().counters.clone()
     }
 
-    /// Every message accepted over SMTP, in order.
+    /// Every message accepted over SMTP (submission and connector), in order.
     pub fn messages(&self) -> Vec<StoredMessage> {
         lock(&self.shared.submissions).clone()
     }

@@ -1,10 +1,18 @@
-//! Fake Exchange Online SMTP submission (smtp.office365.com:587 with STARTTLS, or implicit TLS).
+//! Fake Exchange Online SMTP submission (smtp.office365.com:587 with STARTTLS, or implicit TLS),
+//! and the fake inbound connector (`<tenant>.mail.protection.outlook.com:25`) in connector mode.
 //!
-//! Replies follow FACTS.md "XOAUTH2 and Exchange Online": AUTH only after TLS and only XOAUTH2
-//! succeeds; MAIL needs AUTH (`530 5.7.57`); the envelope sender must be the authenticated mailbox,
-//! checked at the end of DATA (`554 5.2.252 SendAsDenied`). PIPELINING falls out of the connection
-//! buffer: replies are queued and flushed before the next read.
+//! Submission replies follow FACTS.md "XOAUTH2 and Exchange Online": AUTH only after TLS and only
+//! XOAUTH2 succeeds; MAIL needs AUTH (`530 5.7.57`); the envelope sender must be the authenticated
+//! mailbox, checked at the end of DATA (`554 5.2.252 SendAsDenied`). PIPELINING falls out of the
+//! connection buffer: replies are queued and flushed before the next read.
+//!
+//! Connector mode (FACTS.md "Relay connector"): the same EHLO without any AUTH (`504 5.7.4`), a
+//! STARTTLS that requests a client certificate (when offered at all), no sender check, and each
+//! RCPT TO refused with `550 5.7.64 TenantAttribution; Relay Access Denied [host]` unless the peer
+//! IP is allow-listed or the verified client certificate carries an allowed name
+//! (`connector.rs`). Without TLS only the IP allow-list applies.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -12,6 +20,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use crate::conn::{Conn, Line, Stream};
+use crate::connector::{self, ClientCert};
 use crate::sasl::{AuthResult, Proto};
 use crate::util::{guid, rfc5322_date};
 use crate::{Shared, StoredMessage};
@@ -30,11 +39,19 @@ struct Txn {
     chunks: Option<Vec<u8>>,
 }
 
+/// Connector-mode state of a session.
+struct ConnectorPeer {
+    ip: IpAddr,
+    cert: ClientCert,
+}
+
 struct Session {
     shared: Arc<Shared>,
     conn: Conn,
     /// Whether STARTTLS may still be offered (the plain submission port before TLS).
     starttls_offered: bool,
+    /// Set on the connector listener.
+    connector: Option<ConnectorPeer>,
     ehlo: bool,
     user: Option<String>,
     txn: Option<Txn>,
@@ -63,6 +80,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: boo
         shared,
         conn,
         starttls_offered: !implicit_tls,
+        connector: None,
         ehlo: false,
         user: None,
         txn: None,
@@ -72,6 +90,35 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: boo
     match s.run().await {
         Ok(()) => s.conn.close().await,
         Err(e) => tracing::debug!(error = %e, "sandbox SMTP session ended"),
+    }
+}
+
+/// One session of the fake inbound connector (plain TCP, STARTTLS if offered).
+pub(crate) async fn serve_connector(shared: Arc<Shared>, tcp: TcpStream) {
+    shared.count_connector(|c| c.connector_connections += 1);
+    let ip = tcp
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let idle = shared.idle_timeout;
+    let starttls = shared.connector_settings().starttls;
+    let mut s = Session {
+        shared,
+        conn: Conn::new(Stream::Plain(tcp), idle),
+        starttls_offered: starttls,
+        connector: Some(ConnectorPeer {
+            ip,
+            cert: ClientCert::None,
+        }),
+        ehlo: false,
+        user: None,
+        txn: None,
+        errors: 0,
+        peer: ip.to_string(),
+    };
+    match s.run().await {
+        Ok(()) => s.conn.close().await,
+        Err(e) => tracing::debug!(error = %e, "sandbox connector session ended"),
     }
 }
 
@@ -94,7 +141,9 @@ impl Session {
             "ENHANCEDSTATUSCODES".into(),
         ];
         if self.conn.is_tls() {
-            lines.push("AUTH LOGIN XOAUTH2".into());
+            if self.connector.is_none() {
+                lines.push("AUTH LOGIN XOAUTH2".into());
+            }
         } else if self.starttls_offered {
             lines.push("STARTTLS".into());
         }
@@ -151,17 +200,40 @@ impl Session {
                     }
                 }
                 "STARTTLS" => {
-                    if self.conn.is_tls() || !self.starttls_offered {
+                    if !self.conn.is_tls() && !self.starttls_offered {
+                        // A connector that does not offer STARTTLS does not know it either.
+                        self.errors += 1;
+                        self.reply("500 5.3.3 Unrecognized command");
+                        continue;
+                    }
+                    if self.conn.is_tls() {
                         self.errors += 1;
                         self.reply("503 5.5.1 TLS already active");
                         continue;
                     }
                     self.reply("220 2.0.0 SMTP server ready");
-                    let acceptor = self.shared.acceptor.clone();
+                    let acceptor = if self.connector.is_some() {
+                        self.shared.connector_acceptor.clone()
+                    } else {
+                        self.shared.acceptor.clone()
+                    };
                     self.conn.starttls(&acceptor).await?;
                     self.ehlo = false;
                     self.user = None;
                     self.txn = None;
+                    if self.connector.is_some() {
+                        let chain = self.conn.peer_certificates();
+                        let cert = ClientCert::evaluate(chain.as_deref());
+                        tracing::debug!(?cert, "sandbox connector: TLS established");
+                        self.shared.count_connector(|c| c.connector_tls += 1);
+                        if let Some(peer) = self.connector.as_mut() {
+                            peer.cert = cert;
+                        }
+                    }
+                }
+                "AUTH" if self.connector.is_some() => {
+                    self.errors += 1;
+                    self.reply("504 5.7.4 Unrecognized authentication type");
                 }
                 "AUTH" => self.auth(&arg).await?,
                 "MAIL" => self.mail(&arg),
@@ -262,7 +334,11 @@ impl Session {
     }
 
     fn mail(&mut self, arg: &str) {
-        if self.user.is_none() {
+        if self.connector.is_some() && !self.ehlo {
+            self.reply("503 5.5.2 Send hello first");
+            return;
+        }
+        if self.user.is_none() && self.connector.is_none() {
             let r = format!(
                 "530 5.7.57 Client not authenticated to send mail. [{}]",
                 self.host()
@@ -304,6 +380,19 @@ impl Session {
         }
         match path_arg(arg, "TO:") {
             Some((to, _)) if !to.is_empty() => {
+                if let Some(peer) = &self.connector {
+                    let settings = self.shared.connector_settings();
+                    if let Err(why) = connector::attribute(&settings, peer.ip, &peer.cert) {
+                        tracing::debug!(rcpt = %to, %why, "sandbox connector: relay denied");
+                        self.shared.count_connector(|c| c.connector_refused += 1);
+                        let r = format!(
+                            "550 5.7.64 TenantAttribution; Relay Access Denied [{}]",
+                            self.host()
+                        );
+                        self.reply(&r);
+                        return;
+                    }
+                }
                 if let Some(t) = self.txn.as_mut() {
                     t.rcpts.push(to);
                 }
@@ -423,7 +512,8 @@ impl Session {
     fn finish(&mut self, raw: Vec<u8>) {
         let Some(txn) = self.txn.take() else { return };
         let user = self.user.clone().unwrap_or_default();
-        if !txn.from.eq_ignore_ascii_case(&user) {
+        let via_connector = self.connector.is_some();
+        if !via_connector && !txn.from.eq_ignore_ascii_case(&user) {
             let r = format!(
                 "554 5.2.252 SendAsDenied; {user} not allowed to send as {}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.",
                 txn.from
@@ -433,14 +523,25 @@ impl Session {
         }
         let mailboxes: Vec<String> = txn.rcpts.iter().map(|r| r.to_ascii_lowercase()).collect();
         let size = raw.len();
+        let client_cert_names = self
+            .connector
+            .as_ref()
+            .map(|p| p.cert.names().to_vec())
+            .unwrap_or_default();
         self.shared.record_submission(StoredMessage {
             mailboxes,
             auth_user: user,
+            via_connector,
+            tls: self.conn.is_tls(),
+            client_cert_names,
             from: txn.from,
             rcpts: txn.rcpts,
             raw: Bytes::from(raw),
         });
-        tracing::debug!(size, "sandbox SMTP: message accepted");
+        if via_connector {
+            self.shared.count_connector(|c| c.connector_accepted += 1);
+        }
+        tracing::debug!(size, via_connector, "sandbox SMTP: message accepted");
         let r = format!(
             "250 2.0.0 OK <{}@{}> [Hostname={}]",
             guid(),

@@ -232,6 +232,60 @@ async fn introspection_and_expiry() {
     .await
     .unwrap();
     assert_eq!(r.json()["active"], false);
+    let c = sb.token_requests();
+    assert_eq!((c.introspect, c.introspect_active, c.total), (2, 1, 0));
+}
+
+#[tokio::test]
+async fn control_revokes_and_expires_a_refresh_token_family() {
+    let sb = sandbox(Duration::from_secs(2)).await;
+    let control = |path: &'static str, body: String| {
+        let sb = &sb;
+        async move {
+            request(sb, "POST", path, &body, "application/json")
+                .await
+                .unwrap()
+        }
+    };
+    // Revoking the first token of a family also kills its rotations.
+    let rt1 = sb.issue_refresh_token(CID, MBX);
+    let r = refresh(&sb, CID, SECRET, &rt1).await;
+    assert_eq!(r.status, 200);
+    let rt2 = r.json()["refresh_token"].as_str().unwrap().to_string();
+    let other = sb.issue_refresh_token(CID, "helpdesk@contoso.com");
+    let r = control(
+        "/_sandbox/revoke_refresh_token",
+        format!(r#"{{"refresh_token":"{rt1}"}}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["ok"].clone()), (200, true.into()));
+    let r = refresh(&sb, CID, SECRET, &rt2).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error_codes"][0], 50173);
+    // Another family is untouched.
+    assert_eq!(refresh(&sb, CID, SECRET, &other).await.status, 200);
+    // Expiry answers 70008.
+    let r = control(
+        "/_sandbox/expire_refresh_token",
+        format!(r#"{{"refresh_token":"{other}"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = refresh(&sb, CID, SECRET, &other).await;
+    assert_eq!(r.json()["error_codes"][0], 70008);
+    // Unknown token, missing field.
+    let r = control(
+        "/_sandbox/revoke_refresh_token",
+        r#"{"refresh_token":"nope"}"#.to_string(),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["ok"].clone()), (404, false.into()));
+    assert_eq!(
+        control("/_sandbox/revoke_refresh_token", "{}".to_string())
+            .await
+            .status,
+        400
+    );
 }
 
 #[tokio::test]
@@ -259,4 +313,72 @@ async fn control_endpoints() {
         .json();
     assert_eq!(v["token_requests"]["refresh_token"], 2);
     assert_eq!(v["mail_auth"]["smtp_ok"], 0);
+}
+
+#[tokio::test]
+async fn per_account_failures_and_device_polling_errors() {
+    let sb = sandbox(Duration::from_secs(2)).await;
+    let other = "alerts@contoso.com";
+    let rt = sb.issue_refresh_token(CID, MBX);
+    let rt_other = sb.issue_refresh_token(CID, other);
+    sb.add_client("app-client", "app-secret", &[MBX]);
+
+    // Only this mailbox's refreshes fail, twice; the other account and app-only requests are fine.
+    sb.inject_for(MBX, TokenFailure::InvalidGrant70008, Some(2));
+    let r = refresh(&sb, CID, SECRET, &rt).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error_codes"][0], 70008);
+    assert_eq!(refresh(&sb, CID, SECRET, &rt_other).await.status, 200);
+    let app = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "app-client"),
+        ("client_secret", "app-secret"),
+        ("scope", "https://outlook.office365.com/.default"),
+    ];
+    assert_eq!(token_request(&sb, &app).await.unwrap().status, 200);
+    assert_eq!(refresh(&sb, CID, SECRET, &rt).await.status, 400);
+    assert_eq!(
+        refresh(&sb, CID, SECRET, &rt).await.status,
+        200,
+        "two times only"
+    );
+
+    // An app-only client by its client id, through the control endpoint; clear removes it.
+    let r = request(
+        &sb,
+        "POST",
+        "/_sandbox/fail",
+        r#"{"mode":"http500","account":"app-client"}"#,
+        "application/json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(token_request(&sb, &app).await.unwrap().status, 500);
+    assert_eq!(refresh(&sb, CID, SECRET, &rt_other).await.status, 200);
+    sb.clear_failures();
+    assert_eq!(token_request(&sb, &app).await.unwrap().status, 200);
+
+    // Device-code polling answers on demand.
+    for (failure, error) in [
+        (TokenFailure::SlowDown, "slow_down"),
+        (TokenFailure::AuthorizationPending, "authorization_pending"),
+    ] {
+        sb.inject_times(failure, 1);
+        let r = token_request(
+            &sb,
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("client_id", CID),
+                ("device_code", "x"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.status, r.json()["error"].as_str()), (400, Some(error)));
+    }
+    assert_eq!(
+        TokenFailure::parse("slow_down"),
+        Some(TokenFailure::SlowDown)
+    );
 }

@@ -34,8 +34,6 @@ use crate::upstream::{self, AuthResult, Connected, UpstreamError};
 
 /// Client bytes read per call before login.
 const READ_CHUNK: usize = 4096;
-/// A client that does not take our reply within this time is gone.
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything sessions of one listener share.
 pub struct Shared {
@@ -230,15 +228,16 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let t = self.shared.limits.timeouts.clone();
+        let preauth_deadline = tokio::time::Instant::now() + t.preauth_total;
         let mut input = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(512);
         machine.greeting(&mut out);
-        if let Io::Closed = flush(&mut client, &mut out).await {
+        if let Io::Closed = flush(&mut client, &mut out, t.client_write).await {
             return None;
         }
         loop {
             let step = machine.step(&mut input, &mut out);
-            if let Io::Closed = flush(&mut client, &mut out).await {
+            if let Io::Closed = flush(&mut client, &mut out, t.client_write).await {
                 return None;
             }
             match step {
@@ -246,19 +245,28 @@ impl Session {
                 Step::NeedInput => {
                     input.reserve(READ_CHUNK);
                     tokio::select! {
-                        r = timeout(t.preauth_idle, client.read_buf(&mut input)) => match r {
+                        // Idle for `preauth_idle`, or trickling past `preauth_total`
+                        // (slowloris): either way the client is gone.
+                        r = tokio::time::timeout_at(
+                            (tokio::time::Instant::now() + t.preauth_idle).min(preauth_deadline),
+                            client.read_buf(&mut input),
+                        ) => match r {
                             Ok(Ok(0)) | Ok(Err(_)) => return None,
                             Ok(Ok(_)) => {}
                             Err(_) => {
+                                info!(
+                                    total = tokio::time::Instant::now() >= preauth_deadline,
+                                    "closing a client that did not log in in time"
+                                );
                                 machine.timed_out(&mut out);
-                                flush(&mut client, &mut out).await;
+                                flush(&mut client, &mut out, t.client_write).await;
                                 close(&mut client).await;
                                 return None;
                             }
                         },
                         _ = stop.graceful.cancelled() => {
                             machine.shutting_down(&mut out);
-                            flush(&mut client, &mut out).await;
+                            flush(&mut client, &mut out, t.client_write).await;
                             close(&mut client).await;
                             return None;
                         }
@@ -293,14 +301,14 @@ impl Session {
                     let outcome = self.login(req).await;
                     match machine.login_finished(outcome, &mut out) {
                         AfterLogin::Pipe => {
-                            if let Io::Closed = flush(&mut client, &mut out).await {
+                            if let Io::Closed = flush(&mut client, &mut out, t.client_write).await {
                                 return None;
                             }
                             return Some((client, input));
                         }
                         AfterLogin::Continue => {}
                         AfterLogin::Close => {
-                            flush(&mut client, &mut out).await;
+                            flush(&mut client, &mut out, t.client_write).await;
                             close(&mut client).await;
                             return None;
                         }
@@ -314,7 +322,7 @@ impl Session {
                         out.extend_from_slice(
                             format!("421 4.4.2 Relay connector unavailable: {why}\r\n").as_bytes(),
                         );
-                        flush(&mut client, &mut out).await;
+                        flush(&mut client, &mut out, t.client_write).await;
                         close(&mut client).await;
                         return None;
                     }
@@ -360,6 +368,25 @@ impl Session {
                 };
             }
         };
+        if shared.listener.relay.is_some() {
+            // Relay mode: the local login is all; nothing but the mail goes upstream.
+            return match tokio::time::timeout_at(deadline, self.upstream.resolve(budget)).await {
+                Ok(Ok(_)) => {
+                    info!(account = %account, "relay login ok");
+                    LoginOutcome::Success {
+                        untagged: Vec::new(),
+                        text: "Authentication successful".into(),
+                    }
+                }
+                Ok(Err(why)) => {
+                    warn!(reason = %why, "relay login: connector unavailable");
+                    LoginOutcome::Unavailable(why)
+                }
+                Err(_) => {
+                    LoginOutcome::Unavailable("the relay connector did not answer in time".into())
+                }
+            };
+        }
         let mut phase = "upstream connection";
         let res =
             tokio::time::timeout_at(deadline, self.upstream_login(&account, &mut phase)).await;
@@ -460,11 +487,12 @@ pub fn upstream_hint(text: &str, mailbox: &str) -> String {
     }
 }
 
-async fn flush<S: AsyncWrite + Unpin>(client: &mut S, out: &mut Vec<u8>) -> Io {
+/// Write `out` to the client; a client that does not take it within `limit` is gone.
+async fn flush<S: AsyncWrite + Unpin>(client: &mut S, out: &mut Vec<u8>, limit: Duration) -> Io {
     if out.is_empty() {
         return Io::Ok;
     }
-    let res = timeout(CLIENT_WRITE_TIMEOUT, async {
+    let res = timeout(limit, async {
         client.write_all(out).await?;
         client.flush().await
     })
@@ -476,6 +504,27 @@ async fn flush<S: AsyncWrite + Unpin>(client: &mut S, out: &mut Vec<u8>) -> Io {
     }
 }
 
-async fn close<S: AsyncWrite + Unpin>(client: &mut S) {
-    let _ = timeout(Duration::from_secs(2), client.shutdown()).await;
+/// How long, and how many bytes, a closing session keeps reading (and discarding) what the
+/// client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Close the client connection after our last reply: shut down our write side (FIN), then keep
+/// reading and discarding what the client had already pipelined, until it closes, for at most
+/// [`LINGER`] and [`LINGER_BYTES`]. Closing a socket with unread input makes the kernel send a
+/// reset, and a reset can destroy the final reply (`421 … closing connection`, `* BYE …`) in
+/// the client's receive buffer before the client reads it (a lingering close, as HTTP servers do).
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S) {
+    let _ = timeout(LINGER, client.shutdown()).await;
+    let _ = timeout(LINGER, async {
+        let mut buf = [0u8; 4096];
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
 }

@@ -18,6 +18,37 @@ pub fn microsoft_endpoints(tenant: &str, cloud: Cloud) -> Endpoints {
     }
 }
 
+/// Exchange Online's mail hosts in one cloud (FACTS.md, "Microsoft identity platform").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailHosts {
+    /// IMAP (993, implicit TLS) and POP3 (995, implicit TLS).
+    pub imap: &'static str,
+    pub pop3: &'static str,
+    /// SMTP submission (587, STARTTLS).
+    pub smtp: &'static str,
+}
+
+/// Where Exchange Online answers IMAP, POP3 and SMTP in `cloud`.
+pub fn microsoft_mail_hosts(cloud: Cloud) -> MailHosts {
+    match cloud {
+        Cloud::Global => MailHosts {
+            imap: "outlook.office365.com",
+            pop3: "outlook.office365.com",
+            smtp: "smtp.office365.com",
+        },
+        Cloud::UsGov => MailHosts {
+            imap: "outlook.office365.us",
+            pop3: "outlook.office365.us",
+            smtp: "smtp.office365.us",
+        },
+        Cloud::China => MailHosts {
+            imap: "partner.outlook.cn",
+            pop3: "partner.outlook.cn",
+            smtp: "partner.outlook.cn",
+        },
+    }
+}
+
 /// Google's OAuth2 endpoints.
 pub fn google_endpoints() -> Endpoints {
     Endpoints {
@@ -108,6 +139,27 @@ mod tests {
             microsoft_endpoints(guid, Cloud::Global)
                 .token_url
                 .contains(guid)
+        );
+    }
+
+    #[test]
+    fn mail_hosts_per_cloud() {
+        assert_eq!(
+            microsoft_mail_hosts(Cloud::Global).smtp,
+            "smtp.office365.com"
+        );
+        assert_eq!(
+            microsoft_mail_hosts(Cloud::Global).imap,
+            "outlook.office365.com"
+        );
+        assert_eq!(microsoft_mail_hosts(Cloud::UsGov).smtp, "smtp.office365.us");
+        assert_eq!(
+            microsoft_mail_hosts(Cloud::UsGov).imap,
+            "outlook.office365.us"
+        );
+        assert_eq!(
+            microsoft_mail_hosts(Cloud::China).imap,
+            "partner.outlook.cn"
         );
     }
 

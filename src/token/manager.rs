@@ -12,11 +12,23 @@
 //! refresh runs; after that callers wait for the refresh. If a refresh fails, a token that is still
 //! valid for 30 s is served instead of the error.
 //!
-//! After a failure, callers arriving within a short window (1 s, doubling on repeated transient
+//! After a transient failure, callers arriving within a short window (1 s, doubling on repeated
 //! failures up to 10 s, or the provider's `Retry-After` up to 5 min) get the same error without a
-//! new request. A permanent refusal is remembered with the refresh token it was for: the same stored
+//! new request. After a failure that needs action (refused token, nothing stored) each caller's
+//! fetch only re-reads the store, so a token stored by `authbridge login` in another process is
+//! used by the next login. A permanent refusal is remembered with the refresh token it was for: the same stored
 //! token is not sent again for 10 s, doubling up to 10 min, while a new one (after `authbridge login`)
 //! is tried at once.
+//!
+//! Background work ([`TokenManager::spawn_background`]): accounts in use (a client logged in since
+//! start) get their access token refreshed proactively at a jittered point between the soft and the
+//! hard mark, so no login waits on the token endpoint; failed background refreshes are retried with
+//! exponential backoff (honouring `Retry-After`); delegated refresh tokens idle for a week are
+//! refreshed (keep-alive against the 90-day inactivity limit).
+//!
+//! Every state change is written to the account's status file (`state_file.rs`) for
+//! `authbridge status`; the first transition into "needs login" runs the `on_reauth_needed` hook
+//! once (again only after a success or a new login).
 
 // `TokenError` carries the public fields the callers branch on (~180 bytes); it is built rarely and
 // moved a handful of times per failure, so boxing it would only cost readability.
@@ -28,11 +40,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{ErrorContext, TokenError};
+use super::hook::ReauthHook;
 use super::response::TokenResponse;
+use super::state_file::{PersistedStatus, StatusFiles, from_unix_secs, unix_secs};
 use super::store::{StoreError, StoredToken, TokenStore};
 use super::{AccessToken, AccountConfig, ErrorKind, Flow, TokenSettings, grant};
 use crate::secret::SecretString;
@@ -54,6 +68,10 @@ const PERMANENT_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_PERMANENT_BACKOFF: Duration = Duration::from_secs(600);
 /// Access-token lifetimes above this are clamped (the value comes from the network).
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Background retries after transient failures back off up to this long.
+const MAX_BACKGROUND_BACKOFF: Duration = Duration::from_secs(300);
+/// Background retry after a failure only someone else can fix (no token stored, damaged store).
+const NOT_CONFIGURED_RETRY: Duration = Duration::from_secs(60);
 
 type FetchResult = Result<AccessToken, TokenError>;
 type Waiter = watch::Receiver<Option<FetchResult>>;
@@ -75,6 +93,13 @@ pub struct AccountStatus {
     pub last_error: Option<String>,
     /// Set when someone must act (`authbridge login`, admin consent, config); holds the hint.
     pub needs_login: Option<String>,
+    /// A client asked for this account's token since start: it is kept fresh in the background.
+    pub in_use: bool,
+    /// A token request is in flight.
+    pub refreshing: bool,
+    /// How many `access_token` calls had to wait for a token request (cold cache or expired
+    /// token); background refresh keeps this at the first login's one.
+    pub waited_fetches: u64,
 }
 
 /// Access tokens for all configured accounts.
@@ -83,11 +108,22 @@ pub struct TokenManager {
     settings: TokenSettings,
     slots: Vec<Arc<Slot>>,
     by_name: HashMap<String, usize>,
+    ctx: Arc<Ctx>,
+}
+
+/// What a fetch task needs besides its slot.
+struct Ctx {
+    status_files: StatusFiles,
+    hook: Option<ReauthHook>,
+    /// Wakes the background refresher when a slot's schedule changed.
+    wake: Notify,
 }
 
 struct Slot {
     config: AccountConfig,
     state: Mutex<State>,
+    /// Serialises status-file writes so a later snapshot is never overwritten by an earlier one.
+    persist: Mutex<bool>,
 }
 
 #[derive(Default)]
@@ -101,6 +137,17 @@ struct State {
     last_error: Option<TokenError>,
     /// Bumped when a login installs a token; a fetch started before does not record its failure.
     epoch: u64,
+    /// A client asked for a token since start.
+    in_use: bool,
+    /// Callers that had to wait for a fetch.
+    waited: u64,
+    /// When the fetch in flight started.
+    fetch_started: Option<SystemTime>,
+    /// The background refresher does not try before this (backoff after a failure).
+    retry_at: Option<Instant>,
+    /// The hook ran for the current needs-login period.
+    reauth_notified: bool,
+    needs_login_since: Option<SystemTime>,
 }
 
 struct Cached {
@@ -109,6 +156,8 @@ struct Cached {
     soft: Instant,
     /// From here on, callers wait for the refresh.
     hard: Instant,
+    /// When the background refresher renews it: a jittered point early in `[soft, hard)`.
+    refresh_at: Instant,
 }
 
 struct Negative {
@@ -156,6 +205,37 @@ impl State {
             .filter(|c| c.token.expires_at > now + MIN_VALIDITY)
             .map(|c| c.token.clone())
     }
+
+    /// When the background refresher should fetch for this account, if it should at all.
+    fn refresh_due(&self, now: Instant) -> Option<Instant> {
+        if !self.in_use || self.live_inflight().is_some() {
+            return None;
+        }
+        let due = self.cached.as_ref().map_or(now, |c| c.refresh_at);
+        Some(self.retry_at.map_or(due, |r| due.max(r)))
+    }
+
+    /// The hint when someone must act: a remembered refusal, or a last error that needs action.
+    fn needs_login_hint(&self) -> Option<String> {
+        if let Some(m) = &self.permanent {
+            return Some(m.error.hint());
+        }
+        self.last_error
+            .as_ref()
+            .filter(|e| e.needs_action())
+            .map(TokenError::hint)
+    }
+
+    fn succeeded(&mut self) {
+        self.negative = None;
+        self.transient_streak = 0;
+        self.permanent = None;
+        self.last_error = None;
+        self.last_refresh = Some(SystemTime::now());
+        self.retry_at = None;
+        self.reauth_notified = false;
+        self.needs_login_since = None;
+    }
 }
 
 impl Slot {
@@ -167,23 +247,21 @@ impl Slot {
         &self.config.name
     }
 
-    /// Records a fetch's outcome, clears the in-flight marker and returns what waiters get.
-    fn finish(&self, outcome: Outcome) -> FetchResult {
+    /// Records a fetch's outcome, clears the in-flight marker and returns what waiters get, and
+    /// the error if this outcome moved the account into needs-login (the hook is due).
+    fn finish(&self, outcome: Outcome) -> (FetchResult, Option<TokenError>) {
         let now = Instant::now();
         let mut st = self.lock();
         st.inflight = None;
+        st.fetch_started = None;
         match outcome.result {
             Ok(cached) => {
                 let token = cached.token.clone();
                 st.cached = Some(cached);
-                st.negative = None;
-                st.transient_streak = 0;
-                st.permanent = None;
-                st.last_error = None;
-                st.last_refresh = Some(SystemTime::now());
-                Ok(token)
+                st.succeeded();
+                (Ok(token), None)
             }
-            Err(e) if outcome.epoch != st.epoch => Err(e),
+            Err(e) if outcome.epoch != st.epoch => (Err(e), None),
             Err(e) => {
                 let window = match e.kind {
                     ErrorKind::Transient => {
@@ -214,7 +292,25 @@ impl Slot {
                     until: now + window,
                 });
                 st.last_error = Some(e.clone());
-                Err(e)
+                // When the background refresher tries again.
+                let retry_at = match (e.kind, &st.permanent) {
+                    (ErrorKind::Transient, _) => {
+                        let doublings = st.transient_streak.saturating_sub(1).min(16);
+                        let backoff =
+                            Duration::from_secs(1u64 << doublings).min(MAX_BACKGROUND_BACKOFF);
+                        now + jittered(window.max(backoff))
+                    }
+                    // The refused token may be sent again after its backoff.
+                    (ErrorKind::Permanent, Some(m)) => (m.at + m.backoff).max(now + NEGATIVE_TTL),
+                    _ => now + jittered(NOT_CONFIGURED_RETRY),
+                };
+                st.retry_at = Some(retry_at);
+                let transition = (e.needs_action() && !st.reauth_notified).then(|| {
+                    st.reauth_notified = true;
+                    st.needs_login_since = Some(SystemTime::now());
+                    e.clone()
+                });
+                (Err(e), transition)
             }
         }
     }
@@ -230,36 +326,123 @@ impl Slot {
         let token = cached.token.clone();
         let mut st = self.lock();
         st.cached = Some(cached);
-        st.negative = None;
-        st.transient_streak = 0;
-        st.permanent = None;
-        st.last_error = None;
-        st.last_refresh = Some(SystemTime::now());
+        st.succeeded();
         st.epoch = st.epoch.wrapping_add(1);
         token
     }
+
+    /// What `authbridge status` reads, from the current state.
+    fn snapshot(&self) -> PersistedStatus {
+        let now = Instant::now();
+        let now_sys = SystemTime::now();
+        let st = self.lock();
+        PersistedStatus {
+            version: 0,
+            account: self.config.name.clone(),
+            updated_at: unix_secs(now_sys),
+            pid: std::process::id(),
+            flow: self.config.provider.flow.as_str().to_owned(),
+            access_token_expires_at: st
+                .cached
+                .as_ref()
+                .map(|c| unix_secs(to_system_time(c.token.expires_at, now, now_sys))),
+            last_refresh: st.last_refresh.map(unix_secs),
+            refreshing_since: st.live_inflight().and(st.fetch_started).map(unix_secs),
+            last_error: st.last_error.as_ref().map(ToString::to_string),
+            last_error_kind: st.last_error.as_ref().map(|e| e.kind.as_str().to_owned()),
+            needs_login: st.needs_login_hint(),
+            needs_login_since: st
+                .needs_login_since
+                .filter(|_| st.needs_login_hint().is_some())
+                .map(unix_secs),
+            in_use: st.in_use,
+        }
+    }
+
+    /// Writes the status file (small blocking write, no fsync).
+    fn persist(&self, files: &StatusFiles) {
+        let mut warned = self.persist.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = self.snapshot();
+        if let Err(e) = files.save(&snapshot) {
+            if !*warned {
+                tracing::warn!(
+                    account = self.name(),
+                    "cannot write the status file for `authbridge status`: {e} — check that the \
+                     state_dir is writable"
+                );
+            }
+            *warned = true;
+        }
+    }
+}
+
+/// `d` plus or minus up to 10 %.
+fn jittered(d: Duration) -> Duration {
+    let tenth = d / 10;
+    (d - tenth) + tenth.mul_f64(2.0 * random_fraction())
+}
+
+/// A random number in `[0, 1)` (timing jitter only).
+fn random_fraction() -> f64 {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
 impl TokenManager {
+    /// A manager over `store` for `accounts`. Reads each account's status file once, so an account
+    /// that already needed a login before a restart does not run the hook again for the same
+    /// refusal.
     pub fn new(
         store: TokenStore,
         accounts: Vec<AccountConfig>,
         settings: TokenSettings,
     ) -> Arc<TokenManager> {
+        let status_files = StatusFiles::new(store.state_dir());
         let mut slots = Vec::with_capacity(accounts.len());
         let mut by_name = HashMap::with_capacity(accounts.len());
         for config in accounts {
+            let mut state = State::default();
+            if let Some(p) = status_files.load(&config.name)
+                && p.needs_login.is_some()
+            {
+                let since = p.needs_login_since.map(from_unix_secs);
+                let newer_token = match (store.stored_at(&config.name), since) {
+                    (Ok(Some(stored)), Some(since)) => stored > since,
+                    _ => false,
+                };
+                if !newer_token {
+                    state.reauth_notified = true;
+                    state.needs_login_since = since;
+                }
+            }
             by_name.insert(config.name.clone(), slots.len());
             slots.push(Arc::new(Slot {
                 config,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(state),
+                persist: Mutex::new(false),
             }));
         }
+        let ctx = Arc::new(Ctx {
+            status_files,
+            hook: settings
+                .on_reauth_needed
+                .clone()
+                .and_then(ReauthHook::new)
+                .map(|mut h| {
+                    h.timeout = settings.hook_timeout;
+                    h
+                }),
+            wake: Notify::new(),
+        });
         Arc::new(TokenManager {
             store,
             settings,
             slots,
             by_name,
+            ctx,
         })
     }
 
@@ -295,6 +478,10 @@ impl TokenManager {
         let now = Instant::now();
         let rx = {
             let mut st = slot.lock();
+            if !st.in_use {
+                st.in_use = true;
+                self.ctx.wake.notify_one();
+            }
             if let Some(c) = &st.cached {
                 if now < c.soft {
                     return Ok(c.token.clone());
@@ -311,13 +498,21 @@ impl TokenManager {
                     return Ok(token);
                 }
             }
-            if let Some(rx) = st.live_inflight() {
+            // Only transient failures are cached for callers: after one that needs action, a
+            // fetch costs a store read (a refused token is not sent again, see
+            // `permanent_block`), so a token stored by `authbridge login` is used at once.
+            let rx = if let Some(rx) = st.live_inflight() {
                 rx
-            } else if let Some(e) = st.active_negative(now) {
+            } else if let Some(e) = st
+                .active_negative(now)
+                .filter(|e| e.kind == ErrorKind::Transient)
+            {
                 return st.usable(now).ok_or_else(|| e.clone());
             } else {
                 self.start_fetch(slot, &mut st)
-            }
+            };
+            st.waited += 1;
+            rx
         };
         match wait(rx, account).await {
             Ok(t) => Ok(t),
@@ -345,6 +540,7 @@ impl TokenManager {
         let now = Instant::now();
         let rx = {
             let mut st = slot.lock();
+            st.in_use = true;
             if let Some(c) = &st.cached
                 && c.token.generation > rejected.generation
                 && c.token.expires_at > now + MIN_VALIDITY
@@ -429,7 +625,10 @@ impl TokenManager {
             tracing::info!(account, grant_type, "refresh token stored");
         }
         let cached = make_cached(response, started, &self.settings);
-        Ok(slot.install(cached))
+        let token = slot.install(cached);
+        slot.persist(&self.ctx.status_files);
+        self.ctx.wake.notify_one();
+        Ok(token)
     }
 
     /// Per account: flow, token expiry, last refresh, last error, whether someone must act.
@@ -474,7 +673,11 @@ impl TokenManager {
                 } else {
                     None
                 };
+                let refreshing = st.live_inflight().is_some();
                 AccountStatus {
+                    in_use: st.in_use,
+                    refreshing,
+                    waited_fetches: st.waited,
                     name: cfg.name.clone(),
                     mailbox: cfg.mailbox.clone(),
                     provider: provider.name.clone(),
@@ -522,7 +725,7 @@ impl TokenManager {
         }
     }
 
-    /// Runs [`keepalive_once`](Self::keepalive_once) every `every` until `shutdown`.
+    /// Runs [`keepalive_once`](Self::keepalive_once) every `every` (± 10 %) until `shutdown`.
     pub fn spawn_keepalive(
         self: &Arc<Self>,
         every: Duration,
@@ -534,27 +737,96 @@ impl TokenManager {
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(every) => me.keepalive_once(max_idle).await,
+                    () = tokio::time::sleep(jittered(every)) => me.keepalive_once(max_idle).await,
                 }
             }
         })
+    }
+
+    /// Everything the server runs in the background until `shutdown`: the proactive refresher
+    /// ([`refresh_in_background`](Self::refresh_in_background)) and the refresh-token keep-alive
+    /// ([`spawn_keepalive`](Self::spawn_keepalive)).
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        keepalive_every: Duration,
+        keepalive_max_idle: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let keepalive = self.spawn_keepalive(keepalive_every, keepalive_max_idle, shutdown.clone());
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            me.refresh_in_background(shutdown).await;
+            keepalive.abort();
+        })
+    }
+
+    /// Until `shutdown`: for every account in use, fetch a new access token when its cached one
+    /// reaches its (jittered) refresh point, so no client login waits on the token endpoint; after
+    /// a failure retry with backoff (`Retry-After` honoured, see `finish`).
+    pub async fn refresh_in_background(&self, shutdown: CancellationToken) {
+        loop {
+            let now = Instant::now();
+            let mut next = now + Duration::from_secs(3600);
+            for slot in &self.slots {
+                let mut st = slot.lock();
+                match st.refresh_due(now) {
+                    Some(due) if due <= now => {
+                        tracing::debug!(
+                            account = slot.name(),
+                            "refreshing the access token in the background"
+                        );
+                        // Nobody waits on this fetch; its outcome lands in the cache and status.
+                        let _ = self.start_fetch(slot, &mut st);
+                    }
+                    Some(due) => next = next.min(due),
+                    None => {}
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = self.ctx.wake.notified() => {}
+            }
+        }
     }
 
     /// Starts the one fetch for `slot`; the caller holds its state lock.
     fn start_fetch(&self, slot: &Arc<Slot>, st: &mut State) -> Waiter {
         let (tx, rx) = watch::channel(None);
         st.inflight = Some(rx.clone());
+        st.fetch_started = Some(SystemTime::now());
         let epoch = st.epoch;
         let slot = Arc::clone(slot);
         let store = self.store.clone();
         let settings = self.settings.clone();
+        let ctx = Arc::clone(&self.ctx);
         tokio::spawn(async move {
+            persist_in_background(&slot, &ctx).await;
             let outcome = fetch(&slot, &store, &settings, epoch).await;
-            let result = slot.finish(outcome);
+            let (result, transition) = slot.finish(outcome);
             let _ = tx.send(Some(result));
+            ctx.wake.notify_one();
+            persist_in_background(&slot, &ctx).await;
+            if let Some(e) = transition {
+                tracing::warn!(
+                    account = slot.name(),
+                    "account needs attention: {}",
+                    e.hint()
+                );
+                if let Some(hook) = &ctx.hook {
+                    hook.spawn(&slot.config, &e);
+                }
+            }
         });
         rx
     }
+}
+
+/// [`Slot::persist`] off the async threads.
+async fn persist_in_background(slot: &Arc<Slot>, ctx: &Arc<Ctx>) {
+    let slot = Arc::clone(slot);
+    let ctx = Arc::clone(ctx);
+    let _ = tokio::task::spawn_blocking(move || slot.persist(&ctx.status_files)).await;
 }
 
 async fn wait(mut rx: Waiter, account: &str) -> FetchResult {
@@ -619,6 +891,23 @@ async fn fetch(slot: &Slot, store: &TokenStore, settings: &TokenSettings, epoch:
     if let Some(rotated) = &response.refresh_token
         && rotated != &stored.refresh_token
     {
+        // `authbridge login` / `import-token` may have stored a new token while this request ran:
+        // keep theirs (the access token just fetched is still good).
+        if let Ok(Some(now_stored)) = load(store, account).await {
+            let now_digest: [u8; 32] =
+                Sha256::digest(now_stored.refresh_token.expose().as_bytes()).into();
+            if now_digest != digest {
+                tracing::info!(
+                    account,
+                    "a new refresh token was stored while this refresh ran; keeping the new one"
+                );
+                return outcome(
+                    Ok(make_cached(response, started, settings)),
+                    Some(digest),
+                    true,
+                );
+            }
+        }
         // Persist before anyone sees the access token that came with it.
         if let Err(e) = save(store, account, rotated).await {
             let e = TokenError::new(
@@ -644,14 +933,17 @@ fn make_cached(response: TokenResponse, started: Instant, settings: &TokenSettin
     let lifetime = response.expires_in.min(MAX_LIFETIME);
     let margin = settings.refresh_margin.min(lifetime / 2);
     let expires_at = started + lifetime;
+    let soft = expires_at - margin;
+    let hard = expires_at - margin / 2;
     Cached {
         token: AccessToken {
             token: response.access_token,
             expires_at,
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
         },
-        soft: expires_at - margin,
-        hard: expires_at - margin / 2,
+        soft,
+        hard,
+        refresh_at: soft + (hard - soft).mul_f64(0.25 * random_fraction()),
     }
 }
 

@@ -10,6 +10,10 @@
 //!   failure with the AADSTS code and a one-line fix.
 //! - [`TokenStore`] / [`MasterKey`] (`store.rs`): refresh tokens sealed with ChaCha20-Poly1305 at rest,
 //!   one file per account, replaced atomically.
+//! - [`StatusFiles`] (`state_file.rs`): non-secret per-account status (last refresh, last error,
+//!   needs-login) written by the manager for `authbridge status` in another process.
+//! - [`ReauthHook`] (`hook.rs`): the `on_reauth_needed` command, run once per transition into
+//!   needs-login.
 //!
 //! Invariants: tokens, refresh tokens, client secrets and keys only ever live in [`Secret`]; none is
 //! ever formatted into a log line or an error. A rotated refresh token is persisted before the access
@@ -21,10 +25,12 @@
 mod endpoints;
 mod error;
 mod grant;
+mod hook;
 mod http;
 mod login;
 mod manager;
 mod response;
+mod state_file;
 mod store;
 
 use std::fmt;
@@ -33,15 +39,19 @@ use std::time::{Duration, Instant};
 
 use crate::secret::SecretString;
 
-pub use endpoints::{default_scopes, google_endpoints, microsoft_endpoints};
+pub use endpoints::{
+    MailHosts, default_scopes, google_endpoints, microsoft_endpoints, microsoft_mail_hosts,
+};
 pub use error::{ErrorKind, TokenError};
 pub use grant::{device_authorization, exchange};
+pub use hook::ReauthHook;
 pub use login::{DEVICE_CODE_GRANT_TYPE, Pkce, authorize_url, random_state};
 pub use manager::{AccountStatus, TokenManager};
 pub use response::{
     DeviceAuthorization, Failure, TokenResponse, classify, classify_device_authorization,
     parse_retry_after,
 };
+pub use state_file::{PersistedStatus, StatusFiles, from_unix_secs, unix_secs};
 pub use store::{MasterKey, StoreError, StoredToken, TokenStore};
 
 /// Which identity provider a [`ProviderConfig`] talks to (picks default endpoints, scopes, hints).
@@ -164,6 +174,11 @@ pub struct TokenSettings {
     pub refresh_margin: Duration,
     /// Larger response bodies are a (transient) error. Default 64 KiB.
     pub max_response_bytes: usize,
+    /// `on_reauth_needed`: program and arguments run (no shell) when an account enters the
+    /// needs-login state. Default none.
+    pub on_reauth_needed: Option<Vec<String>>,
+    /// The hook is killed after this long. Default 30 s.
+    pub hook_timeout: Duration,
 }
 
 impl Default for TokenSettings {
@@ -172,6 +187,8 @@ impl Default for TokenSettings {
             request_timeout: Duration::from_secs(5),
             refresh_margin: Duration::from_secs(300),
             max_response_bytes: 64 * 1024,
+            on_reauth_needed: None,
+            hook_timeout: Duration::from_secs(30),
         }
     }
 }

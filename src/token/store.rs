@@ -31,6 +31,8 @@ const CIPHER: &str = "chacha20poly1305";
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 const MAX_ACCOUNT_NAME: usize = 128;
+/// Temporary files older than this are leftovers of a killed writer.
+const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
 
 /// Errors of the token store and the master key. Messages name the file and the fix; never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -253,11 +255,14 @@ struct Inner {
 }
 
 impl TokenStore {
-    /// Opens (creating `state_dir` and `state_dir/tokens` 0700 if absent) the store.
+    /// Opens (creating `state_dir` and `state_dir/tokens` 0700 if absent) the store. Temporary
+    /// files left by a process killed mid-write are removed once they are an hour old (younger
+    /// ones may belong to a write in progress in another process).
     pub fn open(state_dir: &Path, key: MasterKey) -> Result<TokenStore, StoreError> {
         create_private_dir(state_dir)?;
         let tokens_dir = state_dir.join("tokens");
         create_private_dir(&tokens_dir)?;
+        remove_stale_temporaries(&tokens_dir, STALE_TEMPORARY);
         Ok(TokenStore {
             inner: Arc::new(Inner {
                 state_dir: state_dir.to_owned(),
@@ -371,6 +376,28 @@ impl TokenStore {
         }
         sync_dir(dir).map_err(io_err("sync", dir))?;
         Ok(())
+    }
+}
+
+/// Leftovers of interrupted writes (`.<name>.<random>.tmp`) older than `age`; errors are ignored.
+fn remove_stale_temporaries(dir: &Path, age: Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| now.duration_since(m).unwrap_or_default() > age);
+        if old {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -700,6 +727,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(tmp.path(), key(8)).unwrap();
+        store.save("tickets", &SecretString::from("t")).unwrap();
+        let dir = tmp.path().join("tokens");
+        let stale = dir.join(".tickets.json.00aa.tmp");
+        let fresh = dir.join(".tickets.json.11bb.tmp");
+        fs::write(&stale, b"{").unwrap();
+        fs::write(&fresh, b"{").unwrap();
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        TokenStore::open(tmp.path(), key(8)).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists(), "a young one may be a write in progress");
+        assert!(store.path("tickets").unwrap().exists());
     }
 
     #[test]

@@ -83,7 +83,9 @@ impl SmtpClient {
     }
 
     fn ehlo_reply(&self, domain: &str, out: &mut Vec<u8>) {
-        let mut lines = vec![format!("{} Hello {}", self.ctx.hostname, domain)];
+        // The client's own words go back to it: no control byte (a bare CR or NUL) may break
+        // the reply's line structure.
+        let mut lines = vec![format!("{} Hello {}", self.ctx.hostname, one_line(domain))];
         match &self.upstream {
             Some(Some(caps)) => {
                 for cap in caps {

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Regenerate fuzz/seeds/*/seed-* from the client transcripts (../shared/transcripts, see its
+README for the C:/S: format) plus a few hand-written Exchange Online dialogues (FACTS.md).
+
+Each seed is a fuzz input: byte 0 = configuration (see src/lib.rs `Config`), bytes 1-2 = split
+point, then the bytes. Usage: python3 fuzz/seeds.py [TRANSCRIPTS_DIR]
+"""
+import base64, os, re, sys
+
+here = os.path.dirname(os.path.abspath(__file__))
+src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "shared", "transcripts")
+corpus = os.path.join(here, "seeds")
+
+
+def unescape(s):
+    return re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), s.encode())
+
+
+def sides(path):
+    c, s = [], []
+    for line in open(path, encoding="utf-8"):
+        line = line.rstrip("\n")
+        if line.startswith("C: "):
+            c.append(unescape(line[3:]))
+        elif line.startswith("S: "):
+            s.append(unescape(line[3:]))
+    return b"".join(l + b"\r\n" for l in c), b"".join(l + b"\r\n" for l in s)
+
+
+def write(target, name, cfg, data, split=0x10):
+    d = os.path.join(corpus, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(bytes([cfg, split & 0xFF, split >> 8]) + data[:4096])
+
+
+if os.path.isdir(src):
+    for fn in sorted(os.listdir(src)):
+        if not fn.endswith(".txt") or fn == "README.md":
+            continue
+        proto = fn.split("-")[0]
+        client, server = sides(os.path.join(src, fn))
+        name = fn[:-4]
+        # caps known (bit 0); client TLS leg StartTls (bits 1-2 = 01) for the STARTTLS recordings
+        tls = 0x02 if ("starttls" in name or "stls" in name or "-tls" in name) else 0
+        if proto == "smtp":
+            write("smtp_client", name, 0x01 | tls, client)
+            write("smtp_upstream", name, 0x01, server)
+        elif proto == "imap":
+            write("imap_client", name, 0x01 | tls, client)
+            write("imap_upstream", name, 0x01, server)
+        elif proto == "pop3":
+            write("pop3", "client-" + name, 0x01 | tls, client)
+            write("pop3", "upstream-" + name, 0x81, server)
+
+# Exchange Online as FACTS.md describes it (the upstream side, bit 4 = STARTTLS port).
+write("smtp_upstream", "exchange-587", 0x11,
+      b"220 BN0PR04CA0001.outlook.office365.com Microsoft ESMTP MAIL Service ready at Sun, 22 Nov 2026 02:46:49 +0000\r\n"
+      b"250-BN0PR04CA0001.outlook.office365.com Hello [127.0.0.1]\r\n250-SIZE 157286400\r\n250-PIPELINING\r\n"
+      b"250-DSN\r\n250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250-8BITMIME\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n"
+      b"220 2.0.0 SMTP server ready\r\n"
+      b"250-BN0PR04CA0001.outlook.office365.com Hello [127.0.0.1]\r\n250-SIZE 157286400\r\n250-PIPELINING\r\n"
+      b"250-DSN\r\n250-ENHANCEDSTATUSCODES\r\n250-AUTH LOGIN XOAUTH2\r\n250-8BITMIME\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n"
+      b"334 eyJzdGF0dXMiOiI0MDEifQ==\r\n535 5.7.3 Authentication unsuccessful [BN0PR04CA0001]\r\n235 2.7.0 Authentication successful\r\n")
+write("smtp_upstream", "exchange-465", 0x01,
+      b"220 smtp.office365.com ESMTP\r\n250-smtp.office365.com Hello\r\n250-AUTH LOGIN XOAUTH2\r\n250 SMTPUTF8\r\n"
+      b"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.\r\n")
+write("imap_upstream", "exchange-993", 0x01,
+      b"* OK The Microsoft Exchange IMAP4 service is ready. [QgBOADAAUABSADAANABDAEEAMAAwADAAMQAuAA==]\r\n"
+      b"* CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+\r\n"
+      b"A0 OK CAPABILITY completed.\r\n* 1 EXISTS\r\n* ID (\"name\" {4}\r\nExch)\r\nA1 OK AUTHENTICATE completed.\r\n")
+write("imap_upstream", "exchange-143-starttls", 0x11,
+      b"* OK IMAP ready\r\nA0 OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] ok\r\nA1 OK Begin TLS\r\n"
+      b"* CAPABILITY IMAP4rev1 AUTH=XOAUTH2\r\nA2 OK done\r\n+ eyJzdGF0dXMiOiI0MDEifQ==\r\nA3 NO AUTHENTICATE failed.\r\n")
+write("pop3", "upstream-exchange-995", 0x81,
+      b"+OK The Microsoft Exchange POP3 service is ready.\r\n+OK\r\nTOP\r\nUIDL\r\nSASL PLAIN XOAUTH2\r\nUSER\r\n.\r\n+ \r\n+OK User successfully authenticated.\r\n")
+write("pop3", "upstream-stls", 0x91,
+      b"+OK ready\r\n+OK\r\nSTLS\r\n.\r\n+OK Begin TLS\r\n+OK\r\nSASL XOAUTH2\r\n.\r\n+ \r\n-ERR Authentication failure\r\n")
+write("imap_client", "literal-plus-and-auth", 0x09,
+      b"a1 CAPABILITY\r\na2 LOGIN {4+}\r\nglpi {6}\r\nsecret\r\na3 AUTHENTICATE PLAIN\r\nAGdscGkAc2VjcmV0\r\n")
+write("imap_client", "login-roundtrip", 0x05, b"glpi\xffcorrect horse \"battery\" \\staple")
+for name, data in [
+    ("plain-empty-authzid", b"\x00glpi\x00secret"),
+    ("plain-authzid", b"glpi\x00glpi\x00pa ss"),
+    ("b64-login", base64.b64encode(b"glpi")),
+    ("cancel", b"*"),
+    ("empty", b"="),
+]:
+    write("sasl", name, 0, data)
+for f in os.listdir(os.path.join(corpus, "sasl")):
+    # sasl takes raw data (no configuration bytes)
+    p = os.path.join(corpus, "sasl", f)
+    data = open(p, "rb").read()[3:]
+    open(p, "wb").write(data)
+write("xoauth2", "microsoft-vector", 0, b"")
+open(os.path.join(corpus, "xoauth2", "seed-microsoft-vector"), "wb").write(
+    b"test@contoso.onmicrosoft.com\x00EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA")

@@ -1,0 +1,587 @@
+#!/usr/bin/env bash
+# authbridge interop suite: real mail servers upstream, GLPI's real mail libraries as clients.
+#
+#   bash tests/interop/run.sh
+#
+# Installs what it needs from Debian (apt-get, as root), builds authbridge and the sandbox, then
+# starts everything on 127.0.0.1 under one temporary directory:
+#   - the sandbox's token service (fake Entra ID: refresh tokens, access tokens, RFC 7662
+#     introspection);
+#   - Dovecot (IMAP with STARTTLS and on implicit TLS, POP3 with STLS and on implicit TLS, LMTP)
+#     taking XOAUTH2/OAUTHBEARER only, each token checked by introspection at the sandbox;
+#   - Postfix: submission (STARTTLS required, SASL through Dovecot, so XOAUTH2 only) delivering
+#     into Dovecot's mailboxes over LMTP, and a port-25 style listener (STARTTLS, no AUTH);
+#   - authbridge in front of them.
+# Then every client (PHPMailer as GLPI 9.5/10, Symfony Mailer as GLPI 11, laminas-mail's bytes,
+# swaks, curl, Python smtplib/imaplib/poplib) sends through authbridge and reads back through
+# authbridge, plus the negative cases. One PASS/FAIL line per case, then "N passed, M failed".
+# Everything started is stopped by pid on exit. INTEROP_KEEP=1 keeps the temporary directory.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+SUITE_START=$(date +%s)
+PASSED=0
+FAILED=0
+PIDS=()
+T=""
+
+say() { printf '%s\n' "$*"; }
+step() { printf -- '-- %s\n' "$*"; }
+die() { # a setup failure: counts as one failed case
+	FAILED=$((FAILED + 1))
+	say "FAIL  setup: $*"
+	dump_logs
+	say "$PASSED passed, $FAILED failed"
+	exit 1
+}
+
+dump_logs() { # the tail of every server's log, for a failed run
+	local f
+	[ -n "$T" ] && [ -d "$T" ] || return 0
+	for f in authbridge.log dovecot.log postfix.log sandbox.log; do
+		[ -s "$T/$f" ] || continue
+		say "---- last lines of $f"
+		tail -n 40 "$T/$f" | cut -c1-400
+	done
+}
+
+# ---------------------------------------------------------------- packages
+PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix php-cli libphp-phpmailer
+	php-symfony-mailer swaks libnet-ssleay-perl curl python3 openssl ca-certificates)
+install_packages() {
+	local missing=() p
+	for p in "${PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	((${#missing[@]} == 0)) && return 0
+	[ "$(id -u)" = 0 ] || die "missing Debian packages (run as root to install them): ${missing[*]}"
+	step "installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	# The packages' own services must not start (we run private instances); only a
+	# policy-rc.d we create ourselves is removed again.
+	local policy=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		policy=/usr/sbin/policy-rc.d
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+	fi
+	local log
+	log=$(mktemp)
+	apt-get update -qq >"$log" 2>&1 && apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1
+	local rc=$?
+	[ -n "$policy" ] && rm -f "$policy"
+	[ $rc = 0 ] || die "apt-get install failed: $(tail -n 20 "$log")"
+	rm -f "$log"
+}
+
+# Debian's interpreter when there is one (a version manager's shim costs ~0.3 s a start).
+PY=python3
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+
+# ---------------------------------------------------------------- processes and cleanup
+cleanup() {
+	local rc=$? pid i
+	for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+	for pid in "${PIDS[@]}"; do
+		for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null
+	done
+	if [ -n "$T" ] && [ -d "$T" ]; then
+		if [ "${INTEROP_KEEP:-0}" = 1 ]; then
+			say "interop: kept $T" >&2
+		else
+			rm -rf "$T"
+		fi
+	fi
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() { # PORT [SECONDS]
+	local i
+	for i in $(seq $((${2:-20} * 10))); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+free_ports() { # N -> N free loopback ports
+	"$PY" - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+render() { # TEMPLATE OUT: replace @NAME@ with the exported variable NAME
+	"$PY" - "$1" "$2" <<'EOF'
+import os, re, sys
+src = open(sys.argv[1]).read()
+def sub(m):
+    if m.group(1) not in os.environ:
+        sys.exit(f"render: {sys.argv[1]}: @{m.group(1)}@ is not set")
+    return os.environ[m.group(1)]
+open(sys.argv[2], "w").write(re.sub(r"@([A-Z][A-Z0-9_]*)@", sub, src))
+EOF
+}
+
+json_get() { # FILE KEY
+	"$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"
+}
+
+# ---------------------------------------------------------------- cases
+CASE_LOG=""
+CASE_START=0
+now_ms() { date +%s%3N; }
+record() { # NAME DETAIL RC
+	local took
+	took=$(awk -v ms=$(($(now_ms) - CASE_START)) 'BEGIN { printf "%.1f s", ms / 1000 }')
+	if [ "$3" = 0 ]; then
+		PASSED=$((PASSED + 1))
+		printf 'PASS  %-44s %s [%s]\n' "$1" "$2" "$took"
+	else
+		FAILED=$((FAILED + 1))
+		printf 'FAIL  %-44s %s [%s]\n' "$1" "$2" "$took"
+		tail -n 25 "$CASE_LOG" | cut -c1-300 | sed 's/^/      | /'
+	fi
+}
+
+run_case() { # NAME DETAIL FUNCTION ARGS... (the function's output goes to the case log)
+	local name=$1 detail=$2
+	shift 2
+	CASE_LOG="$T/cases/$name.log"
+	CASE_START=$(now_ms)
+	"$@" >"$CASE_LOG" 2>&1
+	record "$name" "$detail" $?
+}
+
+expect() { # MESSAGE CONDITION...: fail the case with MESSAGE unless the condition holds
+	local msg=$1
+	shift
+	if "$@"; then return 0; fi
+	say "EXPECTED: $msg"
+	return 1
+}
+
+sandbox_counters() { # KEY... under token_requests -> their values on one line
+	curl -sS --cacert "$SANDBOX_CA" "$CONTROL_URL/counters" |
+		"$PY" -c 'import json,sys; c = json.load(sys.stdin)["token_requests"]; print(*(c[k] for k in sys.argv[1:]))' "$@"
+}
+
+sandbox_post() { # PATH JSON
+	curl -sS --fail --cacert "$SANDBOX_CA" -H 'content-type: application/json' -d "$2" "$CONTROL_URL/$1"
+}
+
+lines() { wc -l <"$1" 2>/dev/null || echo 0; }
+new_lines() { tail -n +"$(($2 + 1))" "$1"; } # FILE OLD_LINE_COUNT
+
+# A message a sender case sends: subject and body carry a token the readers look for.
+EXPECTED=()
+message_for() { # CASE -> sets SUBJECT, BODY
+	SUBJECT="interop $1-$RUN"
+	BODY="body-check $1-$RUN end"
+}
+
+# ---- senders: NAME is the case name; each function sends one message and expects success
+PHP=(timeout 60 php)
+send_phpmailer() { "${PHP[@]}" "$HERE/clients/phpmailer.php" "$1" 127.0.0.1 "$2" glpi "$GLPI_PASSWORD" "$MBX" "$MBX" "$SUBJECT" "$BODY"; }
+send_symfony() { "${PHP[@]}" "$HERE/clients/symfony.php" 127.0.0.1 "$1" glpi "$GLPI_PASSWORD" "$MBX" "$MBX" "$SUBJECT" "$BODY" "${2:-}"; }
+send_swaks() { # PORT SWAKS-ARGS...
+	local port=$1
+	shift
+	timeout 60 swaks --server "127.0.0.1:$port" --auth-user glpi --auth-password "$GLPI_PASSWORD" \
+		--from "$MBX" --to "$MBX" --header "Subject: $SUBJECT" --body "$BODY" "$@"
+}
+send_curl() {
+	printf 'From: %s\r\nTo: %s\r\nSubject: %s\r\n\r\n%s\r\n' "$MBX" "$MBX" "$SUBJECT" "$BODY" >"$T/curl-mail.txt"
+	timeout 60 curl -sS -v --url "smtp://127.0.0.1:$1" --user "glpi:$GLPI_PASSWORD" \
+		--mail-from "$MBX" --mail-rcpt "$MBX" --upload-file "$T/curl-mail.txt"
+}
+send_smtplib() { timeout 60 "$PY" "$HERE/clients/pymail.py" smtp 127.0.0.1 "$1" glpi "$GLPI_PASSWORD" "$MBX" "$MBX" "$SUBJECT" "$BODY" "${@:2}"; }
+send_swaks_noauth() {
+	timeout 60 swaks --server "127.0.0.1:$1" --from "$MBX" --to "$MBX" --header "Subject: $SUBJECT" --body "$BODY"
+}
+send_relay_direct() { # straight to Postfix's port-25 style listener: STARTTLS, no AUTH
+	timeout 60 swaks --server "127.0.0.1:$POSTFIX_RELAY" --tls --from "$MBX" --to "$MBX" \
+		--header "Subject: $SUBJECT" --body "$BODY"
+}
+
+sender_case() { # NAME DETAIL FUNCTION ARGS...
+	local name=$1 detail=$2
+	shift 2
+	message_for "$name"
+	CASE_LOG="$T/cases/$name.log"
+	CASE_START=$(now_ms)
+	"$@" >"$CASE_LOG" 2>&1
+	local rc=$?
+	if [ $rc = 0 ] && grep -q '^RESULT ' "$CASE_LOG" && ! grep -q '^RESULT ok' "$CASE_LOG"; then rc=1; fi
+	[ $rc = 0 ] && EXPECTED+=("$name-$RUN")
+	record "$name" "$detail" $rc
+}
+
+# ---- readers: print every message; the case checks that every expected message is there
+read_laminas() { "${PHP[@]}" "$HERE/clients/laminas.php" "$1" "$2" 127.0.0.1 "$3" "${LAMINAS_USER:-glpi}" "${LAMINAS_PASSWORD:-$GLPI_PASSWORD}"; }
+read_py() { timeout 60 "$PY" "$HERE/clients/pymail.py" "$1" 127.0.0.1 "$2" glpi "$GLPI_PASSWORD" "${@:3}"; }
+read_curl_imap() { # URL-BASE (imap://127.0.0.1:PORT or imaps://...)
+	local base=$1 uids u urls=()
+	uids=$(timeout 60 curl -sS -v -k --user "glpi:$GLPI_PASSWORD" "$base/INBOX" -X 'UID SEARCH ALL') || return 1
+	say "$uids"
+	for u in $(tr -d '\r' <<<"$uids" | sed -n 's/^\* SEARCH//p'); do urls+=("$base/INBOX;UID=$u"); done
+	((${#urls[@]})) || return 1
+	timeout 60 curl -sS -v -k --user "glpi:$GLPI_PASSWORD" "${urls[@]}"
+}
+read_curl_pop3() { # URL-BASE
+	local base=$1 list n urls=()
+	list=$(timeout 60 curl -sS --user "glpi:$GLPI_PASSWORD" "$base/") || return 1
+	say "$list"
+	for n in $(tr -d '\r' <<<"$list" | awk '{print $1}'); do urls+=("$base/$n"); done
+	((${#urls[@]})) || return 1
+	timeout 60 curl -sS -v --user "glpi:$GLPI_PASSWORD" "${urls[@]}"
+}
+
+reader_case() { # NAME DETAIL FUNCTION ARGS...
+	local name=$1 detail=$2 tok missing=()
+	shift 2
+	CASE_LOG="$T/cases/$name.log"
+	CASE_START=$(now_ms)
+	"$@" >"$CASE_LOG" 2>&1
+	local rc=$?
+	if grep -q '^RESULT ' "$CASE_LOG" && ! grep -q '^RESULT ok' "$CASE_LOG"; then rc=1; fi
+	if [ $rc = 0 ]; then
+		for tok in "${EXPECTED[@]}"; do
+			grep -qF "Subject: interop $tok" "$CASE_LOG" && grep -qF "body-check $tok end" "$CASE_LOG" ||
+				missing+=("$tok")
+		done
+		if ((${#missing[@]})); then
+			say "EXPECTED: messages missing or incomplete: ${missing[*]}" >>"$CASE_LOG"
+			rc=1
+		fi
+	fi
+	record "$name" "$detail (${#EXPECTED[@]} messages)" $rc
+}
+
+maildir_count() { # MAILBOX
+	find "$T/mail/$1/Maildir/new" "$T/mail/$1/Maildir/cur" -type f 2>/dev/null | wc -l
+}
+
+# ================================================================ setup
+install_packages
+for tool in dovecot postfix php swaks curl python3 openssl cargo; do
+	command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+step "building authbridge and the sandbox"
+(cd "$ROOT" && cargo build --quiet -p authbridge -p authbridge-sandbox) || die "cargo build failed"
+TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+	"$PY" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+BIN="$TARGET_DIR/debug"
+AUTHBRIDGE="$BIN/authbridge"
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/authbridge-interop.XXXXXX") || die "mktemp failed"
+chmod 755 "$T" # Dovecot's mail user (nobody) and Postfix must reach their files
+mkdir -p "$T/cases" "$T/certs" "$T/dovecot/run" "$T/dovecot/state" "$T/mail" \
+	"$T/postfix/etc" "$T/postfix/queue" "$T/postfix/data"
+chmod 1777 "$T/mail"
+chown postfix "$T/postfix/data"
+RUN=$(basename "$T" | sed 's/.*\.//' | tr 'A-Z' 'a-z')
+export T RUN
+MBX=tickets@contoso.com
+HELPDESK=helpdesk@contoso.com
+# Local passwords with the bytes clients must quote or escape (space, ", \).
+GLPI_PASSWORD='gl"pi \interop pass'
+HELPDESK_PASSWORD='helpdesk-pass'
+GLPI_LF_PASSWORD=$'first line\nsecond line'
+
+read -r POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
+	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
+	AB_RELAY AB_RELAY_OPEN <<<"$(free_ports 16)"
+export POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
+	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
+	AB_RELAY AB_RELAY_OPEN
+AB_PORTS=($AB_SMTP $AB_SMTP_TLS $AB_IMAP $AB_IMAP_UP_ST $AB_IMAP_TLS $AB_IMAPS $AB_POP3 $AB_POP3_UP_ST
+	$AB_RELAY $AB_RELAY_OPEN)
+
+step "certificates (a private CA; the server certificate is for localhost and 127.0.0.1)"
+(
+	cd "$T/certs" &&
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+			-keyout ca.key -out ca.pem -subj "/CN=authbridge interop CA" \
+			-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+			-keyout server.key -out server.csr -subj "/CN=localhost" &&
+		printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+			"keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >server.ext &&
+		openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+			-extfile server.ext -out server.pem
+) >"$T/certs/openssl.log" 2>&1 || die "openssl failed: $(cat "$T/certs/openssl.log")"
+chmod 644 "$T/certs/server.key"
+
+step "sandbox token service (fake Entra ID with introspection)"
+"$BIN/authbridge-sandbox" serve --dir "$T/sandbox" >"$T/sandbox.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$T/sandbox/sandbox.json" ] && break; sleep 0.1; done
+[ -s "$T/sandbox/sandbox.json" ] || die "the sandbox did not start: $(cat "$T/sandbox.log")"
+SANDBOX_CA="$T/sandbox/ca.pem"
+TOKEN_URL=$(json_get "$T/sandbox/sandbox.json" token_url)
+INTROSPECT_URL=$(json_get "$T/sandbox/sandbox.json" introspect_url)
+CONTROL_URL=$(json_get "$T/sandbox/sandbox.json" control_url)
+CLIENT_ID=$(json_get "$T/sandbox/sandbox.json" client_id)
+export SANDBOX_CA TOKEN_URL INTROSPECT_URL
+
+step "Dovecot $(dovecot --version | cut -d' ' -f1) (XOAUTH2/OAUTHBEARER only, passdb oauth2 via introspection)"
+render "$HERE/dovecot.conf.in" "$T/dovecot/dovecot.conf" || die "render failed"
+render "$HERE/oauth2.conf.in" "$T/dovecot/oauth2.conf" || die "render failed"
+doveconf -c "$T/dovecot/dovecot.conf" -n >"$T/dovecot/doveconf.txt" 2>&1 ||
+	die "Dovecot refuses its config: $(cat "$T/dovecot/doveconf.txt")"
+dovecot -F -c "$T/dovecot/dovecot.conf" >"$T/dovecot.stdout" 2>&1 &
+PIDS+=($!)
+for p in $DOVECOT_IMAP $DOVECOT_IMAPS $DOVECOT_POP3 $DOVECOT_POP3S; do
+	wait_port "$p" || die "Dovecot did not listen on $p: $(cat "$T/dovecot.stdout" "$T/dovecot.log" 2>/dev/null)"
+done
+
+step "Postfix $(postconf -d -h mail_version 2>/dev/null) (submission with Dovecot SASL, LMTP into Dovecot; relay listener)"
+render "$HERE/postfix-main.cf.in" "$T/postfix/etc/main.cf" || die "render failed"
+render "$HERE/postfix-master.cf.in" "$T/postfix/etc/master.cf" || die "render failed"
+postfix -c "$T/postfix/etc" check >"$T/postfix.check" 2>&1 ||
+	die "postfix check failed: $(cat "$T/postfix.check" "$T/postfix.log" 2>/dev/null)"
+/usr/lib/postfix/sbin/master -c "$T/postfix/etc" >"$T/postfix.stdout" 2>&1 &
+PIDS+=($!)
+for p in $POSTFIX_SUBMISSION $POSTFIX_RELAY; do
+	wait_port "$p" || die "Postfix did not listen on $p: $(cat "$T/postfix.stdout" "$T/postfix.log" 2>/dev/null)"
+done
+
+step "authbridge"
+GLPI_HASH=$(printf '%s' "$GLPI_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
+HELPDESK_HASH=$(printf '%s' "$HELPDESK_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
+GLPI_LF_HASH=$(printf '%s' "$GLPI_LF_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
+export GLPI_HASH HELPDESK_HASH GLPI_LF_HASH
+render "$HERE/authbridge.yaml.in" "$T/authbridge.yaml" || die "render failed"
+HELPDESK_RT=$(sandbox_post refresh_token "{\"client_id\":\"$CLIENT_ID\",\"mailbox\":\"$HELPDESK\"}" |
+	"$PY" -c 'import json,sys; print(json.load(sys.stdin)["refresh_token"])') || die "no helpdesk refresh token"
+"$AUTHBRIDGE" import-token --config "$T/authbridge.yaml" tickets <"$T/sandbox/refresh_token" >"$T/import.log" 2>&1 ||
+	die "import-token tickets failed: $(cat "$T/import.log")"
+printf '%s\n' "$HELPDESK_RT" | "$AUTHBRIDGE" import-token --config "$T/authbridge.yaml" helpdesk >>"$T/import.log" 2>&1 ||
+	die "import-token helpdesk failed: $(cat "$T/import.log")"
+
+say "cases (client -> authbridge listener -> real server):"
+check_upstreams() { timeout 60 "$PY" "$HERE/clients/pymail.py" probe "$POSTFIX_SUBMISSION" "$DOVECOT_IMAP" "$DOVECOT_IMAPS" "$DOVECOT_POP3S"; }
+run_case upstream-xoauth2-only "Postfix and Dovecot refuse passwords (as Exchange Online)" check_upstreams
+run_case authbridge-check "authbridge check: tokens + upstream setup/login on all ${#AB_PORTS[@]} listeners" \
+	timeout 120 "$AUTHBRIDGE" check --config "$T/authbridge.yaml"
+
+"$AUTHBRIDGE" run --config "$T/authbridge.yaml" >"$T/authbridge.log" 2>&1 &
+PIDS+=($!)
+for p in "${AB_PORTS[@]}"; do
+	wait_port "$p" || die "authbridge did not listen on $p: $(cat "$T/authbridge.log")"
+done
+
+# ================================================================ sending
+S_PLAIN="authbridge smtp (none) -> Postfix submission (STARTTLS)"
+S_TLS="authbridge smtp (STARTTLS) -> Postfix submission (STARTTLS)"
+sender_case smtp-phpmailer-glpi10-smtp "PHPMailer, GLPI 9.5/10 SMTP: $S_PLAIN" send_phpmailer smtp "$AB_SMTP"
+sender_case smtp-phpmailer-glpi10-smtp-tls "PHPMailer, GLPI 9.5/10 SMTP+TLS: $S_TLS" send_phpmailer tls "$AB_SMTP_TLS"
+sender_case smtp-symfony-glpi11 "Symfony Mailer, GLPI 11 DSN: $S_PLAIN" send_symfony "$AB_SMTP"
+sender_case smtp-symfony-glpi11-starttls "Symfony Mailer, GLPI 11 DSN ?verify_peer=0: $S_TLS" send_symfony "$AB_SMTP_TLS" verify_peer=0
+sender_case smtp-swaks-login "swaks AUTH LOGIN: $S_PLAIN" send_swaks "$AB_SMTP" --auth LOGIN
+sender_case smtp-swaks-plain "swaks AUTH PLAIN: $S_PLAIN" send_swaks "$AB_SMTP" --auth PLAIN
+sender_case smtp-swaks-pipelining "swaks --pipeline: $S_PLAIN" send_swaks "$AB_SMTP" --auth LOGIN --pipeline
+sender_case smtp-swaks-starttls "swaks --tls AUTH LOGIN: $S_TLS" send_swaks "$AB_SMTP_TLS" --auth LOGIN --tls
+sender_case smtp-curl "curl smtp://: $S_PLAIN" send_curl "$AB_SMTP"
+sender_case smtp-python-smtplib "Python smtplib: $S_PLAIN" send_smtplib "$AB_SMTP"
+sender_case smtp-python-smtplib-starttls "Python smtplib starttls(): $S_TLS" send_smtplib "$AB_SMTP_TLS" --starttls
+R_LOGIN="authbridge relay (none, login) -> Postfix port-25 style (STARTTLS, no AUTH)"
+R_OPEN="authbridge relay (none, allow_from) -> Postfix port-25 style (STARTTLS, no AUTH)"
+sender_case relay-phpmailer-glpi10-smtp "PHPMailer, GLPI 9.5/10 SMTP: $R_LOGIN" send_phpmailer smtp "$AB_RELAY"
+sender_case relay-symfony-glpi11 "Symfony Mailer, GLPI 11 DSN: $R_LOGIN" send_symfony "$AB_RELAY"
+sender_case relay-swaks-allowlisted "swaks without AUTH: $R_OPEN" send_swaks_noauth "$AB_RELAY_OPEN"
+sender_case smtp-postfix-relay-listener "swaks --tls, no AUTH, straight to Postfix's port-25 style listener" send_relay_direct
+
+step "waiting for Postfix to deliver ${#EXPECTED[@]} messages into Dovecot"
+for _ in $(seq 300); do (($(maildir_count "$MBX") >= ${#EXPECTED[@]})) && break; sleep 0.1; done
+run_case delivery "Postfix -> LMTP -> Dovecot Maildir: ${#EXPECTED[@]} messages" \
+	expect "$(maildir_count "$MBX") delivered" test "$(maildir_count "$MBX")" -ge "${#EXPECTED[@]}"
+
+# ================================================================ reading back
+I_IMPL="authbridge imap (none) -> Dovecot IMAP (implicit TLS)"
+I_UPST="authbridge imap (none) -> Dovecot IMAP (STARTTLS)"
+I_TLS="authbridge imap (STARTTLS) -> Dovecot IMAP (implicit TLS)"
+I_SSL="authbridge imap (implicit TLS) -> Dovecot IMAP (implicit TLS)"
+P_IMPL="authbridge pop3 (none) -> Dovecot POP3 (implicit TLS)"
+P_UPST="authbridge pop3 (none) -> Dovecot POP3 (STLS)"
+reader_case imap-laminas-glpi "laminas-mail bytes, GLPI 9.5-11 /imap/notls: $I_IMPL" read_laminas imap none "$AB_IMAP"
+LAMINAS_USER=glpi-lf LAMINAS_PASSWORD=$GLPI_LF_PASSWORD \
+	reader_case imap-laminas-glpi-lf-literal "laminas-mail bytes, password with a LF as a {N} literal: $I_IMPL" read_laminas imap none "$AB_IMAP"
+reader_case imap-laminas-glpi-upstream-starttls "laminas-mail bytes /imap/notls: $I_UPST" read_laminas imap none "$AB_IMAP_UP_ST"
+reader_case imap-laminas-glpi-tls "laminas-mail bytes /imap/tls/novalidate-cert: $I_TLS" read_laminas imap tls "$AB_IMAP_TLS"
+reader_case imap-laminas-glpi-ssl "laminas-mail bytes /imap/ssl/novalidate-cert: $I_SSL" read_laminas imap ssl "$AB_IMAPS"
+reader_case imap-python-imaplib "Python imaplib: $I_IMPL" read_py imap "$AB_IMAP"
+reader_case imap-python-imaplib-upstream-starttls "Python imaplib: $I_UPST" read_py imap "$AB_IMAP_UP_ST"
+reader_case imap-python-imaplib-starttls "Python imaplib starttls(): $I_TLS" read_py imap "$AB_IMAP_TLS" --starttls
+reader_case imap-python-imaplib-ssl "Python IMAP4_SSL: $I_SSL" read_py imap "$AB_IMAPS" --ssl
+reader_case imap-curl "curl imap://: $I_IMPL" read_curl_imap "imap://127.0.0.1:$AB_IMAP"
+reader_case imap-curl-upstream-starttls "curl imap://: $I_UPST" read_curl_imap "imap://127.0.0.1:$AB_IMAP_UP_ST"
+reader_case imap-curl-imaps "curl imaps:// (AUTHENTICATE PLAIN over TLS): $I_SSL" read_curl_imap "imaps://127.0.0.1:$AB_IMAPS"
+reader_case pop3-laminas-glpi "laminas-mail bytes, GLPI 9.5-11 /pop/notls: $P_IMPL" read_laminas pop3 none "$AB_POP3"
+reader_case pop3-laminas-glpi-upstream-stls "laminas-mail bytes /pop/notls: $P_UPST" read_laminas pop3 none "$AB_POP3_UP_ST"
+reader_case pop3-python-poplib "Python poplib: $P_IMPL" read_py pop3 "$AB_POP3"
+reader_case pop3-python-poplib-upstream-stls "Python poplib: $P_UPST" read_py pop3 "$AB_POP3_UP_ST"
+reader_case pop3-curl "curl pop3://: $P_IMPL" read_curl_pop3 "pop3://127.0.0.1:$AB_POP3"
+reader_case pop3-curl-upstream-stls "curl pop3://: $P_UPST" read_curl_pop3 "pop3://127.0.0.1:$AB_POP3_UP_ST"
+
+# ================================================================ negative cases
+# 1. An access token the real server refuses (expired at the token service, still cached by
+#    authbridge): Dovecot/Postfix say no, authbridge refreshes once and retries, the client
+#    never notices.
+expired_case() { # KIND (smtp|imap|pop3) COMMAND...
+	local kind=$1
+	shift
+	local refresh0 introspect0 active0 refresh1 introspect1 active1 log0 rc
+	read -r refresh0 introspect0 active0 <<<"$(sandbox_counters refresh_token introspect introspect_active)"
+	log0=$(lines "$T/authbridge.log")
+	sandbox_post expire_access_tokens '{}' && say
+	"$@"
+	rc=$?
+	sleep 0.2
+	read -r refresh1 introspect1 active1 <<<"$(sandbox_counters refresh_token introspect introspect_active)"
+	local refreshed=$((refresh1 - refresh0)) accepted=$((active1 - active0))
+	local refused=$((introspect1 - introspect0 - accepted))
+	say "token refreshes: $refreshed, tokens the server refused: $refused, accepted: $accepted"
+	new_lines "$T/authbridge.log" "$log0"
+	expect "the client's $kind session succeeded" test $rc = 0 &&
+		expect "the real server refused the expired token once" test "$refused" -ge 1 &&
+		expect "exactly one token refresh" test "$refreshed" = 1 &&
+		expect "the refreshed token was accepted" test "$accepted" -ge 1 &&
+		expect "authbridge logged the retry" grep -q 'refreshing it and retrying once' <(new_lines "$T/authbridge.log" "$log0")
+}
+message_for expired-smtp
+run_case expired-token-smtp "expired token: Postfix refuses, authbridge refreshes + retries (swaks)" \
+	expired_case smtp send_swaks "$AB_SMTP" --auth LOGIN
+run_case expired-token-imap "expired token: Dovecot IMAP refuses, authbridge refreshes + retries (imaplib)" \
+	expired_case imap read_py imap "$AB_IMAP"
+run_case expired-token-pop3 "expired token: Dovecot POP3 refuses, authbridge refreshes + retries (poplib)" \
+	expired_case pop3 read_py pop3 "$AB_POP3"
+
+# 2. A revoked refresh token (account helpdesk): first prove the account works, then revoke its
+#    refresh token family and expire its access token. Every protocol must answer with a
+#    temporary failure (so GLPI keeps its mail queued) and the log must say what to do.
+helpdesk_send() {
+	message_for helpdesk
+	timeout 60 swaks --server "127.0.0.1:$AB_SMTP" --auth LOGIN --auth-user helpdesk --auth-password "$HELPDESK_PASSWORD" \
+		--from "$HELPDESK" --to "$HELPDESK" --header "Subject: $SUBJECT" --body "$BODY"
+}
+helpdesk_read() {
+	for _ in $(seq 100); do (($(maildir_count "$HELPDESK") >= 1)) && break; sleep 0.1; done
+	timeout 60 "$PY" "$HERE/clients/pymail.py" imap 127.0.0.1 "$AB_IMAP" helpdesk "$HELPDESK_PASSWORD" >"$T/helpdesk-read.txt"
+	cat "$T/helpdesk-read.txt"
+	expect "the helpdesk message read back" grep -qF "body-check helpdesk-$RUN end" "$T/helpdesk-read.txt"
+}
+run_case helpdesk-account-works "second account: swaks send + imaplib read back before revocation" \
+	eval 'helpdesk_send && helpdesk_read'
+
+revoked_case() { # KIND EXPECTED-REPLY-REGEX COMMAND...
+	local kind=$1 want=$2
+	shift 2
+	local log0
+	log0=$(lines "$T/authbridge.log")
+	"$@"
+	say "exit code $?"
+	sleep 0.2
+	new_lines "$T/authbridge.log" "$log0"
+	expect "a temporary failure matching /$want/" grep -Eq "$want" "$CASE_LOG" &&
+		expect "an authbridge log line naming the account, AADSTS50173 and the fix" \
+			grep -E 'account helpdesk.*50173.*authbridge (login|import-token) helpdesk' <(new_lines "$T/authbridge.log" "$log0")
+}
+sandbox_post revoke_refresh_token "{\"refresh_token\":\"$HELPDESK_RT\"}" >/dev/null &&
+	sandbox_post expire_access_tokens '{}' >/dev/null || die "cannot revoke the helpdesk refresh token"
+helpdesk_smtp() {
+	timeout 60 swaks --server "127.0.0.1:$AB_SMTP" --auth LOGIN --auth-user helpdesk --auth-password "$HELPDESK_PASSWORD" \
+		--from "$HELPDESK" --to "$HELPDESK" --header "Subject: revoked" --body "revoked"
+}
+helpdesk_imap() { timeout 60 "$PY" "$HERE/clients/pymail.py" imap 127.0.0.1 "$AB_IMAP" helpdesk "$HELPDESK_PASSWORD"; }
+helpdesk_pop3() { timeout 60 "$PY" "$HERE/clients/pymail.py" pop3 127.0.0.1 "$AB_POP3" helpdesk "$HELPDESK_PASSWORD"; }
+run_case revoked-refresh-token-smtp "revoked refresh token: SMTP 454 4.7.0 + log line (swaks)" \
+	revoked_case smtp '^<\*\* +454 4\.7\.0 ' helpdesk_smtp
+run_case revoked-refresh-token-imap "revoked refresh token: IMAP NO [UNAVAILABLE] + log line (imaplib)" \
+	revoked_case imap '^RESULT refused .*\[UNAVAILABLE\]' helpdesk_imap
+run_case revoked-refresh-token-pop3 "revoked refresh token: POP3 -ERR [SYS/TEMP] + log line (poplib)" \
+	revoked_case pop3 '^RESULT refused -ERR \[SYS/TEMP\]' helpdesk_pop3
+
+# 3. Relay mode: a sender outside allowed_senders is refused by authbridge before the connector
+#    sees a MAIL FROM.
+mail_from_refused() { # SENDER: swaks's reply to that MAIL FROM is a 5xx
+	grep -A1 -F -- "-> MAIL FROM:<$1>" "$CASE_LOG" | grep -Eq '^<\*\* +5[0-9][0-9] '
+}
+relay_sender_case() {
+	local pf0 seen
+	pf0=$(lines "$T/postfix.log")
+	timeout 60 swaks --server "127.0.0.1:$AB_RELAY_OPEN" --from intruder@example.org --to "$MBX" \
+		--header "Subject: not allowed" --body "not allowed"
+	say "exit code $?"
+	sleep 0.3
+	seen=$(new_lines "$T/postfix.log" "$pf0" | grep -c 'intruder@example.org')
+	say "Postfix log lines naming the sender: $seen"
+	expect "MAIL FROM refused with a 5xx" mail_from_refused intruder@example.org &&
+		expect "the sender never reached Postfix" test "$seen" = 0
+}
+run_case relay-sender-not-allowed "relay mode (allow_from): MAIL FROM outside allowed_senders refused, never reaches Postfix" relay_sender_case
+
+# 4. A wrong local password never reaches the upstream: no introspection at the token service,
+#    no SASL line in Postfix's log, no authentication line in Dovecot's.
+wrong_password_case() { # EXPECTED-REPLY-REGEX COMMAND...
+	local want=$1
+	shift
+	local introspect0 pf0 dc0
+	introspect0=$(sandbox_counters introspect)
+	pf0=$(lines "$T/postfix.log")
+	dc0=$(lines "$T/dovecot.log")
+	"$@"
+	say "exit code $?"
+	sleep 0.3
+	local introspected pf dc
+	introspected=$(($(sandbox_counters introspect) - introspect0))
+	pf=$(new_lines "$T/postfix.log" "$pf0" | grep -ci 'sasl')
+	dc=$(new_lines "$T/dovecot.log" "$dc0" | grep -Eci 'auth failed|method=|oauth2')
+	say "tokens checked upstream: $introspected, Postfix SASL lines: $pf, Dovecot auth lines: $dc"
+	expect "the client was refused with /$want/" grep -Eq "$want" "$CASE_LOG" &&
+		expect "no token reached Dovecot/Postfix" test "$introspected" = 0 &&
+		expect "no SASL attempt in Postfix's log" test "$pf" = 0 &&
+		expect "no authentication attempt in Dovecot's log" test "$dc" = 0
+}
+GOOD_PASSWORD=$GLPI_PASSWORD
+GLPI_PASSWORD="wrong $GOOD_PASSWORD"
+message_for wrong-password
+run_case wrong-password-smtp-phpmailer "wrong local password: 535, nothing sent upstream (PHPMailer)" \
+	wrong_password_case '535 5\.7\.8' send_phpmailer smtp "$AB_SMTP"
+run_case wrong-password-smtp-symfony "wrong local password: 535 for LOGIN and PLAIN, nothing upstream (Symfony)" \
+	wrong_password_case '535' send_symfony "$AB_SMTP"
+run_case wrong-password-imap-laminas "wrong local password: NO [AUTHENTICATIONFAILED], nothing upstream (laminas bytes)" \
+	wrong_password_case '^RESULT refused TAG1 NO \[AUTHENTICATIONFAILED\]' read_laminas imap none "$AB_IMAP"
+run_case wrong-password-pop3-poplib "wrong local password: -ERR [AUTH], nothing upstream (poplib)" \
+	wrong_password_case '^RESULT refused -ERR \[AUTH\]' read_py pop3 "$AB_POP3"
+GLPI_PASSWORD=$GOOD_PASSWORD
+
+# 5. Over the whole run, every upstream login happened inside TLS. Postfix enforces it itself
+#    (smtpd_tls_auth_only); Dovecot treats loopback as secure and would not refuse a plaintext
+#    AUTHENTICATE, so its log is checked instead (FACTS.md).
+all_logins_tls() {
+	local total plain
+	total=$(grep -c 'Login: user=' "$T/dovecot.log")
+	plain=$(grep 'Login: user=' "$T/dovecot.log" | grep -vc ', TLS')
+	say "Dovecot logins: $total, without TLS: $plain"
+	expect "Dovecot saw logins" test "$total" -gt 0 && expect "none without TLS" test "$plain" = 0
+}
+run_case upstream-logins-over-tls "every Dovecot login (IMAPS, STARTTLS, POP3S, STLS) was inside TLS" all_logins_tls
+
+# ================================================================ summary
+((FAILED == 0)) || dump_logs
+say "interop suite took $(($(date +%s) - SUITE_START)) s"
+say "$PASSED passed, $FAILED failed"
+((FAILED == 0))
