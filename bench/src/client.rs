@@ -547,7 +547,11 @@ async fn pump_in(
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     while let Ok(n) = r.read(&mut buf).await {
-        if n == 0 || tx.send((tokio::time::Instant::now() + delay, buf[..n].to_vec())).is_err() {
+        if n == 0
+            || tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+        {
             break;
         }
     }
