@@ -40,7 +40,7 @@ pub struct Opts {
     pub burst_rounds: usize,
     pub ep_burst_rounds: usize,
     pub burst_timeout_secs: u64,
-    /// > 0: every system reaches the sandbox's mail servers through a relay adding this round
+    /// Above 0: every system reaches the sandbox's mail servers through a relay adding this round
     /// trip (half each way); the zero-delay relay system is then not measured.
     pub upstream_rtt_ms: u64,
     /// Which generated block of the results file to write.
