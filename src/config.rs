@@ -235,6 +235,8 @@ struct RawLimits {
     #[serde(default)]
     pipe_idle_secs: Option<u64>,
     #[serde(default)]
+    relay_reply_secs: Option<u64>,
+    #[serde(default)]
     shutdown_grace_secs: Option<u64>,
 }
 
@@ -784,7 +786,7 @@ impl Resolver<'_> {
         }
 
         let t = &mut l.timeouts;
-        let timeouts: [(&str, Option<u64>, u64, u64, &mut std::time::Duration); 13] = [
+        let timeouts: [(&str, Option<u64>, u64, u64, &mut std::time::Duration); 14] = [
             (
                 "client_tls_handshake_secs",
                 rl.client_tls_handshake_secs,
@@ -868,6 +870,13 @@ impl Resolver<'_> {
                 1,
                 7 * 86_400,
                 &mut t.pipe_idle,
+            ),
+            (
+                "relay_reply_secs",
+                rl.relay_reply_secs,
+                1,
+                3600,
+                &mut t.relay_reply,
             ),
             (
                 "shutdown_grace_secs",
@@ -1232,7 +1241,7 @@ mod tests {
         assert!(d.timeouts.login_budget < std::time::Duration::from_secs(10));
 
         let c = parse(
-            "limits:\n  line_max: 1000\n  auth_line_max: 2000\n  literal_max: 100\n  preauth_commands_max: 5\n  bad_commands_max: 2\n  session_login_failures_max: 1\n  max_sessions: 7\n  max_sessions_per_source: 3\n  login_failures_per_source: 4\n  failure_window_secs: 30\n  failure_delay_base_ms: 10\n  failure_delay_max_ms: 20\n  token_response_max: 8192\n  client_tls_handshake_secs: 2\n  preauth_idle_secs: 3\n  preauth_total_secs: 4\n  client_write_secs: 5\n  upstream_connect_secs: 6\n  upstream_tls_handshake_secs: 7\n  upstream_setup_secs: 8\n  upstream_auth_secs: 9\n  token_request_secs: 10\n  capabilities_wait_secs: 0\n  login_budget_secs: 11\n  pipe_idle_secs: 12\n  shutdown_grace_secs: 13\n",
+            "limits:\n  line_max: 1000\n  auth_line_max: 2000\n  literal_max: 100\n  preauth_commands_max: 5\n  bad_commands_max: 2\n  session_login_failures_max: 1\n  max_sessions: 7\n  max_sessions_per_source: 3\n  login_failures_per_source: 4\n  failure_window_secs: 30\n  failure_delay_base_ms: 10\n  failure_delay_max_ms: 20\n  token_response_max: 8192\n  client_tls_handshake_secs: 2\n  preauth_idle_secs: 3\n  preauth_total_secs: 4\n  client_write_secs: 5\n  upstream_connect_secs: 6\n  upstream_tls_handshake_secs: 7\n  upstream_setup_secs: 8\n  upstream_auth_secs: 9\n  token_request_secs: 10\n  capabilities_wait_secs: 0\n  login_budget_secs: 11\n  pipe_idle_secs: 12\n  shutdown_grace_secs: 13\n  relay_reply_secs: 14\n",
         )
         .unwrap();
         let l = &c.limits;
@@ -1282,9 +1291,10 @@ mod tests {
                 t.capabilities_wait,
                 t.login_budget,
                 t.pipe_idle,
-                t.shutdown_grace
+                t.shutdown_grace,
+                t.relay_reply
             ],
-            [2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 11, 12, 13].map(s)
+            [2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 11, 12, 13, 14].map(s)
         );
         assert_eq!(l.token_settings().request_timeout, s(10));
 

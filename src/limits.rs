@@ -75,6 +75,9 @@ pub struct Timeouts {
     pub capabilities_wait: Duration,
     /// Silence in both directions after login before the pipe is closed.
     pub pipe_idle: Duration,
+    /// Relay mode: how long the connector may take to take a command or a message and answer it
+    /// (RFC 5321 §4.5.3.2 suggests up to 10 minutes after DATA; 5 is plenty for Exchange).
+    pub relay_reply: Duration,
     /// How long a shutdown waits for live sessions.
     pub shutdown_grace: Duration,
 }
@@ -94,6 +97,7 @@ impl Default for Timeouts {
             login_budget: Duration::from_secs(7),
             capabilities_wait: Duration::from_secs(4),
             pipe_idle: Duration::from_secs(30 * 60),
+            relay_reply: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -15,14 +15,10 @@ use tokio::time::timeout;
 use tracing::{info, warn};
 
 use crate::config::Relay;
+use crate::limits::Limits;
 use crate::protocol::line::{Frame, LineFramer};
-use crate::protocol::smtp::{Reply, ReplyParser, ReplyStep};
+use crate::protocol::smtp::{Reply, ReplyParser, ReplyStep, write_reply};
 
-/// Longest client command line in relay mode (RFC 5321 allows 512; extensions add more).
-const COMMAND_LINE_MAX: usize = 4096;
-/// How long the connector may take to answer a command or a whole message (RFC 5321 §4.5.3.2
-/// suggests up to 10 minutes after DATA; 5 is plenty for Exchange).
-const UPSTREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// How a relayed session ended.
@@ -114,47 +110,84 @@ impl DotScanner {
     }
 }
 
+/// The relay's bounds, all from [`Limits`].
+struct Bounds {
+    line_max: usize,
+    /// Client silence before the session is closed.
+    idle: Duration,
+    /// One write to the client.
+    client_write: Duration,
+    /// One write to the connector, and one connector reply.
+    connector: Duration,
+}
+
 /// Relay the rest of the session. `client_input` holds client bytes not yet handled (e.g. the
 /// MAIL FROM of an allow-listed client); `upstream_input` upstream bytes not yet read.
 pub async fn relay<C, U>(
-    mut client: C,
-    mut client_input: BytesMut,
-    mut upstream: U,
-    mut upstream_input: BytesMut,
+    client: C,
+    client_input: BytesMut,
+    upstream: U,
+    upstream_input: BytesMut,
     settings: &Relay,
-    idle: Duration,
+    limits: &Limits,
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut framer = LineFramer::new(COMMAND_LINE_MAX);
+    match relay_loop(
+        client,
+        client_input,
+        upstream,
+        upstream_input,
+        settings,
+        limits,
+    )
+    .await
+    {
+        Ok(end) | Err(end) => end,
+    }
+}
+
+async fn relay_loop<C, U>(
+    mut client: C,
+    mut client_input: BytesMut,
+    mut upstream: U,
+    mut upstream_input: BytesMut,
+    settings: &Relay,
+    limits: &Limits,
+) -> Result<RelayEnd, RelayEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let b = Bounds {
+        line_max: limits.protocol.line_max,
+        idle: limits.timeouts.pipe_idle,
+        client_write: limits.timeouts.client_write,
+        connector: limits.timeouts.relay_reply,
+    };
+    let mut framer = LineFramer::new(b.line_max);
     let mut replies = ReplyParser::new(16 * 1024, 100);
-    let mut out = Vec::with_capacity(512);
     loop {
         // The next client command.
         let line = loop {
             match framer.next(&mut client_input) {
                 Frame::Line(l) => break l,
                 Frame::TooLong => {
-                    if let Err(e) = send(&mut client, b"500 5.5.6 Line too long\r\n").await {
-                        return RelayEnd::Error(e);
-                    }
+                    send(&mut client, b"500 5.5.6 Line too long\r\n", b.client_write).await?;
                 }
                 Frame::Incomplete => {
                     client_input.reserve(READ_CHUNK);
-                    match timeout(idle, client.read_buf(&mut client_input)).await {
+                    match timeout(b.idle, client.read_buf(&mut client_input)).await {
                         Err(_) => {
-                            let _ = send(
-                                &mut client,
-                                b"421 4.4.2 Idle for too long, closing connection\r\n",
-                            )
-                            .await;
-                            return RelayEnd::Idle;
+                            let bye = b"421 4.4.2 Idle for too long, closing connection\r\n";
+                            let _ = send(&mut client, bye, b.client_write).await;
+                            return Ok(RelayEnd::Idle);
                         }
-                        Ok(Ok(0)) => return RelayEnd::ClientClosed,
+                        Ok(Ok(0)) => return Ok(RelayEnd::ClientClosed),
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return RelayEnd::Error(e.to_string()),
+                        Ok(Err(e)) => return Ok(RelayEnd::Error(e.to_string())),
                     }
                 }
             }
@@ -164,19 +197,23 @@ where
             .next()
             .unwrap_or(&[])
             .to_ascii_uppercase();
+        let mut sender = None;
         let local_reply: Option<String> = match verb.as_slice() {
             b"MAIL" => match mail_from_address(&line) {
                 None => Some("501 5.5.4 Syntax: MAIL FROM:<address>".into()),
-                Some(sender)
-                    if !settings.sender_allowed(&sender)
-                        || (sender.is_empty() && !settings.allowed_senders.is_empty()) =>
+                Some(s)
+                    if !settings.sender_allowed(&s)
+                        || (s.is_empty() && !settings.allowed_senders.is_empty()) =>
                 {
-                    warn!(sender = ?sender, "relay refused a sender that is not in allowed_senders");
+                    warn!(sender = ?s, "relay refused a sender that is not in allowed_senders");
                     Some(format!(
-                        "550 5.7.1 Sender <{sender}> is not allowed to send through this relay"
+                        "550 5.7.1 Sender <{s}> is not allowed to send through this relay"
                     ))
                 }
-                Some(_) => None,
+                Some(s) => {
+                    sender = Some(s);
+                    None
+                }
             },
             b"STARTTLS" => {
                 Some("503 5.5.1 TLS is handled by this relay; STARTTLS not available now".into())
@@ -186,61 +223,45 @@ where
             _ => None,
         };
         if let Some(reply) = local_reply {
-            if let Err(e) = send(&mut client, format!("{reply}\r\n").as_bytes()).await {
-                return RelayEnd::Error(e);
-            }
+            send(
+                &mut client,
+                format!("{reply}\r\n").as_bytes(),
+                b.client_write,
+            )
+            .await?;
             continue;
         }
         let mut cmd = Vec::with_capacity(line.len() + 2);
         cmd.extend_from_slice(&line);
         cmd.extend_from_slice(b"\r\n");
-        if let Err(e) = send(&mut upstream, &cmd).await {
-            return RelayEnd::Error(format!("connector: {e}"));
-        }
-        let reply = match read_reply(&mut upstream, &mut upstream_input, &mut replies).await {
-            Ok(r) => r,
-            Err(end) => {
-                let _ = send(
-                    &mut client,
-                    b"421 4.4.2 The connector closed the connection\r\n",
-                )
-                .await;
-                return end;
-            }
-        };
-        forward_reply(&reply, &mut out);
-        if let Err(e) = send(&mut client, &out).await {
-            return RelayEnd::Error(e);
-        }
-        if verb.as_slice() == b"MAIL" && reply.code == 250 {
-            info!(sender = ?mail_from_address(&line).unwrap_or_default(), "relaying a message");
+        send(&mut upstream, &cmd, b.connector)
+            .await
+            .map_err(connector_error)?;
+        let reply = answer(
+            &mut client,
+            &mut upstream,
+            &mut upstream_input,
+            &mut replies,
+            &b,
+        )
+        .await?;
+        if let (Some(sender), 250) = (&sender, reply.code) {
+            info!(sender = ?sender, "relaying a message");
         }
         match (verb.as_slice(), reply.code) {
-            (b"QUIT", _) => return RelayEnd::Quit,
+            (b"QUIT", _) => return Ok(RelayEnd::Quit),
             (b"DATA", 354) => {
-                if let Err(end) =
-                    stream_body(&mut client, &mut client_input, &mut upstream, idle).await
-                {
-                    return end;
-                }
-                let reply = match read_reply(&mut upstream, &mut upstream_input, &mut replies).await
-                {
-                    Ok(r) => r,
-                    Err(end) => {
-                        let _ = send(
-                            &mut client,
-                            b"421 4.4.2 The connector closed the connection\r\n",
-                        )
-                        .await;
-                        return end;
-                    }
-                };
+                stream_body(&mut client, &mut client_input, &mut upstream, &b).await?;
+                let reply = answer(
+                    &mut client,
+                    &mut upstream,
+                    &mut upstream_input,
+                    &mut replies,
+                    &b,
+                )
+                .await?;
                 if reply.code == 250 {
                     info!("message relayed");
-                }
-                forward_reply(&reply, &mut out);
-                if let Err(e) = send(&mut client, &out).await {
-                    return RelayEnd::Error(e);
                 }
             }
             _ => {}
@@ -248,12 +269,39 @@ where
     }
 }
 
+/// Read the connector's reply and pass it to the client; if the connector is gone, tell the
+/// client with a 421 first.
+async fn answer<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    upstream_input: &mut BytesMut,
+    parser: &mut ReplyParser,
+    b: &Bounds,
+) -> Result<Reply, RelayEnd>
+where
+    C: AsyncWrite + Unpin,
+    U: AsyncRead + Unpin,
+{
+    let reply = match read_reply(upstream, upstream_input, parser, b.connector).await {
+        Ok(r) => r,
+        Err(end) => {
+            let bye = b"421 4.4.2 The connector closed the connection\r\n";
+            let _ = send(client, bye, b.client_write).await;
+            return Err(end);
+        }
+    };
+    let mut out = Vec::with_capacity(128);
+    write_reply(&mut out, reply.code, &reply.lines);
+    send(client, &out, b.client_write).await?;
+    Ok(reply)
+}
+
 /// Copy the message body from the client to the connector, up to and including `CRLF.CRLF`.
 async fn stream_body<C, U>(
     client: &mut C,
     input: &mut BytesMut,
     upstream: &mut U,
-    idle: Duration,
+    b: &Bounds,
 ) -> Result<(), RelayEnd>
 where
     C: AsyncRead + Unpin,
@@ -265,20 +313,15 @@ where
             let end = scanner.feed(input);
             let n = end.unwrap_or(input.len());
             let chunk = input.split_to(n);
-            upstream
-                .write_all(&chunk)
+            send(upstream, &chunk, b.connector)
                 .await
-                .map_err(|e| RelayEnd::Error(format!("connector: {e}")))?;
+                .map_err(connector_error)?;
             if end.is_some() {
-                upstream
-                    .flush()
-                    .await
-                    .map_err(|e| RelayEnd::Error(format!("connector: {e}")))?;
                 return Ok(());
             }
         }
         input.reserve(READ_CHUNK);
-        match timeout(idle, client.read_buf(input)).await {
+        match timeout(b.idle, client.read_buf(input)).await {
             Err(_) => return Err(RelayEnd::Idle),
             Ok(Ok(0)) => return Err(RelayEnd::ClientClosed),
             Ok(Ok(_)) => {}
@@ -291,6 +334,7 @@ async fn read_reply<U: AsyncRead + Unpin>(
     upstream: &mut U,
     input: &mut BytesMut,
     parser: &mut ReplyParser,
+    limit: Duration,
 ) -> Result<Reply, RelayEnd> {
     let read = async {
         loop {
@@ -312,7 +356,7 @@ async fn read_reply<U: AsyncRead + Unpin>(
             }
         }
     };
-    let reply = timeout(UPSTREAM_REPLY_TIMEOUT, read)
+    let reply = timeout(limit, read)
         .await
         .map_err(|_| RelayEnd::Error("the connector did not answer in time".into()))??;
     if reply.code >= 400 {
@@ -326,22 +370,107 @@ async fn read_reply<U: AsyncRead + Unpin>(
     Ok(reply)
 }
 
-fn forward_reply(reply: &Reply, out: &mut Vec<u8>) {
-    out.clear();
-    for (i, line) in reply.lines.iter().enumerate() {
-        let sep = if i + 1 == reply.lines.len() { ' ' } else { '-' };
-        out.extend_from_slice(format!("{}{sep}{line}\r\n", reply.code).as_bytes());
+fn connector_error(end: RelayEnd) -> RelayEnd {
+    match end {
+        RelayEnd::Error(e) => RelayEnd::Error(format!("connector: {e}")),
+        other => other,
     }
 }
 
-async fn send<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> Result<(), String> {
-    s.write_all(bytes).await.map_err(|e| e.to_string())?;
-    s.flush().await.map_err(|e| e.to_string())
+/// Write and flush within `limit`: a peer that stops reading cannot hold the session.
+async fn send<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), RelayEnd> {
+    let write = async {
+        s.write_all(bytes).await?;
+        s.flush().await
+    };
+    match timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RelayEnd::Error(e.to_string())),
+        Err(_) => Err(RelayEnd::Error(format!(
+            "a write did not complete within {limit:?}"
+        ))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn quick_limits() -> Limits {
+        let mut l = Limits::default();
+        l.timeouts.client_write = Duration::from_secs(1);
+        l.timeouts.relay_reply = Duration::from_secs(1);
+        l
+    }
+
+    fn open_relay() -> Relay {
+        Relay {
+            require_login: false,
+            allow_from: vec![],
+            allowed_senders: vec![],
+        }
+    }
+
+    /// A connector that stops reading in the middle of a message cannot hold the session:
+    /// the write to it has a deadline (`relay_reply`).
+    #[tokio::test]
+    async fn a_connector_that_stops_reading_ends_the_session_in_time() {
+        let (_client_app, client_proxy) = tokio::io::duplex(64 * 1024);
+        let (up_proxy, _connector_keeps_socket_but_never_reads) = tokio::io::duplex(64);
+        let mut client_input = BytesMut::from(&b"DATA\r\n"[..]);
+        client_input.extend_from_slice(&vec![b'x'; 256 * 1024]);
+        let upstream_input = BytesMut::from(&b"354 go ahead\r\n"[..]);
+        let t = std::time::Instant::now();
+        let end = timeout(
+            Duration::from_secs(10),
+            relay(
+                client_proxy,
+                client_input,
+                up_proxy,
+                upstream_input,
+                &open_relay(),
+                &quick_limits(),
+            ),
+        )
+        .await
+        .expect("the relay must not hang on a connector that stops reading");
+        assert!(
+            matches!(end, RelayEnd::Error(ref e) if e.contains("connector")),
+            "{end:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A client that stops reading our replies cannot hold the session either (`client_write`).
+    #[tokio::test]
+    async fn a_client_that_stops_reading_ends_the_session_in_time() {
+        let (_client_app_never_reads, client_proxy) = tokio::io::duplex(64);
+        let (up_proxy, _up_server) = tokio::io::duplex(1024 * 1024);
+        let client_input = BytesMut::from(&b"NOOP\r\n".repeat(1000)[..]);
+        let upstream_input =
+            BytesMut::from(&b"250 2.0.0 OK but rather long reply text\r\n".repeat(1000)[..]);
+        let end = timeout(
+            Duration::from_secs(10),
+            relay(
+                client_proxy,
+                client_input,
+                up_proxy,
+                upstream_input,
+                &open_relay(),
+                &quick_limits(),
+            ),
+        )
+        .await
+        .expect("the relay must not hang on a client that stops reading");
+        assert!(
+            matches!(end, RelayEnd::Error(ref e) if e.contains("within")),
+            "{end:?}"
+        );
+    }
 
     #[test]
     fn mail_from_forms() {

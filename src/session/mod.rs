@@ -160,7 +160,7 @@ where
     let idle = shared.limits.timeouts.pipe_idle;
     if let Some(settings) = &shared.listener.relay {
         tokio::select! {
-            end = crate::relay::relay(client, leftover, up, up_leftover, settings, idle) => {
+            end = crate::relay::relay(client, leftover, up, up_leftover, settings, &shared.limits) => {
                 info!(end = ?end, secs = started.elapsed().as_secs(), "relay session ended");
             }
             _ = stop.hard.cancelled() => info!("session closed: server stopped"),

@@ -9,6 +9,7 @@
 use bytes::BytesMut;
 
 use super::command::{Command, parse_command};
+use super::reply::write_reply;
 use super::{KEPT_EXTENSIONS, RELAY_DROPPED};
 use crate::protocol::line::{Frame, LineFramer};
 use crate::protocol::sasl::{self, LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, SaslError};
@@ -112,7 +113,7 @@ impl SmtpClient {
         } else {
             lines.push("AUTH PLAIN LOGIN".into());
         }
-        write_multiline(out, 250, &lines);
+        write_reply(out, 250, &lines);
     }
 
     fn bad(&mut self, out: &mut Vec<u8>, reply: &str) -> Step {
@@ -408,11 +409,4 @@ fn one_line(s: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(400)
         .collect()
-}
-
-fn write_multiline(out: &mut Vec<u8>, code: u16, lines: &[String]) {
-    for (i, line) in lines.iter().enumerate() {
-        let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-        out.extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
-    }
 }

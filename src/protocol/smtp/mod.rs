@@ -9,7 +9,7 @@ mod upstream;
 
 pub use client::SmtpClient;
 pub use command::{Command, parse_command};
-pub use reply::{Reply, ReplyParser, ReplyStep};
+pub use reply::{Reply, ReplyParser, ReplyStep, write_reply};
 pub use upstream::SmtpUpstream;
 
 /// EHLO keywords passed from the upstream to the client (DESIGN §1). Everything else (AUTH,

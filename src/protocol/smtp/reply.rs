@@ -20,6 +20,14 @@ impl Reply {
     }
 }
 
+/// Write a reply as `code-line` … `code line` (RFC 5321 §4.2.1).
+pub fn write_reply(out: &mut Vec<u8>, code: u16, lines: &[String]) {
+    for (i, line) in lines.iter().enumerate() {
+        let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+        out.extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
+    }
+}
+
 /// Result of feeding input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReplyStep {
