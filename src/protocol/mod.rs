@@ -33,6 +33,52 @@ pub enum ClientTls {
     Implicit,
 }
 
+/// Which leg a client is on right now: it picks the capability set and whether a login is
+/// allowed yet (not on a STARTTLS listener before the upgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leg {
+    /// A plaintext listener (loopback).
+    Plain,
+    /// A STARTTLS listener before the upgrade.
+    StartTlsOffered,
+    /// TLS is active.
+    Tls,
+}
+
+impl Leg {
+    /// The leg of a connection on a `listener` listener, `tls_active` once upgraded.
+    pub fn of(listener: ClientTls, tls_active: bool) -> Leg {
+        if tls_active || listener == ClientTls::Implicit {
+            Leg::Tls
+        } else if listener == ClientTls::StartTls {
+            Leg::StartTlsOffered
+        } else {
+            Leg::Plain
+        }
+    }
+}
+
+/// Reply text must not break the line structure: control characters become spaces, and it is
+/// kept short (upstream and token error texts end up in client replies).
+pub(crate) fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(400)
+        .collect()
+}
+
+/// Drop a leading response code (`[AUTHENTICATIONFAILED] …`, `[AUTH] …`) from an upstream text
+/// so ours is not doubled (RFC 5530, RFC 2449 §8).
+pub(crate) fn strip_resp_code(text: &str) -> &str {
+    let trimmed = text.trim_start();
+    if let Some(rest) = trimmed.strip_prefix('[')
+        && let Some(end) = rest.find(']')
+    {
+        return rest.get(end + 1..).unwrap_or_default().trim_start();
+    }
+    trimmed
+}
+
 /// Facts about this client connection that shape the replies.
 #[derive(Debug, Clone)]
 pub struct ClientContext {

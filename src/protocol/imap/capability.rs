@@ -16,16 +16,7 @@
 
 use super::command::is_atom_char;
 
-/// Which of the three capability sets the client leg gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leg {
-    /// A plaintext listener (loopback).
-    Plain,
-    /// A STARTTLS listener before the upgrade.
-    StartTlsOffered,
-    /// TLS is active.
-    Tls,
-}
+pub use crate::protocol::Leg;
 
 /// Upstream capabilities that describe the upstream's own login or are ours to decide.
 fn dropped(cap: &str) -> bool {

@@ -23,6 +23,7 @@ use crate::protocol::sasl::{self, LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, 
 use crate::protocol::{
     AfterLogin, ClientContext, ClientProtocol, ClientTls, LoginOutcome, LoginRequest, Step,
 };
+use crate::protocol::{one_line, strip_resp_code};
 use crate::secret::SecretBytes;
 
 /// Literals in one command: LOGIN needs two; ID may carry a few.
@@ -78,13 +79,7 @@ impl ImapClient {
     }
 
     fn leg(&self) -> Leg {
-        if self.tls_active {
-            Leg::Tls
-        } else if self.ctx.tls == ClientTls::StartTls {
-            Leg::StartTlsOffered
-        } else {
-            Leg::Plain
-        }
+        Leg::of(self.ctx.tls, self.tls_active)
     }
 
     /// A STARTTLS listener that has not upgraded yet: no login allowed.
@@ -506,24 +501,4 @@ fn reply(out: &mut Vec<u8>, tag: &Tag, text: &str) {
     out.push(b' ');
     out.extend_from_slice(text.as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-/// Reply text must not break the line structure: control characters become spaces, and it is
-/// kept short.
-pub(crate) fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(400)
-        .collect()
-}
-
-/// Drop a leading response code (`[AUTHENTICATIONFAILED] …`) so ours is not doubled.
-fn strip_resp_code(text: &str) -> &str {
-    let trimmed = text.trim_start();
-    if let Some(rest) = trimmed.strip_prefix('[')
-        && let Some(end) = rest.find(']')
-    {
-        return rest.get(end + 1..).unwrap_or_default().trim_start();
-    }
-    trimmed
 }

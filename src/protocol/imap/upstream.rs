@@ -9,11 +9,11 @@
 
 use bytes::BytesMut;
 
-use super::client::one_line;
 use super::response::{
     Greeting, Response, ResponseEvent, ResponseReader, Status, capability_code, has_capability,
     is_bye, parse_greeting, parse_response, untagged_capability, untagged_text,
 };
+use crate::protocol::one_line;
 use crate::protocol::sasl;
 use crate::protocol::{UpStep, UpstreamProtocol};
 use crate::secret::SecretString;

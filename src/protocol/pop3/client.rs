@@ -18,15 +18,10 @@ use crate::protocol::sasl::{self, LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, 
 use crate::protocol::{
     AfterLogin, ClientContext, ClientProtocol, ClientTls, LoginOutcome, LoginRequest, Step,
 };
+use crate::protocol::{one_line, strip_resp_code};
 use crate::secret::SecretBytes;
 
-/// Which capability set the client leg gets (as for IMAP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leg {
-    Plain,
-    StartTlsOffered,
-    Tls,
-}
+pub use crate::protocol::Leg;
 
 /// The CAPA lines shown to the client (RFC 2449 §6).
 ///
@@ -122,13 +117,7 @@ impl Pop3Client {
     }
 
     fn leg(&self) -> Leg {
-        if self.tls_active {
-            Leg::Tls
-        } else if self.ctx.tls == ClientTls::StartTls {
-            Leg::StartTlsOffered
-        } else {
-            Leg::Plain
-        }
+        Leg::of(self.ctx.tls, self.tls_active)
     }
 
     fn privacy_required(&self) -> bool {
@@ -413,23 +402,4 @@ impl ClientProtocol for Pop3Client {
         out.extend_from_slice(b"-ERR Autologout; idle for too long\r\n");
         self.state = State::Done;
     }
-}
-
-/// Reply text must not break the line structure.
-pub(crate) fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(400)
-        .collect()
-}
-
-/// Drop a leading response code (`[AUTH] …`, RFC 2449 §8) so ours is not doubled.
-fn strip_resp_code(text: &str) -> &str {
-    let trimmed = text.trim_start();
-    if let Some(rest) = trimmed.strip_prefix('[')
-        && let Some(end) = rest.find(']')
-    {
-        return rest.get(end + 1..).unwrap_or_default().trim_start();
-    }
-    trimmed
 }

@@ -5,8 +5,8 @@
 
 use bytes::BytesMut;
 
-use super::client::one_line;
 use crate::protocol::line::{Frame, LineFramer};
+use crate::protocol::one_line;
 use crate::protocol::sasl;
 use crate::protocol::{UpStep, UpstreamProtocol};
 use crate::secret::SecretString;

@@ -16,6 +16,7 @@ use crate::protocol::sasl::{self, LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, 
 use crate::protocol::{
     AfterLogin, ClientContext, ClientProtocol, ClientTls, LoginOutcome, LoginRequest, Step,
 };
+use crate::protocol::{Leg, one_line};
 
 #[derive(Debug)]
 enum State {
@@ -80,7 +81,7 @@ impl SmtpClient {
 
     /// STARTTLS is on offer: a STARTTLS listener that has not upgraded yet.
     fn starttls_offered(&self) -> bool {
-        self.ctx.tls == ClientTls::StartTls && !self.tls_active
+        Leg::of(self.ctx.tls, self.tls_active) == Leg::StartTlsOffered
     }
 
     fn ehlo_reply(&self, domain: &str, out: &mut Vec<u8>) {
@@ -401,12 +402,4 @@ fn starts_with_enhanced_code(text: &str) -> bool {
         && parts[1..]
             .iter()
             .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// Reply text must not break the line structure.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(400)
-        .collect()
 }
