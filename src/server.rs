@@ -21,7 +21,9 @@ use crate::config::Config;
 use crate::session::{self, Shared, Stop};
 use crate::token::{MasterKey, TokenManager, TokenSettings, TokenStore};
 
-/// How often stored refresh tokens are checked for age.
+/// After the grace period, how long ended sessions get to unwind before the server returns.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
+/// How often stored refresh tokens are checked for age (see `spawn_background`).
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(3600);
 /// Refresh tokens older than this are refreshed in the background.
 const KEEPALIVE_MAX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -214,7 +216,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 "grace period over; closing the remaining sessions"
             );
             stop.hard.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+            let _ = tokio::time::timeout(HARD_STOP_WAIT, tracker.wait()).await;
         }
         keepalive.abort();
         info!("stopped");
