@@ -700,3 +700,33 @@ pub async fn run_python(script: &str, env: &[(&str, String)]) -> String {
     );
     stdout
 }
+
+/// Fail if `logs` holds any of `forbidden`, or a token-shaped run (access tokens are ~1.5 KB
+/// random strings, XOAUTH2 blobs longer base64 runs). rustls logs certificates as hex at trace
+/// level: public, and not token-shaped, so all-hex runs are allowed.
+pub fn assert_no_secrets(logs: &str, forbidden: &[String]) {
+    for secret in forbidden {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret appears in the logs"
+        );
+    }
+    let longest = logs
+        .split(|c: char| !(c.is_ascii_alphanumeric() || "-_.+/=".contains(c)))
+        .filter(|run| {
+            !run.trim_start_matches("0x")
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        })
+        .max_by_key(|run| run.len())
+        .unwrap_or("");
+    if longest.len() >= 200 {
+        let at = logs.find(longest).unwrap_or(0);
+        let line_start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
+        panic!(
+            "a token-like run of {} characters appears in the logs, in a line starting {:?}",
+            longest.len(),
+            &logs[line_start..(line_start + 160).min(at)]
+        );
+    }
+}
