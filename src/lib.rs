@@ -6,17 +6,15 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod check;
+pub mod cli;
 pub mod config;
 pub mod limits;
-pub mod login;
 pub mod pipe;
 pub mod protocol;
 pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod session;
-pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod token;

@@ -127,7 +127,10 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Check { config } => {
             let config = load(config)?;
             authbridge::telemetry::init(Some("warn"), config.log_format);
-            let ok = runtime()?.block_on(authbridge::check::check(&config, &mut std::io::stdout()));
+            let ok = runtime()?.block_on(authbridge::cli::check::check(
+                &config,
+                &mut std::io::stdout(),
+            ));
             if ok {
                 Ok(())
             } else {
@@ -143,11 +146,11 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         } => {
             let config = load(config)?;
             authbridge::telemetry::init(Some("warn"), config.log_format);
-            let opts = authbridge::login::LoginOptions {
+            let opts = authbridge::cli::login::LoginOptions {
                 mode: if device_code {
-                    Some(authbridge::login::Mode::DeviceCode)
+                    Some(authbridge::cli::login::Mode::DeviceCode)
                 } else if paste {
-                    Some(authbridge::login::Mode::Paste)
+                    Some(authbridge::cli::login::Mode::Paste)
                 } else {
                     None
                 },
@@ -156,7 +159,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             let mut stdout = std::io::stdout();
             let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
             runtime()?
-                .block_on(authbridge::login::login(
+                .block_on(authbridge::cli::login::login(
                     &config,
                     &account,
                     &opts,
@@ -164,13 +167,13 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                     &mut stdin,
                 ))
                 .map_err(|e| match e {
-                    authbridge::login::LoginError::Usage(m) => Failure::Usage(anyhow!(m)),
-                    authbridge::login::LoginError::Failed(m) => Failure::Runtime(anyhow!(m)),
+                    authbridge::cli::login::LoginError::Usage(m) => Failure::Usage(anyhow!(m)),
+                    authbridge::cli::login::LoginError::Failed(m) => Failure::Runtime(anyhow!(m)),
                 })
         }
         Command::Status { config } => {
             let config = load(config)?;
-            let lines = authbridge::status::report(&config, std::time::SystemTime::now());
+            let lines = authbridge::cli::status::report(&config, std::time::SystemTime::now());
             for l in &lines {
                 println!("{}", l.text);
             }
