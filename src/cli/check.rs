@@ -3,9 +3,26 @@
 //! what failed and how to fix it.
 
 use std::io::Write;
+use std::path::PathBuf;
 
+use anyhow::anyhow;
+
+use super::failure::Failure;
+use super::setup::{load, runtime};
 use crate::config::Config;
 use crate::upstream::{self, AuthResult};
+
+/// Runs `authbridge check [--config PATH]`; a failed check is a runtime failure.
+pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load(config)?;
+    crate::telemetry::init(Some("warn"), config.log_format);
+    let ok = runtime()?.block_on(check(&config, &mut std::io::stdout()));
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow!("some checks failed (see above)")))
+    }
+}
 
 /// Run every check, writing one line per result. Returns true when all passed.
 pub async fn check(config: &Config, out: &mut dyn Write) -> bool {

@@ -1,7 +1,124 @@
-//! The `authbridge` subcommands, one module each.
+//! The `authbridge` command line: the clap definitions of every subcommand ([`Cli`], [`Command`]),
+//! [`dispatch`] to the module that runs each, and the exit codes: 0 ok, 1 runtime failure, 2 usage
+//! or config error.
 //!
-//! Library modules never use `crate::cli`; the CLI may use any of them.
+//! One module per subcommand: [`run`], [`check`], [`login`], [`status`], [`import_token`],
+//! [`hash_password`], [`gen_cert`]; `failure.rs` (how a subcommand fails) and `setup.rs` (config
+//! loading, the async runtime) serve them all. Room for the planned ones, each a module of its own:
+//! `reload` (SIGHUP to the running process) and `probe` (a health probe for containers).
+//!
+//! Library modules never use `crate::cli`; the CLI may use any of them. `src/main.rs` only parses,
+//! dispatches and turns the outcome into the exit code.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
 
 pub mod check;
+mod failure;
+pub mod gen_cert;
+pub mod hash_password;
+pub mod import_token;
 pub mod login;
+pub mod run;
+mod setup;
 pub mod status;
+
+pub use failure::Failure;
+
+// No doc comments on the clap types: clap would turn them into help text.
+#[derive(Parser)]
+#[command(
+    name = "authbridge",
+    version,
+    about = "Local SMTP/IMAP/POP3 logins for Microsoft 365 through OAuth2 (XOAUTH2)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file (default: $AUTHBRIDGE_CONFIG or ./config/authbridge.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config, fetch a token for every account and log in upstream on every listener.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// First delegated authorisation of ACCOUNT (browser with PKCE by default). The local
+    /// password is not needed; a running authbridge picks the new token up without a restart.
+    Login {
+        account: String,
+        /// Device-code flow: print a code to enter at the provider's verification page.
+        #[arg(long, conflicts_with = "paste")]
+        device_code: bool,
+        /// Paste the address the browser was sent to (when the loopback port cannot be reached).
+        #[arg(long)]
+        paste: bool,
+        /// How long to wait for the browser or the pasted address, in seconds.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        timeout: u64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// One line per account: flow, access-token expiry, last refresh, refresh-token age, state.
+    /// Exits 1 when an account needs a login (or other action).
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Store an existing refresh token (read from stdin) for ACCOUNT.
+    ImportToken {
+        account: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Hash a local password (stdin, or a prompt on a terminal) into an argon2id PHC string.
+    HashPassword,
+    /// Write a self-signed certificate for localhost (cert.pem, key.pem) for client-side TLS.
+    GenCert {
+        /// Output folder.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+}
+
+/// Runs one subcommand.
+pub fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run { config } => run::run(config),
+        Command::Check { config } => check::run(config),
+        Command::Login {
+            account,
+            device_code,
+            paste,
+            timeout,
+            config,
+        } => login::run(&account, device_code, paste, timeout, config),
+        Command::Status { config } => status::run(config),
+        Command::ImportToken { account, config } => import_token::run(&account, config),
+        Command::HashPassword => hash_password::run(),
+        Command::GenCert { out } => gen_cert::run(&out),
+    }
+}
+
+/// The exit code when clap did not yield a [`Cli`]: 0 after `--help` or `--version`, 2 for a
+/// usage error.
+pub fn parse_exit_code(e: &clap::Error) -> u8 {
+    if e.use_stderr() { 2 } else { 0 }
+}
+
+/// The exit code of a dispatched subcommand: 0 ok, 1 runtime failure, 2 usage or config error.
+pub fn exit_code(outcome: &Result<(), Failure>) -> u8 {
+    match outcome {
+        Ok(()) => 0,
+        Err(Failure::Runtime(_)) => 1,
+        Err(Failure::Usage(_)) => 2,
+    }
+}

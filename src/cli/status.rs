@@ -7,7 +7,13 @@
 //! tickets  flow=authorization_code  access_token=expires in 52m (2025-06-01 10:42:00 UTC)  last_refresh=8m ago  refresh_token_age=8m  state=ok
 //! ```
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
+
+use anyhow::anyhow;
+
+use super::failure::Failure;
+use super::setup::load;
 
 use crate::config::{Account, Config};
 use crate::token::{
@@ -25,6 +31,23 @@ pub struct AccountLine {
     pub text: String,
     /// Someone must act (the state is "needs login").
     pub needs_action: bool,
+}
+
+/// Runs `authbridge status [--config PATH]`: prints every account's line; an account that needs
+/// action is a runtime failure.
+pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load(config)?;
+    let lines = report(&config, SystemTime::now());
+    for l in &lines {
+        println!("{}", l.text);
+    }
+    if lines.iter().any(|l| l.needs_action) {
+        Err(Failure::Runtime(anyhow!(
+            "some accounts need attention (see above)"
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 /// The status line of every configured account, as of `now`.

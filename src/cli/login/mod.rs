@@ -22,11 +22,15 @@
 //! device-code flow.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use tokio::io::AsyncBufRead;
 
+use super::failure::Failure;
+use super::setup::{load, runtime};
 use crate::config::Config;
 use crate::token::Flow;
 
@@ -65,6 +69,37 @@ impl Default for LoginOptions {
             timeout: Duration::from_secs(600),
         }
     }
+}
+
+/// Runs `authbridge login ACCOUNT [--device-code | --paste] [--timeout SECS] [--config PATH]` on
+/// the terminal.
+pub fn run(
+    account: &str,
+    device_code: bool,
+    paste: bool,
+    timeout: u64,
+    config: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let config = load(config)?;
+    crate::telemetry::init(Some("warn"), config.log_format);
+    let opts = LoginOptions {
+        mode: if device_code {
+            Some(Mode::DeviceCode)
+        } else if paste {
+            Some(Mode::Paste)
+        } else {
+            None
+        },
+        timeout: Duration::from_secs(timeout),
+    };
+    let mut stdout = std::io::stdout();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    runtime()?
+        .block_on(login(&config, account, &opts, &mut stdout, &mut stdin))
+        .map_err(|e| match e {
+            LoginError::Usage(m) => Failure::Usage(anyhow!(m)),
+            LoginError::Failed(m) => Failure::Runtime(anyhow!(m)),
+        })
 }
 
 /// Runs one login for `account`, writing instructions to `out` and reading a pasted address from
