@@ -1,5 +1,5 @@
 //! `authbridge run`: load the config, start logging, serve every listener until SIGTERM or SIGINT,
-//! then cancel the server and wait for it to stop (it lets sessions finish within its grace period).
+//! then cancel the server and wait for it to stop (sessions get its grace period to finish).
 
 use std::path::PathBuf;
 

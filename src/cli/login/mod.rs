@@ -20,6 +20,8 @@
 //! Files: `context.rs` what every flow shares, `auth_code.rs` the browser and paste flows,
 //! `redirect.rs` the one-shot loopback HTTP listener the browser comes back to, `device.rs` the
 //! device-code flow.
+//!
+//! [`TokenManager::exchange_and_store`]: crate::token::TokenManager::exchange_and_store
 
 use std::io::Write;
 use std::path::PathBuf;
