@@ -331,15 +331,17 @@ impl Sandbox {
     pub async fn start(opts: SandboxOptions) -> io::Result<Sandbox> {
         let config = tls::server_config()?;
         let ca_pem = tls::ca_pem()?;
-        let bind = |port: u16| server::bind(port);
-        let token = bind(opts.ports.token).await?;
-        let smtp = bind(opts.ports.smtp).await?;
-        let smtps = bind(opts.ports.smtps).await?;
-        let imap = bind(opts.ports.imap).await?;
-        let imap_starttls = bind(opts.ports.imap_starttls).await?;
-        let pop3 = bind(opts.ports.pop3).await?;
-        let pop3_starttls = bind(opts.ports.pop3_starttls).await?;
-        let connector = bind(opts.ports.connector).await?;
+        let p = &opts.ports;
+        let token = server::bind(p.token, "the token service (--token-port)").await?;
+        let smtp = server::bind(p.smtp, "SMTP (--smtp-port)").await?;
+        let smtps = server::bind(p.smtps, "SMTP over TLS (--smtps-port)").await?;
+        let imap = server::bind(p.imap, "IMAP (--imap-port)").await?;
+        let imap_starttls =
+            server::bind(p.imap_starttls, "IMAP STARTTLS (--imap-starttls-port)").await?;
+        let pop3 = server::bind(p.pop3, "POP3 (--pop3-port)").await?;
+        let pop3_starttls =
+            server::bind(p.pop3_starttls, "POP3 STLS (--pop3-starttls-port)").await?;
+        let connector = server::bind(p.connector, "the connector (--connector-port)").await?;
         let addrs = Addrs {
             token: token.local_addr()?,
             smtp: smtp.local_addr()?,

@@ -18,11 +18,23 @@ use crate::Shared;
 /// opens a thousand upstream sessions at once, as Exchange Online would not.
 const LISTEN_BACKLOG: u32 = 4096;
 
-pub(crate) async fn bind(port: u16) -> io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind((Ipv4Addr::LOCALHOST, port).into())?;
-    socket.listen(LISTEN_BACKLOG)
+/// Bind 127.0.0.1:`port` (0 = any free port). `what` names the service and the `serve` option
+/// that moves it, so a port conflict says which port and how to choose another.
+pub(crate) async fn bind(port: u16, what: &str) -> io::Result<TcpListener> {
+    let listen = || -> io::Result<TcpListener> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind((Ipv4Addr::LOCALHOST, port).into())?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot listen on 127.0.0.1:{port} for {what}: {e} (choose another port, or 0 for any free one)"
+            ),
+        )
+    })
 }
 
 pub(crate) struct Runner {
