@@ -573,7 +573,7 @@ impl Resolver<'_> {
                         ),
                     ));
                 }
-                crate::auth::check_hash(&l.password_hash).map_err(|why| {
+                crate::password_hash::check_hash(&l.password_hash).map_err(|why| {
                     self.err(
                         format!("{lat}.password_hash"),
                         format!("{why}; create one with `authbridge hash-password`"),

@@ -10,6 +10,7 @@ pub mod check;
 pub mod config;
 pub mod limits;
 pub mod login;
+pub mod password_hash;
 pub mod pipe;
 pub mod protocol;
 pub mod relay;
