@@ -20,6 +20,7 @@ use crate::config::resolved::Config;
 use crate::config::schema::{RawCommand, RawConfig};
 
 impl Resolver<'_> {
+    /// Validate and resolve the whole file, section by section; the first problem is the error.
     pub(in crate::config) fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let state_dir = self.path(
             raw.state_dir
