@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod limits;
+pub mod password_hash;
 pub mod pipe;
 pub mod protocol;
 pub mod relay;

@@ -3,7 +3,8 @@
 //! Protocol machines get [`ProtocolLimits`] (sizes and counts); the session driver uses
 //! [`Timeouts`] (one named deadline per network phase); the server and the failure tracker use
 //! [`ConnectionLimits`]. The `limits:` section of the config overrides any of them (see
-//! `config::RawLimits` for the key names and their accepted ranges).
+//! `RawLimits` in `config/schema.rs` for the key names, `config/resolve/limits.rs` for their
+//! accepted ranges).
 //!
 //! Invariants the rest of the code relies on:
 //! - no input is buffered past its cap: an overlong line is drained as it arrives and answered

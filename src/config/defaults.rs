@@ -1,0 +1,26 @@
+//! Defaults for what a config file may leave out: where the file itself is, and the top-level,
+//! provider and relay keys with a fixed default. (The `limits:` defaults live with
+//! [`crate::limits::Limits`]; keyword defaults are the `#[default]` variants in `schema`.)
+
+use std::path::PathBuf;
+
+/// Environment variable naming the config file.
+const CONFIG_ENV: &str = "AUTHBRIDGE_CONFIG";
+/// Config file used when neither `--config` nor [`CONFIG_ENV`] is given.
+const CONFIG_PATH: &str = "config/authbridge.yaml";
+
+/// `state_dir`, relative to the config file's folder.
+pub(super) const STATE_DIR: &str = "state";
+/// `hostname`: the name in greetings and EHLO replies.
+pub(super) const HOSTNAME: &str = "localhost";
+/// A Microsoft provider's `tenant` when it is left out (allowed only with `token_url`).
+pub(super) const MICROSOFT_TENANT: &str = "common";
+/// A relay listener's `require_login`.
+pub(super) const RELAY_REQUIRE_LOGIN: bool = true;
+
+/// Default config path: `$AUTHBRIDGE_CONFIG` or `./config/authbridge.yaml`.
+pub fn default_path() -> PathBuf {
+    std::env::var_os(CONFIG_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CONFIG_PATH))
+}

@@ -1,0 +1,199 @@
+//! The `listeners:` section: each listening socket, its client-side TLS, where its sessions go
+//! (upstream host, TLS and certificate checks) and, for `mode: relay`, who may relay what.
+
+use std::collections::HashSet;
+
+use crate::config::defaults;
+use crate::config::error::ConfigError;
+use crate::config::keywords::{ClientTlsMode, ListenerMode, Protocol, UpstreamTls};
+use crate::config::resolved::{Listener, Relay, SenderRule, Upstream};
+use crate::config::schema::RawListener;
+
+use super::context::Resolver;
+
+impl Resolver<'_> {
+    pub(super) fn listeners(&self, raw: Vec<RawListener>) -> Result<Vec<Listener>, ConfigError> {
+        let mut listeners = Vec::new();
+        let mut lnames = HashSet::new();
+        for (i, l) in raw.into_iter().enumerate() {
+            let listener = self.listener(&format!("listeners[{i}]"), l)?;
+            if !lnames.insert(listener.name.clone()) {
+                return Err(self.err(
+                    format!("listeners[{i}].name"),
+                    format!("listener `{}` is defined twice", listener.name),
+                ));
+            }
+            listeners.push(listener);
+        }
+        Ok(listeners)
+    }
+
+    fn listener(&self, at: &str, l: RawListener) -> Result<Listener, ConfigError> {
+        if l.name.is_empty() {
+            return Err(self.err(format!("{at}.name"), "expected a non-empty name"));
+        }
+        let relay = self.relay(at, &l)?;
+        let loopback = l.listen.ip().is_loopback();
+        if l.tls == ClientTlsMode::None && !loopback && !l.allow_plaintext_remote {
+            return Err(self.err(
+                format!("{at}.listen"),
+                format!(
+                    "{} is not a loopback address and tls is none: passwords would cross the network in clear; use tls: starttls or implicit, or set allow_plaintext_remote: true",
+                    l.listen
+                ),
+            ));
+        }
+        let server_tls = match l.tls {
+            ClientTlsMode::None => None,
+            ClientTlsMode::Starttls | ClientTlsMode::Implicit => {
+                let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
+                    return Err(self.err(
+                        format!("{at}.cert"),
+                        "tls starttls/implicit needs `cert` and `key` (PEM files; `authbridge gen-cert` makes a localhost pair)",
+                    ));
+                };
+                Some(
+                    crate::tls::server_config(&self.path(cert), &self.path(key))
+                        .map_err(|e| self.err(format!("{at}.cert"), e.to_string()))?,
+                )
+            }
+        };
+        let u = l.upstream;
+        if u.host.is_empty() {
+            return Err(self.err(format!("{at}.upstream.host"), "expected a host name"));
+        }
+        let server_name = u.server_name.unwrap_or_else(|| u.host.clone());
+        if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
+            return Err(self.err(
+                format!("{at}.upstream.server_name"),
+                format!("`{server_name}` is not a valid TLS server name"),
+            ));
+        }
+        let ca = u.ca_file.as_deref().map(|c| self.path(c));
+        let client_tls = match (&l.client_cert, &l.client_key) {
+            (None, None) => crate::tls::client_config(ca.as_deref()),
+            (Some(cert), Some(key)) => {
+                crate::tls::client_config_with_cert(ca.as_deref(), &self.path(cert), &self.path(key))
+            }
+            _ => {
+                return Err(self.err(
+                    format!("{at}.client_cert"),
+                    "client_cert and client_key go together (PEM: the full chain, leaf first, and its key)",
+                ));
+            }
+        }
+        .map_err(|e| self.err(format!("{at}.upstream"), e.to_string()))?;
+        Ok(Listener {
+            name: l.name,
+            protocol: l.protocol,
+            listen: l.listen,
+            mode: l.mode,
+            tls: l.tls,
+            server_tls,
+            upstream: Upstream {
+                host: u.host,
+                port: u.port,
+                tls: u.tls,
+                server_name,
+                client_tls,
+            },
+            relay,
+        })
+    }
+
+    fn relay(&self, at: &str, l: &RawListener) -> Result<Option<Relay>, ConfigError> {
+        if l.mode == ListenerMode::Auth {
+            for (key, set) in [
+                ("require_login", l.require_login.is_some()),
+                ("allow_from", !l.allow_from.is_empty()),
+                ("allowed_senders", !l.allowed_senders.is_empty()),
+                ("client_cert", l.client_cert.is_some()),
+                ("client_key", l.client_key.is_some()),
+            ] {
+                if set {
+                    return Err(self.err(
+                        format!("{at}.{key}"),
+                        "only relay-mode listeners take this key (add mode: relay)",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        if l.protocol != Protocol::Smtp {
+            return Err(self.err(
+                format!("{at}.mode"),
+                "relay mode is for SMTP listeners only",
+            ));
+        }
+        if l.upstream.tls != UpstreamTls::Starttls && l.upstream.tls != UpstreamTls::Implicit {
+            return Err(self.err(
+                format!("{at}.upstream.tls"),
+                "relay mode needs TLS to the connector (starttls)",
+            ));
+        }
+        let require_login = l.require_login.unwrap_or(defaults::RELAY_REQUIRE_LOGIN);
+        if !require_login && l.allow_from.is_empty() {
+            return Err(self.err(
+                format!("{at}.require_login"),
+                "require_login: false without allow_from would make an open relay; list the sending hosts under allow_from",
+            ));
+        }
+        let mut allowed_senders = Vec::new();
+        for (i, s) in l.allowed_senders.iter().enumerate() {
+            let s = s.trim().to_ascii_lowercase();
+            let rule = match s.split_once('@') {
+                Some(("", domain)) if !domain.is_empty() && !domain.contains('@') => {
+                    SenderRule::Domain(domain.to_string())
+                }
+                Some((local, domain))
+                    if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+                {
+                    SenderRule::Address(s.clone())
+                }
+                _ => {
+                    return Err(self.err(
+                        format!("{at}.allowed_senders[{i}]"),
+                        "expected an address (tickets@contoso.com) or a domain (@contoso.com)",
+                    ));
+                }
+            };
+            allowed_senders.push(rule);
+        }
+        Ok(Some(Relay {
+            require_login,
+            allow_from: l.allow_from.clone(),
+            allowed_senders,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testkit::parse;
+
+    fn listener(listen: &str, extra: &str) -> String {
+        format!(
+            "listeners:\n  - name: smtp\n    protocol: smtp\n    listen: {listen}\n{extra}    upstream: {{ host: smtp.office365.com, port: 587, tls: starttls }}\n"
+        )
+    }
+
+    #[test]
+    fn plaintext_on_a_non_loopback_address_needs_an_explicit_allow() {
+        let e = parse(&listener("0.0.0.0:1587", "")).unwrap_err();
+        assert!(
+            e.starts_with("/etc/authbridge/test.yaml: listeners[0].listen: 0.0.0.0:1587 is not a loopback address and tls is none"),
+            "{e}"
+        );
+        assert!(e.contains("allow_plaintext_remote: true"), "{e}");
+        let e = parse(&listener("\"[::]:1587\"", "")).unwrap_err();
+        assert!(e.contains("listeners[0].listen"), "{e}");
+        parse(&listener(
+            "0.0.0.0:1587",
+            "    allow_plaintext_remote: true\n",
+        ))
+        .unwrap();
+        parse(&listener("127.0.0.1:1587", "")).unwrap();
+        parse(&listener("127.0.0.2:1587", "")).unwrap();
+        parse(&listener("\"[::1]:1587\"", "")).unwrap();
+    }
+}

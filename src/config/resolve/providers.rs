@@ -1,0 +1,152 @@
+//! The `providers:` section: each OAuth2 provider's kind, flow, endpoints, scopes, client
+//! secret and the TLS settings for its token endpoint, resolved into a [`ProviderConfig`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::defaults;
+use crate::config::error::ConfigError;
+use crate::config::keywords::{CloudName, FlowName, ProviderType};
+use crate::config::schema::RawProvider;
+use crate::token::{self, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
+
+use super::context::Resolver;
+
+impl Resolver<'_> {
+    pub(super) fn providers(
+        &self,
+        raw: BTreeMap<String, RawProvider>,
+    ) -> Result<BTreeMap<String, Arc<ProviderConfig>>, ConfigError> {
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw {
+            let provider = self.provider(&name, p)?;
+            providers.insert(name, Arc::new(provider));
+        }
+        Ok(providers)
+    }
+
+    fn provider(&self, name: &str, p: RawProvider) -> Result<ProviderConfig, ConfigError> {
+        let at = format!("providers.{name}");
+        let client_secret = p
+            .client_secret
+            .map(|s| {
+                s.read(|file| self.path(file))
+                    .map_err(|message| self.err(format!("{at}.client_secret"), message))
+            })
+            .transpose()?;
+        match p.kind {
+            ProviderType::Microsoft
+                if p.tenant.as_deref().unwrap_or("").is_empty() && p.token_url.is_none() =>
+            {
+                return Err(self.err(
+                    format!("{at}.tenant"),
+                    "a microsoft provider needs `tenant` (e.g. contoso.onmicrosoft.com or the tenant id)",
+                ));
+            }
+            ProviderType::Custom if p.token_url.is_none() => {
+                return Err(self.err(
+                    format!("{at}.token_url"),
+                    "a custom provider needs `token_url`",
+                ));
+            }
+            _ => {}
+        }
+        if p.kind == ProviderType::Google && p.flow == FlowName::ClientCredentials {
+            return Err(self.err(
+                format!("{at}.flow"),
+                "Gmail has no client_credentials grant for IMAP/SMTP: use authorization_code or \
+                 device_code",
+            ));
+        }
+        if let Some(uri) = &p.redirect_uri {
+            let ok = (uri.starts_with("http://") || uri.starts_with("https://"))
+                && uri.parse::<hyper::Uri>().is_ok_and(|u| u.host().is_some());
+            if !ok {
+                return Err(self.err(
+                    format!("{at}.redirect_uri"),
+                    "expected an http:// or https:// URL as registered in the app, e.g. \
+                     http://localhost:8925/callback",
+                ));
+            }
+        }
+        if p.flow == FlowName::ClientCredentials && client_secret.is_none() {
+            return Err(self.err(
+                format!("{at}.client_secret"),
+                "flow client_credentials needs a client_secret (a value, { env: NAME } or { file: PATH })",
+            ));
+        }
+        for (key, url) in [
+            ("token_url", &p.token_url),
+            ("authorize_url", &p.authorize_url),
+            ("device_code_url", &p.device_code_url),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    return Err(
+                        self.err(format!("{at}.{key}"), "expected an http:// or https:// URL")
+                    );
+                }
+            }
+        }
+        let ca = p.ca_file.as_deref().map(|c| self.path(c));
+        let tls = crate::tls::client_config(ca.as_deref())
+            .map_err(|e| self.err(format!("{at}.ca_file"), e.to_string()))?;
+        let kind = match p.kind {
+            ProviderType::Microsoft => ProviderKind::Microsoft,
+            ProviderType::Google => ProviderKind::Google,
+            ProviderType::Custom => ProviderKind::Custom,
+        };
+        let flow = match p.flow {
+            FlowName::AuthorizationCode => Flow::AuthorizationCode,
+            FlowName::DeviceCode => Flow::DeviceCode,
+            FlowName::ClientCredentials => Flow::ClientCredentials,
+        };
+        let cloud = match p.cloud {
+            CloudName::Global => Cloud::Global,
+            CloudName::Usgov => Cloud::UsGov,
+            CloudName::China => Cloud::China,
+        };
+        let mut endpoints = match kind {
+            ProviderKind::Microsoft => token::microsoft_endpoints(
+                p.tenant.as_deref().unwrap_or(defaults::MICROSOFT_TENANT),
+                cloud,
+            ),
+            ProviderKind::Google => token::google_endpoints(),
+            ProviderKind::Custom => Endpoints {
+                token_url: String::new(),
+                authorize_url: None,
+                device_code_url: None,
+            },
+        };
+        if let Some(u) = p.token_url {
+            endpoints.token_url = u;
+        }
+        if p.authorize_url.is_some() {
+            endpoints.authorize_url = p.authorize_url;
+        }
+        if p.device_code_url.is_some() {
+            endpoints.device_code_url = p.device_code_url;
+        }
+        let scopes = match p.scopes {
+            Some(s) if s.is_empty() => {
+                return Err(self.err(
+                    format!("{at}.scopes"),
+                    "expected at least one scope (or leave scopes out for the defaults)",
+                ));
+            }
+            Some(s) => s,
+            None => token::default_scopes(kind, flow),
+        };
+        Ok(ProviderConfig {
+            name: name.to_owned(),
+            kind,
+            flow,
+            client_id: p.client_id,
+            client_secret,
+            endpoints,
+            scopes,
+            redirect_uri: p.redirect_uri,
+            tls,
+        })
+    }
+}

@@ -1,0 +1,128 @@
+//! The validated config the rest of the program runs on: [`Config`] and its parts (accounts and
+//! their logins, listeners with their upstream and relay settings). Values of these types come
+//! only out of `resolve`, so they hold no unchecked input.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::limits::Limits;
+use crate::token::{AccountConfig, ProviderConfig};
+
+use super::keywords::{ClientTlsMode, ListenerMode, LogFormat, Protocol, UpstreamTls};
+
+/// A validated config, ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+    pub admin_listen: Option<SocketAddr>,
+    pub hostname: String,
+    pub providers: BTreeMap<String, Arc<ProviderConfig>>,
+    pub accounts: Vec<Account>,
+    pub listeners: Vec<Listener>,
+    pub limits: Limits,
+    /// `on_reauth_needed`: program and arguments (never empty when set).
+    pub on_reauth_needed: Option<Vec<String>>,
+}
+
+/// A mailbox and the local logins that map to it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub provider: Arc<ProviderConfig>,
+    pub mailbox: String,
+    pub logins: Vec<Login>,
+}
+
+/// One local username and its argon2 PHC hash.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub protocol: Protocol,
+    pub listen: SocketAddr,
+    pub mode: ListenerMode,
+    pub tls: ClientTlsMode,
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    pub upstream: Upstream,
+    /// Set for `mode: relay` listeners.
+    pub relay: Option<Relay>,
+}
+
+/// Relay-mode settings.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub require_login: bool,
+    pub allow_from: Vec<ipnet::IpNet>,
+    pub allowed_senders: Vec<SenderRule>,
+}
+
+/// One `allowed_senders` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderRule {
+    /// An exact address, lower-cased.
+    Address(String),
+    /// Any address at this domain (lower-cased, without the `@`).
+    Domain(String),
+}
+
+impl Relay {
+    /// May a client from `ip` send without logging in?
+    pub fn open_for(&self, ip: std::net::IpAddr) -> bool {
+        self.allow_from.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Is `sender` (the MAIL FROM address, without brackets) allowed? An empty list allows all.
+    pub fn sender_allowed(&self, sender: &str) -> bool {
+        if self.allowed_senders.is_empty() {
+            return true;
+        }
+        let sender = sender.to_ascii_lowercase();
+        let Some((_, domain)) = sender.rsplit_once('@') else {
+            return false;
+        };
+        self.allowed_senders.iter().any(|rule| match rule {
+            SenderRule::Address(a) => *a == sender,
+            SenderRule::Domain(d) => d == domain,
+        })
+    }
+}
+
+/// Where a listener's sessions go.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    /// Name checked against the server certificate (default: `host`).
+    pub server_name: String,
+    pub client_tls: Arc<rustls::ClientConfig>,
+}
+
+impl Config {
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+}
+
+impl Account {
+    /// What the token manager needs of this account.
+    pub fn token_config(&self) -> AccountConfig {
+        AccountConfig {
+            name: self.name.clone(),
+            mailbox: self.mailbox.clone(),
+            provider: Arc::clone(&self.provider),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The config file's schema as written in YAML: raw serde structs that reject unknown keys.
+//! Nothing here is checked beyond its type; `resolve` validates.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::keywords::{
+    ClientTlsMode, CloudName, FlowName, ListenerMode, LogFormat, Protocol, ProviderType,
+    UpstreamTls,
+};
+use super::secrets::SecretSource;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) admin: Option<RawAdmin>,
+    /// Host name in greetings and EHLO replies; default `localhost`.
+    #[serde(default)]
+    pub(super) hostname: Option<String>,
+    #[serde(default)]
+    pub(super) providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub(super) accounts: Vec<RawAccount>,
+    #[serde(default)]
+    pub(super) listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    /// Command run when an account needs a new login: `[program, arg, …]` (no shell).
+    #[serde(default)]
+    pub(super) on_reauth_needed: Option<RawCommand>,
+}
+
+/// `[program, arg, …]`; a plain string is refused with advice (no shell is ever used).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawCommand {
+    Argv(Vec<String>),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    #[serde(default)]
+    pub(super) level: Option<String>,
+    #[serde(default)]
+    pub(super) format: LogFormat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    #[serde(rename = "type")]
+    pub(super) kind: ProviderType,
+    #[serde(default)]
+    pub(super) tenant: Option<String>,
+    #[serde(default)]
+    pub(super) cloud: CloudName,
+    pub(super) client_id: String,
+    #[serde(default)]
+    pub(super) client_secret: Option<SecretSource>,
+    #[serde(default)]
+    pub(super) flow: FlowName,
+    #[serde(default)]
+    pub(super) authorize_url: Option<String>,
+    #[serde(default)]
+    pub(super) token_url: Option<String>,
+    #[serde(default)]
+    pub(super) device_code_url: Option<String>,
+    #[serde(default)]
+    pub(super) redirect_uri: Option<String>,
+    #[serde(default)]
+    pub(super) scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccount {
+    pub(super) name: String,
+    pub(super) provider: String,
+    pub(super) mailbox: String,
+    #[serde(default)]
+    pub(super) logins: Vec<RawLogin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogin {
+    pub(super) username: String,
+    pub(super) password_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub(super) name: String,
+    pub(super) protocol: Protocol,
+    pub(super) listen: SocketAddr,
+    #[serde(default)]
+    pub(super) mode: ListenerMode,
+    #[serde(default)]
+    pub(super) tls: ClientTlsMode,
+    #[serde(default)]
+    pub(super) cert: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) allow_plaintext_remote: bool,
+    /// Relay mode: clients must log in locally (default) …
+    #[serde(default)]
+    pub(super) require_login: Option<bool>,
+    /// … or come from one of these networks.
+    #[serde(default)]
+    pub(super) allow_from: Vec<ipnet::IpNet>,
+    /// Relay mode: MAIL FROM must match one of these (`user@domain` or `@domain`).
+    #[serde(default)]
+    pub(super) allowed_senders: Vec<String>,
+    /// Relay mode: certificate chain and key presented to a certificate-based connector.
+    #[serde(default)]
+    pub(super) client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) client_key: Option<PathBuf>,
+    pub(super) upstream: RawUpstream,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) tls: UpstreamTls,
+    #[serde(default)]
+    pub(super) server_name: Option<String>,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+/// Optional overrides of the defaults in [`crate::limits`] (sizes in octets, times in seconds
+/// unless the name says `_ms`). Each key has an accepted range, checked in `resolve/limits.rs`:
+/// a limit can be tuned, never switched off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    // Connections and failures.
+    #[serde(default)]
+    pub(super) max_sessions: Option<u64>,
+    #[serde(default)]
+    pub(super) max_sessions_per_source: Option<u64>,
+    #[serde(default)]
+    pub(super) login_failures_per_source: Option<u64>,
+    #[serde(default)]
+    pub(super) failure_window_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) failure_delay_base_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) failure_delay_max_ms: Option<u64>,
+    // Sizes and counts before login.
+    #[serde(default)]
+    pub(super) line_max: Option<u64>,
+    #[serde(default)]
+    pub(super) auth_line_max: Option<u64>,
+    #[serde(default)]
+    pub(super) literal_max: Option<u64>,
+    #[serde(default)]
+    pub(super) preauth_commands_max: Option<u64>,
+    #[serde(default)]
+    pub(super) bad_commands_max: Option<u64>,
+    #[serde(default)]
+    pub(super) session_login_failures_max: Option<u64>,
+    #[serde(default)]
+    pub(super) token_response_max: Option<u64>,
+    // Named timeouts.
+    #[serde(default)]
+    pub(super) client_tls_handshake_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) preauth_idle_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) preauth_total_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) client_write_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) upstream_connect_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) upstream_tls_handshake_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) upstream_setup_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) upstream_auth_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) token_request_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) capabilities_wait_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) login_budget_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) pipe_idle_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) relay_reply_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) shutdown_grace_secs: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testkit::parse;
+
+    #[test]
+    fn there_is_no_switch_to_skip_upstream_certificate_verification() {
+        for key in [
+            "insecure_skip_verify",
+            "verify",
+            "tls_verify",
+            "danger_accept_invalid_certs",
+        ] {
+            let text = format!(
+                "listeners:\n  - name: smtp\n    protocol: smtp\n    listen: 127.0.0.1:1587\n    upstream: {{ host: 127.0.0.1, port: 587, tls: starttls, {key}: false }}\n"
+            );
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.contains("listeners[0].upstream") && e.contains(key),
+                "{key}: {e}"
+            );
+        }
+    }
+}
