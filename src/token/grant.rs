@@ -5,11 +5,13 @@
 use std::time::{Instant, SystemTime};
 
 use super::error::{ErrorContext, TokenError};
+use super::failure::{ErrorKind, Failure};
 use super::http::{self, HttpError};
+use super::provider::ProviderConfig;
 use super::response::{
-    DeviceAuthorization, Failure, TokenResponse, classify, classify_device_authorization,
+    DeviceAuthorization, TokenResponse, classify, classify_device_authorization,
 };
-use super::{ErrorKind, ProviderConfig, TokenSettings};
+use super::settings::TokenSettings;
 use crate::secret::SecretString;
 
 /// One request to `provider`'s token endpoint on behalf of `account`.

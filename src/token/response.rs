@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use super::error::{ErrorKind, aadsts_summary};
+use super::failure::{ErrorKind, Failure, TRANSIENT_AADSTS, aadsts_summary};
 use crate::secret::{Secret, SecretString};
 
 /// Access tokens without `expires_in` are taken to live this long (RFC 6749 leaves it open).
@@ -21,8 +21,6 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Server text kept in [`Failure::description`] (first line only).
 const MAX_DESCRIPTION: usize = 200;
-/// AADSTS codes that say "try again later" rather than "fix something".
-const TRANSIENT_AADSTS: &[u32] = &[50196, 90033];
 
 /// A successful token response.
 #[derive(Debug)]
@@ -48,36 +46,6 @@ pub struct DeviceAuthorization {
     pub interval: Duration,
     /// The provider's own instruction text, if any.
     pub message: Option<String>,
-}
-
-/// A classified failure, before it is tied to an account (see `TokenError`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: ErrorKind,
-    /// HTTP status, if an answer came at all.
-    pub status: Option<u16>,
-    /// OAuth2 `error`.
-    pub error: Option<String>,
-    pub aadsts: Option<u32>,
-    /// Short summary of what happened, e.g. `AADSTS70008 refresh token expired`.
-    pub message: String,
-    /// First line of the server's `error_description`, shortened.
-    pub description: Option<String>,
-    pub retry_after: Option<Duration>,
-}
-
-impl Failure {
-    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
-        Failure {
-            kind,
-            status: None,
-            error: None,
-            aadsts: None,
-            message: message.into(),
-            description: None,
-            retry_after: None,
-        }
-    }
 }
 
 #[derive(Deserialize)]
