@@ -102,6 +102,11 @@ impl TokenError {
                 ErrorKind::Permanent,
                 format!("run `authbridge login {}` to store a new token", ctx.account),
             ),
+            StoreError::Conflict { .. } => (
+                ErrorKind::Transient,
+                "another token was stored meanwhile; authbridge uses it from the next refresh"
+                    .to_owned(),
+            ),
             StoreError::BadKey { .. } | StoreError::InvalidAccount { .. } => (
                 ErrorKind::NotConfigured,
                 "fix the configuration (see the message)".to_owned(),

@@ -948,28 +948,15 @@ fn make_cached(response: TokenResponse, started: Instant, settings: &TokenSettin
 }
 
 async fn load(store: &TokenStore, account: &str) -> Result<Option<StoredToken>, StoreError> {
-    let store = store.clone();
     let name = account.to_owned();
-    tokio::task::spawn_blocking(move || store.load(&name))
-        .await
-        .unwrap_or_else(|e| Err(join_error(e)))
+    store.blocking(move |s| s.load(&name)).await
 }
 
 async fn save(store: &TokenStore, account: &str, token: &SecretString) -> Result<(), StoreError> {
-    let store = store.clone();
-    let name = account.to_owned();
-    let token = token.clone();
-    tokio::task::spawn_blocking(move || store.save(&name, &token))
+    let (name, token) = (account.to_owned(), token.clone());
+    store
+        .blocking(move |s| s.save(&name, &token).map(|_| ()))
         .await
-        .unwrap_or_else(|e| Err(join_error(e)))
-}
-
-fn join_error(e: tokio::task::JoinError) -> StoreError {
-    StoreError::Io {
-        action: "run the store task for",
-        path: "the token store".into(),
-        source: std::io::Error::other(e.to_string()),
-    }
 }
 
 fn to_system_time(at: Instant, now: Instant, now_sys: SystemTime) -> SystemTime {

@@ -9,8 +9,9 @@
 //! - [`classify`] (`response.rs`): pure function from HTTP status + body to success or a classified
 //!   [`Failure`] (`failure.rs`: [`ErrorKind`], the AADSTS table); `error.rs` ties a failure to an
 //!   account as a [`TokenError`] with a one-line fix.
-//! - [`TokenStore`] / [`MasterKey`] (`store.rs`): refresh tokens sealed with ChaCha20-Poly1305 at rest,
-//!   one file per account, replaced atomically.
+//! - [`TokenStore`] / [`MasterKey`] (`store/`): refresh tokens sealed with ChaCha20-Poly1305 at
+//!   rest, behind a backend contract ([`StoreBackend`]: load, versioned save, lock); today one file
+//!   per account, replaced atomically.
 //! - [`StatusFiles`] (`state_file.rs`): non-secret per-account status (last refresh, last error,
 //!   needs-login) written by the manager for `authbridge status` in another process.
 //! - [`ReauthHook`] (`hook.rs`): the `on_reauth_needed` command, run once per transition into
@@ -57,7 +58,9 @@ pub use response::{
 };
 pub use settings::TokenSettings;
 pub use state_file::{PersistedStatus, StatusFiles, from_unix_secs, unix_secs};
-pub use store::{MasterKey, StoreError, StoredToken, TokenStore};
+pub use store::{
+    FileStore, MasterKey, StoreBackend, StoreError, StoreLock, StoredToken, TokenStore,
+};
 
 use std::time::Instant;
 
