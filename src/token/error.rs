@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::failure::{ErrorKind, Failure};
-use super::provider::Flow;
+use super::provider::{Flow, ProviderConfig};
 use super::store::StoreError;
 
 /// A failed token request for one account.
@@ -37,6 +37,23 @@ pub(crate) struct ErrorContext<'a> {
     pub client_id: &'a str,
     pub flow: Flow,
     pub grant_type: &'a str,
+}
+
+impl<'a> ErrorContext<'a> {
+    /// The context of a `grant_type` request to `provider` for `account`.
+    pub(crate) fn new(
+        provider: &'a ProviderConfig,
+        account: &'a str,
+        grant_type: &'a str,
+    ) -> ErrorContext<'a> {
+        ErrorContext {
+            account,
+            provider: &provider.name,
+            client_id: &provider.client_id,
+            flow: provider.flow,
+            grant_type,
+        }
+    }
 }
 
 impl TokenError {

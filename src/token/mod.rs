@@ -1,8 +1,9 @@
 //! OAuth2 access tokens for the upstream XOAUTH2 login.
 //!
 //! Layers, outermost first:
-//! - [`TokenManager`] (`manager.rs`): per-account in-memory cache, single-flight refresh in a spawned
-//!   task (a caller that gives up does not cancel it), short negative cache after failures, status.
+//! - [`TokenManager`] (`manager/`): per-account in-memory cache, single-flight refresh in a spawned
+//!   task (a caller that gives up does not cancel it), short negative cache after failures, status,
+//!   background refresh and keep-alive.
 //! - [`exchange`] (`grant.rs`): one token-endpoint request (any grant) → [`TokenResponse`] or a
 //!   classified [`TokenError`]. `authbridge login` reuses it for `authorization_code` / `device_code`.
 //! - `http.rs`: one HTTP/1.1 POST over TCP (+ rustls), every phase under one deadline, capped body.
@@ -19,8 +20,8 @@
 //! - Plain data: `provider.rs` (providers and accounts), `settings.rs` ([`TokenSettings`]),
 //!   `endpoints.rs` (well-known endpoints and scopes), `login.rs` (PKCE, authorize URL).
 //!
-//! This file declares the modules and re-exports what the rest of authbridge uses; the modules
-//! import each other directly, not through here.
+//! This file only declares the modules and re-exports what the rest of authbridge uses; the
+//! modules import each other directly, never through here.
 //!
 //! Invariants: tokens, refresh tokens, client secrets and keys only ever live in [`Secret`]; none is
 //! ever formatted into a log line or an error. A rotated refresh token is persisted before the access
@@ -51,7 +52,7 @@ pub use failure::{ErrorKind, Failure};
 pub use grant::{device_authorization, exchange};
 pub use hook::ReauthHook;
 pub use login::{DEVICE_CODE_GRANT_TYPE, Pkce, authorize_url, random_state};
-pub use manager::{AccountStatus, TokenManager};
+pub use manager::{AccessToken, AccountStatus, TokenManager};
 pub use provider::{AccountConfig, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
 pub use response::{
     DeviceAuthorization, TokenResponse, classify, classify_device_authorization, parse_retry_after,
@@ -61,17 +62,3 @@ pub use state_file::{PersistedStatus, StatusFiles, from_unix_secs, unix_secs};
 pub use store::{
     FileStore, MasterKey, StoreBackend, StoreError, StoreLock, StoredToken, TokenStore,
 };
-
-use std::time::Instant;
-
-use crate::secret::SecretString;
-
-/// An access token as handed to sessions.
-#[derive(Clone, Debug)]
-pub struct AccessToken {
-    pub token: SecretString,
-    pub expires_at: Instant,
-    /// Process-wide increasing number, new on every fetch; lets
-    /// [`TokenManager::refresh_after_rejection`] tell a stale token from a newer one.
-    pub generation: u64,
-}
