@@ -332,12 +332,12 @@ fn device_authorization() {
     let f = classify_device_authorization(200, None, br#"{"user_code":"x"}"#, now()).unwrap_err();
     assert_eq!(f.kind, ErrorKind::Transient);
     let f = classify_device_authorization(
-            400,
-            None,
-            br#"{"error":"invalid_client","error_description":"AADSTS700016: Application with identifier 'x' was not found in the directory 'contoso'.","error_codes":[700016]}"#,
-            now(),
-        )
-        .unwrap_err();
+        400,
+        None,
+        br#"{"error":"invalid_client","error_description":"AADSTS700016: Application with identifier 'x' was not found in the directory 'contoso'.","error_codes":[700016]}"#,
+        now(),
+    )
+    .unwrap_err();
     assert_eq!((f.kind, f.aadsts), (ErrorKind::Permanent, Some(700016)));
 }
 
