@@ -1,6 +1,6 @@
 //! Well-known endpoints and default scopes per provider (FACTS.md, "Microsoft identity platform").
 
-use super::{Cloud, Endpoints, Flow, ProviderKind};
+use super::provider::{Cloud, Endpoints, Flow, ProviderKind};
 
 /// Microsoft identity platform v2.0 endpoints of `tenant` (a domain, a GUID, `organizations`,
 /// `common`) in `cloud`.

@@ -5,31 +5,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::Flow;
-use super::response::Failure;
+use super::failure::{ErrorKind, Failure};
+use super::provider::{Flow, ProviderConfig};
 use super::store::StoreError;
-
-/// Whose move it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// Network, timeout, 5xx, 429, `temporarily_unavailable`, unreadable answer: retried later;
-    /// never touches the stored refresh token.
-    Transient,
-    /// The provider refused (`invalid_grant`, `invalid_client`, …): needs an admin or a new login.
-    Permanent,
-    /// Nothing to refresh with yet (no refresh token stored, no client secret, unknown account).
-    NotConfigured,
-}
-
-impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Transient => "transient",
-            ErrorKind::Permanent => "permanent",
-            ErrorKind::NotConfigured => "not_configured",
-        }
-    }
-}
 
 /// A failed token request for one account.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +37,23 @@ pub(crate) struct ErrorContext<'a> {
     pub client_id: &'a str,
     pub flow: Flow,
     pub grant_type: &'a str,
+}
+
+impl<'a> ErrorContext<'a> {
+    /// The context of a `grant_type` request to `provider` for `account`.
+    pub(crate) fn new(
+        provider: &'a ProviderConfig,
+        account: &'a str,
+        grant_type: &'a str,
+    ) -> ErrorContext<'a> {
+        ErrorContext {
+            account,
+            provider: &provider.name,
+            client_id: &provider.client_id,
+            flow: provider.flow,
+            grant_type,
+        }
+    }
 }
 
 impl TokenError {
@@ -123,6 +118,11 @@ impl TokenError {
             StoreError::Corrupt { .. } => (
                 ErrorKind::Permanent,
                 format!("run `authbridge login {}` to store a new token", ctx.account),
+            ),
+            StoreError::Conflict { .. } => (
+                ErrorKind::Transient,
+                "another token was stored meanwhile; authbridge uses it from the next refresh"
+                    .to_owned(),
             ),
             StoreError::BadKey { .. } | StoreError::InvalidAccount { .. } => (
                 ErrorKind::NotConfigured,
@@ -191,30 +191,6 @@ impl fmt::Display for TokenError {
 }
 
 impl std::error::Error for TokenError {}
-
-/// Short meaning of the AADSTS codes we give specific advice for.
-pub(crate) fn aadsts_summary(code: u32) -> Option<&'static str> {
-    Some(match code {
-        70008 => "refresh token expired",
-        700082 => "refresh token expired (unused for too long)",
-        50173 => "refresh token revoked (password changed or sessions revoked)",
-        70043 => "refresh token expired by a Conditional Access sign-in frequency policy",
-        50076 => "multi-factor authentication required",
-        50079 => "the user must register for multi-factor authentication",
-        53003 => "blocked by a Conditional Access policy",
-        65001 => "consent missing for the application",
-        700016 => "unknown client id (application not found in the tenant)",
-        7000215 => "invalid client secret",
-        7000222 => "client secret expired",
-        7000218 => "the application requires a client secret",
-        500011 => "the requested resource (scope) does not exist in the tenant",
-        90002 => "tenant not found",
-        50196 => "request loop detected (too many identical token requests)",
-        54005 => "authorization code already redeemed",
-        90033 => "transient error at the identity provider",
-        _ => return None,
-    })
-}
 
 /// The one-line fix for a classified failure.
 pub(crate) fn fix_for(f: &Failure, ctx: &ErrorContext<'_>) -> String {
@@ -346,6 +322,7 @@ pub(crate) fn fix_for(f: &Failure, ctx: &ErrorContext<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::failure::aadsts_summary;
 
     fn ctx(flow: Flow) -> ErrorContext<'static> {
         ErrorContext {

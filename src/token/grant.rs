@@ -5,11 +5,13 @@
 use std::time::{Instant, SystemTime};
 
 use super::error::{ErrorContext, TokenError};
+use super::failure::{ErrorKind, Failure};
 use super::http::{self, HttpError};
+use super::provider::ProviderConfig;
 use super::response::{
-    DeviceAuthorization, Failure, TokenResponse, classify, classify_device_authorization,
+    DeviceAuthorization, TokenResponse, classify, classify_device_authorization,
 };
-use super::{ErrorKind, ProviderConfig, TokenSettings};
+use super::settings::TokenSettings;
 use crate::secret::SecretString;
 
 /// One request to `provider`'s token endpoint on behalf of `account`.
@@ -24,17 +26,8 @@ pub async fn exchange(
     params: &[(&str, &str)],
     settings: &TokenSettings,
 ) -> Result<TokenResponse, TokenError> {
-    let grant_type = params
-        .iter()
-        .find(|(k, _)| *k == "grant_type")
-        .map_or("", |(_, v)| *v);
-    let ctx = ErrorContext {
-        account,
-        provider: &provider.name,
-        client_id: &provider.client_id,
-        flow: provider.flow,
-        grant_type,
-    };
+    let grant_type = grant_type_of(params);
+    let ctx = ErrorContext::new(provider, account, grant_type);
     let started = Instant::now();
     let result = request(provider, params, settings)
         .await
@@ -73,6 +66,38 @@ pub async fn exchange(
         ),
     }
     result
+}
+
+/// The `grant_type` among a request's parameters, `""` if there is none.
+pub(crate) fn grant_type_of<'a>(params: &[(&str, &'a str)]) -> &'a str {
+    params
+        .iter()
+        .find(|(k, _)| *k == "grant_type")
+        .map_or("", |(_, v)| *v)
+}
+
+/// The refresh token a delegated grant must return: without one (no `offline_access` in the
+/// scopes) the account could not be refreshed later.
+// `TokenError` is built rarely (see `manager/mod.rs`); boxing it would only cost readability.
+#[allow(clippy::result_large_err)]
+pub(crate) fn required_refresh_token<'r>(
+    provider: &ProviderConfig,
+    account: &str,
+    grant_type: &str,
+    response: &'r TokenResponse,
+) -> Result<&'r SecretString, TokenError> {
+    response.refresh_token.as_ref().ok_or_else(|| {
+        TokenError::new(
+            account,
+            ErrorKind::Permanent,
+            "the provider returned no refresh token",
+            format!(
+                "add `offline_access` to `scopes` of provider `{}` and log in again",
+                provider.name
+            ),
+        )
+        .with_grant_type(grant_type)
+    })
 }
 
 async fn request(
@@ -151,13 +176,7 @@ pub async fn device_authorization(
     account: &str,
     settings: &TokenSettings,
 ) -> Result<DeviceAuthorization, TokenError> {
-    let ctx = ErrorContext {
-        account,
-        provider: &provider.name,
-        client_id: &provider.client_id,
-        flow: provider.flow,
-        grant_type: "device_code",
-    };
+    let ctx = ErrorContext::new(provider, account, "device_code");
     let Some(url) = provider.endpoints.device_code_url.as_deref() else {
         return Err(TokenError::new(
             account,

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::{AccountConfig, TokenError};
+use super::error::TokenError;
+use super::provider::AccountConfig;
 
 /// Output kept per stream for the log.
 const MAX_OUTPUT: u64 = 4096;
@@ -173,7 +174,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::token::{Endpoints, ErrorKind, Flow, ProviderConfig, ProviderKind};
+    use crate::token::failure::ErrorKind;
+    use crate::token::provider::{Endpoints, Flow, ProviderConfig, ProviderKind};
 
     fn account() -> AccountConfig {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(

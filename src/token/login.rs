@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-use super::{ProviderConfig, ProviderKind};
+use super::provider::{ProviderConfig, ProviderKind};
 use crate::secret::SecretString;
 
 /// `grant_type` of a device-code token request (RFC 8628 §3.4).
@@ -85,7 +85,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::token::{Endpoints, Flow, default_scopes};
+    use crate::token::endpoints::default_scopes;
+    use crate::token::provider::{Endpoints, Flow};
 
     #[test]
     fn pkce_rfc7636_appendix_b() {

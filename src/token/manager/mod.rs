@@ -1,0 +1,444 @@
+//! Per-account access-token cache with single-flight refresh.
+//!
+//! Each account has one `State` behind a short-held `std::sync::Mutex` (never held across an
+//! await). A fetch runs in its own spawned task and publishes its result on a `watch` channel that
+//! every waiting caller holds a receiver of, so:
+//! - exactly one token request per account is in flight however many callers wait;
+//! - a caller that gives up (its own timeout) does not cancel the fetch; the result still lands in
+//!   the cache and the store.
+//!
+//! Timing per cached token (lifetime `L`, margin `m = min(refresh_margin, L/2)`): before `L - m` the
+//! token is served as is; between `L - m` and `L - m/2` it is still served while one background
+//! refresh runs; after that callers wait for the refresh. If a refresh fails, a token that is still
+//! valid for 30 s is served instead of the error.
+//!
+//! After a transient failure, callers arriving within a short window (1 s, doubling on repeated
+//! failures up to 10 s, or the provider's `Retry-After` up to 5 min) get the same error without a
+//! new request. After a failure that needs action (refused token, nothing stored) each caller's
+//! fetch only re-reads the store, so a token stored by `authbridge login` in another process is
+//! used by the next login. A permanent refusal is remembered with the refresh token it was for: the same stored
+//! token is not sent again for 10 s, doubling up to 10 min, while a new one (after `authbridge login`)
+//! is tried at once.
+//!
+//! Background work ([`TokenManager::spawn_background`]): accounts in use (a client logged in since
+//! start) get their access token refreshed proactively at a jittered point between the soft and the
+//! hard mark, so no login waits on the token endpoint; failed background refreshes are retried with
+//! exponential backoff (honouring `Retry-After`); delegated refresh tokens idle for a week are
+//! refreshed (keep-alive against the 90-day inactivity limit).
+//!
+//! Every state change is written to the account's status file (`state_file.rs`) for
+//! `authbridge status`; the first transition into "needs login" runs the `on_reauth_needed` hook
+//! once (again only after a success or a new login).
+//!
+//! Files: `slot.rs` (one account's cache entry, fetch in flight, backoff marks and transitions),
+//! `fetch.rs` (one fetch, and the read-modify-write of the stored token after a rotation),
+//! `background.rs` (proactive refresh and keep-alive). Token requests themselves are `grant.rs`.
+
+// `TokenError` carries the public fields the callers branch on (~180 bytes); it is built rarely and
+// moved a handful of times per failure, so boxing it would only cost readability.
+#![allow(clippy::result_large_err)]
+
+mod background;
+mod fetch;
+mod slot;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::{Notify, watch};
+
+pub use slot::AccessToken;
+use slot::{FetchResult, MIN_VALIDITY, Slot, State, Waiter, make_cached, to_system_time};
+
+use super::error::{ErrorContext, TokenError};
+use super::failure::ErrorKind;
+use super::grant;
+use super::hook::ReauthHook;
+use super::provider::{AccountConfig, Flow};
+use super::settings::TokenSettings;
+use super::state_file::{StatusFiles, from_unix_secs};
+use super::store::TokenStore;
+
+/// What `authbridge status` and the admin page show per account.
+#[derive(Clone, Debug)]
+pub struct AccountStatus {
+    pub name: String,
+    pub mailbox: String,
+    pub provider: String,
+    pub flow: Flow,
+    /// Expiry of the cached access token, if any.
+    pub access_token_expires_at: Option<SystemTime>,
+    /// Last successful token fetch by this manager.
+    pub last_refresh: Option<SystemTime>,
+    /// When the stored refresh token was written (delegated flows).
+    pub refresh_token_stored_at: Option<SystemTime>,
+    /// The last failure, as a full sentence with its fix.
+    pub last_error: Option<String>,
+    /// Set when someone must act (`authbridge login`, admin consent, config); holds the hint.
+    pub needs_login: Option<String>,
+    /// A client asked for this account's token since start: it is kept fresh in the background.
+    pub in_use: bool,
+    /// A token request is in flight.
+    pub refreshing: bool,
+    /// How many `access_token` calls had to wait for a token request (cold cache or expired
+    /// token); background refresh keeps this at the first login's one.
+    pub waited_fetches: u64,
+}
+
+/// Access tokens for all configured accounts.
+pub struct TokenManager {
+    store: TokenStore,
+    settings: TokenSettings,
+    slots: Vec<Arc<Slot>>,
+    by_name: HashMap<String, usize>,
+    ctx: Arc<Ctx>,
+}
+
+/// What a fetch task needs besides its slot.
+struct Ctx {
+    status_files: StatusFiles,
+    hook: Option<ReauthHook>,
+    /// Wakes the background refresher when a slot's schedule changed.
+    wake: Notify,
+}
+
+impl TokenManager {
+    /// A manager over `store` for `accounts`. Reads each account's status file once, so an account
+    /// that already needed a login before a restart does not run the hook again for the same
+    /// refusal.
+    pub fn new(
+        store: TokenStore,
+        accounts: Vec<AccountConfig>,
+        settings: TokenSettings,
+    ) -> Arc<TokenManager> {
+        let status_files = StatusFiles::new(store.state_dir());
+        let mut slots = Vec::with_capacity(accounts.len());
+        let mut by_name = HashMap::with_capacity(accounts.len());
+        for config in accounts {
+            let mut state = State::default();
+            if let Some(p) = status_files.load(&config.name)
+                && p.needs_login.is_some()
+            {
+                let since = p.needs_login_since.map(from_unix_secs);
+                let newer_token = match (store.stored_at(&config.name), since) {
+                    (Ok(Some(stored)), Some(since)) => stored > since,
+                    _ => false,
+                };
+                if !newer_token {
+                    state.reauth_notified = true;
+                    state.needs_login_since = since;
+                }
+            }
+            by_name.insert(config.name.clone(), slots.len());
+            slots.push(Arc::new(Slot {
+                config,
+                state: Mutex::new(state),
+                persist: Mutex::new(false),
+            }));
+        }
+        let ctx = Arc::new(Ctx {
+            status_files,
+            hook: settings
+                .on_reauth_needed
+                .clone()
+                .and_then(ReauthHook::new)
+                .map(|mut h| {
+                    h.timeout = settings.hook_timeout;
+                    h
+                }),
+            wake: Notify::new(),
+        });
+        Arc::new(TokenManager {
+            store,
+            settings,
+            slots,
+            by_name,
+            ctx,
+        })
+    }
+
+    pub fn store(&self) -> &TokenStore {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &TokenSettings {
+        &self.settings
+    }
+
+    pub fn account(&self, name: &str) -> Option<&AccountConfig> {
+        self.by_name.get(name).map(|&i| &self.slots[i].config)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &AccountConfig> {
+        self.slots.iter().map(|s| &s.config)
+    }
+
+    fn slot(&self, account: &str) -> Result<&Arc<Slot>, TokenError> {
+        self.by_name
+            .get(account)
+            .map(|&i| &self.slots[i])
+            .ok_or_else(|| TokenError::unknown_account(account))
+    }
+
+    /// Cached token if still fresh, else one fetch. Exactly one request to the token endpoint per
+    /// account is in flight however many callers wait (single-flight); the fetch runs in its own
+    /// spawned task, so a caller that gives up does not cancel it for the others, and its result
+    /// still lands in the cache/store.
+    pub async fn access_token(&self, account: &str) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(account)?;
+        let now = Instant::now();
+        let rx = {
+            let mut st = slot.lock();
+            if !st.in_use {
+                st.in_use = true;
+                self.ctx.wake.notify_one();
+            }
+            if let Some(c) = &st.cached {
+                if now < c.soft {
+                    return Ok(c.token.clone());
+                }
+                if now < c.hard {
+                    let token = c.token.clone();
+                    if st.live_inflight().is_none() && st.active_negative(now).is_none() {
+                        tracing::debug!(
+                            account,
+                            "access token expires soon: refreshing in the background"
+                        );
+                        self.start_fetch(slot, &mut st);
+                    }
+                    return Ok(token);
+                }
+            }
+            // Only transient failures are cached for callers: after one that needs action, a
+            // fetch costs a store read (a refused token is not sent again, see
+            // `permanent_block`), so a token stored by `authbridge login` is used at once.
+            let rx = if let Some(rx) = st.live_inflight() {
+                rx
+            } else if let Some(e) = st
+                .active_negative(now)
+                .filter(|e| e.kind == ErrorKind::Transient)
+            {
+                return st.usable(now).ok_or_else(|| e.clone());
+            } else {
+                self.start_fetch(slot, &mut st)
+            };
+            st.waited += 1;
+            rx
+        };
+        match wait(rx, account).await {
+            Ok(t) => Ok(t),
+            Err(e) => match slot.lock().usable(Instant::now()) {
+                Some(t) => {
+                    tracing::warn!(
+                        account,
+                        "using the current access token until it expires: {e}"
+                    );
+                    Ok(t)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// The upstream refused `rejected`: fetch a new one unless a newer generation is already cached
+    /// (so 20 sessions refused together cause one refresh, not 20). Ignores the negative cache.
+    pub async fn refresh_after_rejection(
+        &self,
+        account: &str,
+        rejected: &AccessToken,
+    ) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(account)?;
+        let now = Instant::now();
+        let rx = {
+            let mut st = slot.lock();
+            st.in_use = true;
+            if let Some(c) = &st.cached
+                && c.token.generation > rejected.generation
+                && c.token.expires_at > now + MIN_VALIDITY
+            {
+                return Ok(c.token.clone());
+            }
+            if st
+                .cached
+                .as_ref()
+                .is_some_and(|c| c.token.generation <= rejected.generation)
+            {
+                st.cached = None;
+            }
+            match st.live_inflight() {
+                Some(rx) => rx,
+                None => {
+                    tracing::info!(
+                        account,
+                        generation = rejected.generation,
+                        "upstream refused the access token: fetching a new one"
+                    );
+                    self.start_fetch(slot, &mut st)
+                }
+            }
+        };
+        wait(rx, account).await
+    }
+
+    /// Fetches a new token now, whatever is cached (joins a fetch already in flight). For
+    /// `authbridge check` and the keep-alive.
+    pub async fn refresh_now(&self, account: &str) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(account)?;
+        let rx = {
+            let mut st = slot.lock();
+            match st.live_inflight() {
+                Some(rx) => rx,
+                None => self.start_fetch(slot, &mut st),
+            }
+        };
+        wait(rx, account).await
+    }
+
+    /// One token request with the given grant parameters (e.g. `authorization_code` or
+    /// `device_code` from `authbridge login`); for a delegated flow the returned refresh token is
+    /// stored (encrypted) before the access token is cached and returned.
+    pub async fn exchange_and_store(
+        &self,
+        account: &str,
+        params: &[(&str, &str)],
+    ) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(account)?;
+        let provider = &slot.config.provider;
+        let started = Instant::now();
+        let response = grant::exchange(provider, account, params, &self.settings).await?;
+        let grant_type = grant::grant_type_of(params);
+        if provider.flow.is_delegated() {
+            let rt = grant::required_refresh_token(provider, account, grant_type, &response)?;
+            let ctx = ErrorContext::new(provider, account, grant_type);
+            let (name, rt) = (account.to_owned(), rt.clone());
+            self.store
+                .blocking(move |s| s.save(&name, &rt))
+                .await
+                .map_err(|e| TokenError::from_store(&e, &ctx))?;
+            tracing::info!(account, grant_type, "refresh token stored");
+        }
+        let cached = make_cached(response, started, &self.settings);
+        let token = slot.install(cached);
+        slot.persist(&self.ctx.status_files);
+        self.ctx.wake.notify_one();
+        Ok(token)
+    }
+
+    /// Per account: flow, token expiry, last refresh, last error, whether someone must act.
+    /// Reads the store's metadata (small blocking file reads).
+    pub fn status(&self) -> Vec<AccountStatus> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let cfg = &slot.config;
+                let provider = &cfg.provider;
+                let delegated = provider.flow.is_delegated();
+                let stored = if delegated {
+                    self.store.stored_at(&cfg.name)
+                } else {
+                    Ok(None)
+                };
+                let now = Instant::now();
+                let now_sys = SystemTime::now();
+                let st = slot.lock();
+                let store_error = stored.as_ref().err().map(|e| {
+                    TokenError::from_store(
+                        e,
+                        &ErrorContext::new(provider, &cfg.name, "refresh_token"),
+                    )
+                });
+                let needs_login = if let Some(m) = &st.permanent {
+                    Some(m.error.hint())
+                } else if let Some(e) = st
+                    .last_error
+                    .as_ref()
+                    .filter(|e| e.kind == ErrorKind::NotConfigured)
+                {
+                    Some(e.hint())
+                } else if let Some(e) = store_error.as_ref().filter(|e| e.needs_action()) {
+                    Some(e.hint())
+                } else if delegated && matches!(stored, Ok(None)) {
+                    Some(TokenError::no_refresh_token(&cfg.name).hint())
+                } else {
+                    None
+                };
+                let refreshing = st.live_inflight().is_some();
+                AccountStatus {
+                    in_use: st.in_use,
+                    refreshing,
+                    waited_fetches: st.waited,
+                    name: cfg.name.clone(),
+                    mailbox: cfg.mailbox.clone(),
+                    provider: provider.name.clone(),
+                    flow: provider.flow,
+                    access_token_expires_at: st
+                        .cached
+                        .as_ref()
+                        .map(|c| to_system_time(c.token.expires_at, now, now_sys)),
+                    last_refresh: st.last_refresh,
+                    refresh_token_stored_at: stored.ok().flatten(),
+                    last_error: st
+                        .last_error
+                        .as_ref()
+                        .or(store_error.as_ref())
+                        .map(ToString::to_string),
+                    needs_login,
+                }
+            })
+            .collect()
+    }
+
+    /// Starts the one fetch for `slot`; the caller holds its state lock.
+    fn start_fetch(&self, slot: &Arc<Slot>, st: &mut State) -> Waiter {
+        let (tx, rx) = watch::channel(None);
+        st.inflight = Some(rx.clone());
+        st.fetch_started = Some(SystemTime::now());
+        let epoch = st.epoch;
+        let slot = Arc::clone(slot);
+        let store = self.store.clone();
+        let settings = self.settings.clone();
+        let ctx = Arc::clone(&self.ctx);
+        tokio::spawn(async move {
+            persist_in_background(&slot, &ctx).await;
+            let outcome = fetch::fetch(&slot, &store, &settings, epoch).await;
+            let (result, transition) = slot.finish(outcome);
+            let _ = tx.send(Some(result));
+            ctx.wake.notify_one();
+            persist_in_background(&slot, &ctx).await;
+            if let Some(e) = transition {
+                tracing::warn!(
+                    account = slot.name(),
+                    "account needs attention: {}",
+                    e.hint()
+                );
+                if let Some(hook) = &ctx.hook {
+                    hook.spawn(&slot.config, &e);
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// [`Slot::persist`] off the async threads.
+async fn persist_in_background(slot: &Arc<Slot>, ctx: &Arc<Ctx>) {
+    let slot = Arc::clone(slot);
+    let ctx = Arc::clone(ctx);
+    let _ = tokio::task::spawn_blocking(move || slot.persist(&ctx.status_files)).await;
+}
+
+async fn wait(mut rx: Waiter, account: &str) -> FetchResult {
+    let result = match rx.wait_for(Option::is_some).await {
+        Ok(v) => (*v).clone(),
+        Err(_) => None,
+    };
+    result.unwrap_or_else(|| {
+        Err(TokenError::new(
+            account,
+            ErrorKind::Transient,
+            "the token fetch ended without a result",
+            "authbridge retries; look for a crash of the token task in the log",
+        ))
+    })
+}

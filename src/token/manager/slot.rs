@@ -1,0 +1,359 @@
+//! One account's slot in the [`TokenManager`](super::TokenManager): the cached access token
+//! ([`AccessToken`]) with its refresh marks, the fetch in flight, the negative cache and the
+//! backoff marks after failures, and the transitions a fetch outcome causes (`Slot::finish`,
+//! `Slot::install`). Also what a slot writes to its status file. No I/O but that status write.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::secret::SecretString;
+use crate::token::error::TokenError;
+use crate::token::failure::ErrorKind;
+use crate::token::provider::AccountConfig;
+use crate::token::response::TokenResponse;
+use crate::token::settings::TokenSettings;
+use crate::token::state_file::{PersistedStatus, StatusFiles, unix_secs};
+
+/// Generations are unique and increasing across all managers of the process (config reloads).
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A token closer than this to expiry is never handed out.
+pub(super) const MIN_VALIDITY: Duration = Duration::from_secs(30);
+/// Negative cache after one failure.
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// Negative cache cap after repeated transient failures.
+const MAX_TRANSIENT_BACKOFF: Duration = Duration::from_secs(10);
+/// `Retry-After` honoured up to this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A refused refresh token is not sent again for this long (doubling) …
+const PERMANENT_BACKOFF: Duration = Duration::from_secs(10);
+/// … up to this long.
+const MAX_PERMANENT_BACKOFF: Duration = Duration::from_secs(600);
+/// Access-token lifetimes above this are clamped (the value comes from the network).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Background retries after transient failures back off up to this long.
+const MAX_BACKGROUND_BACKOFF: Duration = Duration::from_secs(300);
+/// Background retry after a failure only someone else can fix (no token stored, damaged store).
+const NOT_CONFIGURED_RETRY: Duration = Duration::from_secs(60);
+
+pub(super) type FetchResult = Result<AccessToken, TokenError>;
+pub(super) type Waiter = watch::Receiver<Option<FetchResult>>;
+
+/// An access token as handed to sessions.
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    pub token: SecretString,
+    pub expires_at: Instant,
+    /// Process-wide increasing number, new on every fetch; lets
+    /// [`TokenManager::refresh_after_rejection`](super::TokenManager::refresh_after_rejection) tell a stale token from a newer one.
+    pub generation: u64,
+}
+
+pub(super) struct Slot {
+    pub(super) config: AccountConfig,
+    pub(super) state: Mutex<State>,
+    /// Serialises status-file writes so a later snapshot is never overwritten by an earlier one.
+    pub(super) persist: Mutex<bool>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) cached: Option<Cached>,
+    pub(super) inflight: Option<Waiter>,
+    pub(super) negative: Option<Negative>,
+    pub(super) transient_streak: u32,
+    pub(super) permanent: Option<PermanentMark>,
+    pub(super) last_refresh: Option<SystemTime>,
+    pub(super) last_error: Option<TokenError>,
+    /// Bumped when a login installs a token; a fetch started before does not record its failure.
+    pub(super) epoch: u64,
+    /// A client asked for a token since start.
+    pub(super) in_use: bool,
+    /// Callers that had to wait for a fetch.
+    pub(super) waited: u64,
+    /// When the fetch in flight started.
+    pub(super) fetch_started: Option<SystemTime>,
+    /// The background refresher does not try before this (backoff after a failure).
+    pub(super) retry_at: Option<Instant>,
+    /// The hook ran for the current needs-login period.
+    pub(super) reauth_notified: bool,
+    pub(super) needs_login_since: Option<SystemTime>,
+}
+
+pub(super) struct Cached {
+    pub(super) token: AccessToken,
+    /// From here on, refresh in the background.
+    pub(super) soft: Instant,
+    /// From here on, callers wait for the refresh.
+    pub(super) hard: Instant,
+    /// When the background refresher renews it: a jittered point early in `[soft, hard)`.
+    pub(super) refresh_at: Instant,
+}
+
+pub(super) struct Negative {
+    pub(super) error: TokenError,
+    pub(super) until: Instant,
+}
+
+pub(super) struct PermanentMark {
+    pub(super) error: TokenError,
+    /// SHA-256 of the refused refresh token (`None` for client credentials).
+    pub(super) rt_digest: Option<[u8; 32]>,
+    pub(super) at: Instant,
+    pub(super) backoff: Duration,
+}
+
+pub(super) struct Outcome {
+    pub(super) result: Result<Cached, TokenError>,
+    pub(super) rt_digest: Option<[u8; 32]>,
+    /// Whether the token endpoint was asked (a short-circuited repeat is not a new refusal).
+    pub(super) requested: bool,
+    pub(super) epoch: u64,
+}
+
+impl State {
+    /// The in-flight fetch, unless its task died without a result.
+    pub(super) fn live_inflight(&self) -> Option<Waiter> {
+        let rx = self.inflight.as_ref()?;
+        if rx.has_changed().is_err() && rx.borrow().is_none() {
+            return None;
+        }
+        Some(rx.clone())
+    }
+
+    pub(super) fn active_negative(&self, now: Instant) -> Option<&TokenError> {
+        self.negative
+            .as_ref()
+            .filter(|n| now < n.until)
+            .map(|n| &n.error)
+    }
+
+    /// The cached token if it is valid for at least `MIN_VALIDITY` more.
+    pub(super) fn usable(&self, now: Instant) -> Option<AccessToken> {
+        self.cached
+            .as_ref()
+            .filter(|c| c.token.expires_at > now + MIN_VALIDITY)
+            .map(|c| c.token.clone())
+    }
+
+    /// When the background refresher should fetch for this account, if it should at all.
+    pub(super) fn refresh_due(&self, now: Instant) -> Option<Instant> {
+        if !self.in_use || self.live_inflight().is_some() {
+            return None;
+        }
+        let due = self.cached.as_ref().map_or(now, |c| c.refresh_at);
+        Some(self.retry_at.map_or(due, |r| due.max(r)))
+    }
+
+    /// The hint when someone must act: a remembered refusal, or a last error that needs action.
+    fn needs_login_hint(&self) -> Option<String> {
+        if let Some(m) = &self.permanent {
+            return Some(m.error.hint());
+        }
+        self.last_error
+            .as_ref()
+            .filter(|e| e.needs_action())
+            .map(TokenError::hint)
+    }
+
+    fn succeeded(&mut self) {
+        self.negative = None;
+        self.transient_streak = 0;
+        self.permanent = None;
+        self.last_error = None;
+        self.last_refresh = Some(SystemTime::now());
+        self.retry_at = None;
+        self.reauth_notified = false;
+        self.needs_login_since = None;
+    }
+}
+
+impl Slot {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Records a fetch's outcome, clears the in-flight marker and returns what waiters get, and
+    /// the error if this outcome moved the account into needs-login (the hook is due).
+    pub(super) fn finish(&self, outcome: Outcome) -> (FetchResult, Option<TokenError>) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.inflight = None;
+        st.fetch_started = None;
+        match outcome.result {
+            Ok(cached) => {
+                let token = cached.token.clone();
+                st.cached = Some(cached);
+                st.succeeded();
+                (Ok(token), None)
+            }
+            Err(e) if outcome.epoch != st.epoch => (Err(e), None),
+            Err(e) => {
+                let window = match e.kind {
+                    ErrorKind::Transient => {
+                        st.transient_streak = st.transient_streak.saturating_add(1);
+                        let doublings = st.transient_streak.saturating_sub(1).min(8);
+                        let backoff =
+                            (NEGATIVE_TTL * 2u32.pow(doublings)).min(MAX_TRANSIENT_BACKOFF);
+                        backoff.max(e.retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
+                    }
+                    ErrorKind::Permanent | ErrorKind::NotConfigured => NEGATIVE_TTL,
+                };
+                if e.kind == ErrorKind::Permanent && outcome.requested {
+                    let backoff = match &st.permanent {
+                        Some(m) if m.rt_digest == outcome.rt_digest => {
+                            (m.backoff * 2).min(MAX_PERMANENT_BACKOFF)
+                        }
+                        _ => PERMANENT_BACKOFF,
+                    };
+                    st.permanent = Some(PermanentMark {
+                        error: e.clone(),
+                        rt_digest: outcome.rt_digest,
+                        at: now,
+                        backoff,
+                    });
+                }
+                st.negative = Some(Negative {
+                    error: e.clone(),
+                    until: now + window,
+                });
+                st.last_error = Some(e.clone());
+                // When the background refresher tries again.
+                let retry_at = match (e.kind, &st.permanent) {
+                    (ErrorKind::Transient, _) => {
+                        let doublings = st.transient_streak.saturating_sub(1).min(16);
+                        let backoff =
+                            Duration::from_secs(1u64 << doublings).min(MAX_BACKGROUND_BACKOFF);
+                        now + jittered(window.max(backoff))
+                    }
+                    // The refused token may be sent again after its backoff.
+                    (ErrorKind::Permanent, Some(m)) => (m.at + m.backoff).max(now + NEGATIVE_TTL),
+                    _ => now + jittered(NOT_CONFIGURED_RETRY),
+                };
+                st.retry_at = Some(retry_at);
+                let transition = (e.needs_action() && !st.reauth_notified).then(|| {
+                    st.reauth_notified = true;
+                    st.needs_login_since = Some(SystemTime::now());
+                    e.clone()
+                });
+                (Err(e), transition)
+            }
+        }
+    }
+
+    /// The remembered refusal if this refresh token was refused recently.
+    pub(super) fn permanent_block(
+        &self,
+        rt_digest: Option<[u8; 32]>,
+        now: Instant,
+    ) -> Option<TokenError> {
+        let st = self.lock();
+        let m = st.permanent.as_ref()?;
+        (m.rt_digest == rt_digest && now < m.at + m.backoff).then(|| m.error.clone())
+    }
+
+    pub(super) fn install(&self, cached: Cached) -> AccessToken {
+        let token = cached.token.clone();
+        let mut st = self.lock();
+        st.cached = Some(cached);
+        st.succeeded();
+        st.epoch = st.epoch.wrapping_add(1);
+        token
+    }
+
+    /// What `authbridge status` reads, from the current state.
+    fn snapshot(&self) -> PersistedStatus {
+        let now = Instant::now();
+        let now_sys = SystemTime::now();
+        let st = self.lock();
+        PersistedStatus {
+            version: 0,
+            account: self.config.name.clone(),
+            updated_at: unix_secs(now_sys),
+            pid: std::process::id(),
+            flow: self.config.provider.flow.as_str().to_owned(),
+            access_token_expires_at: st
+                .cached
+                .as_ref()
+                .map(|c| unix_secs(to_system_time(c.token.expires_at, now, now_sys))),
+            last_refresh: st.last_refresh.map(unix_secs),
+            refreshing_since: st.live_inflight().and(st.fetch_started).map(unix_secs),
+            last_error: st.last_error.as_ref().map(ToString::to_string),
+            last_error_kind: st.last_error.as_ref().map(|e| e.kind.as_str().to_owned()),
+            needs_login: st.needs_login_hint(),
+            needs_login_since: st
+                .needs_login_since
+                .filter(|_| st.needs_login_hint().is_some())
+                .map(unix_secs),
+            in_use: st.in_use,
+        }
+    }
+
+    /// Writes the status file (small blocking write, no fsync).
+    pub(super) fn persist(&self, files: &StatusFiles) {
+        let mut warned = self.persist.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = self.snapshot();
+        if let Err(e) = files.save(&snapshot) {
+            if !*warned {
+                tracing::warn!(
+                    account = self.name(),
+                    "cannot write the status file for `authbridge status`: {e} — check that the \
+                     state_dir is writable"
+                );
+            }
+            *warned = true;
+        }
+    }
+}
+
+/// `d` plus or minus up to 10 %.
+pub(super) fn jittered(d: Duration) -> Duration {
+    let tenth = d / 10;
+    (d - tenth) + tenth.mul_f64(2.0 * random_fraction())
+}
+
+/// A random number in `[0, 1)` (timing jitter only).
+fn random_fraction() -> f64 {
+    let mut b = [0u8; 4];
+    if getrandom::fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+pub(super) fn make_cached(
+    response: TokenResponse,
+    started: Instant,
+    settings: &TokenSettings,
+) -> Cached {
+    let lifetime = response.expires_in.min(MAX_LIFETIME);
+    let margin = settings.refresh_margin.min(lifetime / 2);
+    let expires_at = started + lifetime;
+    let soft = expires_at - margin;
+    let hard = expires_at - margin / 2;
+    Cached {
+        token: AccessToken {
+            token: response.access_token,
+            expires_at,
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        },
+        soft,
+        hard,
+        refresh_at: soft + (hard - soft).mul_f64(0.25 * random_fraction()),
+    }
+}
+
+pub(super) fn to_system_time(at: Instant, now: Instant, now_sys: SystemTime) -> SystemTime {
+    if at >= now {
+        now_sys + (at - now)
+    } else {
+        now_sys - (now - at)
+    }
+}

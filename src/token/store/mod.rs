@@ -1,0 +1,146 @@
+//! Refresh tokens at rest. [`TokenStore`] is the handle the rest of authbridge holds (cheap to
+//! clone): the state directory plus one backend, chosen when the store is opened.
+//!
+//! Layout:
+//! - `backend.rs`: the contract — [`StoreBackend`] (`load`, `save` with an expected version
+//!   (compare-and-set), `lock`, `stored_at`, `location`), [`StoredToken`], [`StoreLock`].
+//! - `file.rs`: the file backend, one sealed file per account (today's only backend).
+//! - `crypto.rs`: [`MasterKey`] and sealing/opening, shared by every backend; `key_file.rs`:
+//!   where the key comes from. `atomic_write.rs`: temp file, fsync, rename, 0600/0700.
+//! - `error.rs`: [`StoreError`].
+//!
+//! Why a trait behind an enum: the backends are a closed set picked by the config, so the handle
+//! keeps an enum of them (backend-specific calls such as [`TokenStore::path`] stay typed) and
+//! dispatches the common calls through the [`StoreBackend`] trait, which says what a new backend
+//! must provide. The trait is synchronous: the file backend does blocking I/O, the status page and
+//! the CLI are synchronous, and a handful of store calls per account per hour gains nothing from
+//! async methods (which would make the trait not object-safe or need boxed futures). Async callers
+//! go through [`TokenStore::blocking`].
+//!
+//! Where the next steps go: the file lock is [`StoreBackend::lock`] in `file.rs` (held by the
+//! caller around its read-modify-write); the retry of a failed save is at the one save of a
+//! rotated token, in `manager/fetch.rs`.
+
+mod atomic_write;
+mod backend;
+mod crypto;
+mod error;
+mod file;
+mod key_file;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use backend::{StoreBackend, StoreLock, StoredToken};
+pub use crypto::MasterKey;
+pub use error::StoreError;
+pub use file::FileStore;
+
+use crate::secret::SecretString;
+
+/// The encrypted refresh-token store. Cheap to clone. Its methods block (see the module docs).
+#[derive(Clone, Debug)]
+pub struct TokenStore {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Where status files and the default key file live, whatever the backend.
+    state_dir: PathBuf,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    File(FileStore),
+}
+
+impl TokenStore {
+    /// Opens the file backend under `state_dir` (see [`FileStore::open`]).
+    pub fn open(state_dir: &Path, key: MasterKey) -> Result<TokenStore, StoreError> {
+        let file = FileStore::open(state_dir, key)?;
+        Ok(TokenStore {
+            inner: Arc::new(Shared {
+                state_dir: state_dir.to_owned(),
+                backend: Backend::File(file),
+            }),
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    /// The file that holds `account`'s token (file backend).
+    pub fn path(&self, account: &str) -> Result<PathBuf, StoreError> {
+        match &self.inner.backend {
+            Backend::File(f) => f.path(account),
+        }
+    }
+
+    /// Where `account`'s token is kept, for messages.
+    pub fn location(&self, account: &str) -> Result<String, StoreError> {
+        self.backend().location(account)
+    }
+
+    /// The stored refresh token of `account`, `None` if there is none yet.
+    pub fn load(&self, account: &str) -> Result<Option<StoredToken>, StoreError> {
+        self.backend().load(account)
+    }
+
+    /// Seals and stores `refresh_token` for `account`, replacing whatever is stored (a new
+    /// login, an imported token); returns its version.
+    pub fn save(&self, account: &str, refresh_token: &SecretString) -> Result<u64, StoreError> {
+        self.backend().save(account, refresh_token, None)
+    }
+
+    /// [`save`](Self::save), but with `Some(version)` only if that version is still the stored
+    /// one (compare-and-set, see [`StoreBackend::save`]).
+    pub fn replace(
+        &self,
+        account: &str,
+        refresh_token: &SecretString,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        self.backend()
+            .save(account, refresh_token, expected_version)
+    }
+
+    /// The exclusive right to change `account`'s stored token (see [`StoreBackend::lock`]).
+    pub fn lock(&self, account: &str) -> Result<StoreLock, StoreError> {
+        self.backend().lock(account)
+    }
+
+    /// When `account`'s token was stored, without decrypting it (for status pages).
+    pub fn stored_at(&self, account: &str) -> Result<Option<SystemTime>, StoreError> {
+        self.backend().stored_at(account)
+    }
+
+    /// Runs `f` with this store on the blocking pool, for async callers.
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&TokenStore) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Io {
+                    action: "run the store task for",
+                    path: "the token store".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    fn backend(&self) -> &dyn StoreBackend {
+        match &self.inner.backend {
+            Backend::File(f) => f,
+        }
+    }
+}
