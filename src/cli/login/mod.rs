@@ -147,11 +147,7 @@ pub async fn login(
             auth_code::auth_code(&ctx, mode == Mode::Paste, opts.timeout, out, input).await?
         }
     }
-    let path = manager
-        .store()
-        .path(account)
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let path = manager.store().location(account).unwrap_or_default();
     say(
         out,
         &format!(
