@@ -5,6 +5,8 @@
 //! login costs max(client dialogue, upstream setup) rather than their sum. Generic over the
 //! client stream, so tests can use in-memory duplex streams.
 
+pub mod relay;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -160,7 +162,7 @@ where
     let idle = shared.limits.timeouts.pipe_idle;
     if let Some(settings) = &shared.listener.relay {
         tokio::select! {
-            end = crate::relay::relay(client, leftover, up, up_leftover, settings, &shared.limits) => {
+            end = relay::relay(client, leftover, up, up_leftover, settings, &shared.limits) => {
                 info!(end = ?end, secs = started.elapsed().as_secs(), "relay session ended");
             }
             _ = stop.hard.cancelled() => info!("session closed: server stopped"),

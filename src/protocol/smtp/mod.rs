@@ -1,9 +1,10 @@
 //! SMTP submission (RFC 5321, RFC 4954 AUTH, RFC 3207 STARTTLS): the pre-login server side toward
-//! the legacy client ([`SmtpClient`]) and the EHLO/STARTTLS/XOAUTH2 client side toward Exchange
-//! ([`SmtpUpstream`]).
+//! the legacy client ([`SmtpClient`]), the EHLO/STARTTLS/XOAUTH2 client side toward Exchange
+//! ([`SmtpUpstream`]), and the relay-mode dialogue after login ([`relay::RelayMachine`]).
 
 mod client;
 mod command;
+pub mod relay;
 mod reply;
 mod upstream;
 
