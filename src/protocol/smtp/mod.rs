@@ -5,6 +5,8 @@
 mod client;
 mod command;
 pub mod relay;
+#[cfg(test)]
+mod relay_tests;
 mod reply;
 mod upstream;
 

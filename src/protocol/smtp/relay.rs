@@ -80,11 +80,12 @@ pub fn connector_hint(reply: &Reply) -> Option<&'static str> {
 /// The address in `MAIL FROM:<addr> [params]` (RFC 5321 §4.1.1.2), lower-cased; `Some("")`
 /// for the null sender `<>`; `None` when it cannot be parsed.
 pub fn mail_from_address(line: &[u8]) -> Option<String> {
-    let line = std::str::from_utf8(line).ok()?;
-    if line.len() < 10 || !line[..10].eq_ignore_ascii_case("MAIL FROM:") {
+    // Bytes, not a str: slicing a str inside a multi-byte character panics.
+    let (verb, rest) = line.split_at_checked(10)?;
+    if !verb.eq_ignore_ascii_case(b"MAIL FROM:") {
         return None;
     }
-    let rest = line[10..].trim_start();
+    let rest = std::str::from_utf8(rest).ok()?.trim_start();
     let addr = if let Some(r) = rest.strip_prefix('<') {
         &r[..r.find('>')?]
     } else {
