@@ -230,6 +230,7 @@ async fn non_allowed_source_without_login_gets_530() {
         "530 5.7.0 Authentication required"
     );
     assert_eq!(r.sandbox.connector_counters().connector_accepted, 0);
+    assert_eq!(r.sandbox.connector_counters().connector_mail, 0);
 }
 
 /// A disallowed MAIL FROM is refused with 550 5.7.1 before any byte of it goes upstream.
@@ -252,7 +253,7 @@ async fn disallowed_sender_is_refused_before_the_connector() {
     );
     let after = r.sandbox.connector_counters();
     assert_eq!(
-        before.connector_refused, after.connector_refused,
+        before.connector_mail, after.connector_mail,
         "the refused MAIL never reached the connector"
     );
     assert!(
@@ -266,6 +267,11 @@ async fn disallowed_sender_is_refused_before_the_connector() {
             .starts_with("250")
     );
     assert_eq!(r.sandbox.messages().len(), 2);
+    assert_eq!(
+        r.sandbox.connector_counters().connector_mail,
+        after.connector_mail + 2,
+        "the connector counts the MAIL commands it reads"
+    );
 }
 
 /// A connector without STARTTLS: the login gets a 4xx and nothing is sent.
@@ -294,7 +300,7 @@ async fn connector_without_starttls_gives_4xx_and_nothing_is_sent() {
         "{reply}"
     );
     assert!(r.sandbox.messages().is_empty());
-    assert_eq!(r.sandbox.connector_counters().connector_refused, 0);
+    assert_eq!(r.sandbox.connector_counters().connector_mail, 0);
 }
 
 #[test]
