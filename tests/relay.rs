@@ -274,6 +274,65 @@ async fn disallowed_sender_is_refused_before_the_connector() {
     );
 }
 
+/// Security issue item 2: a sender check that splits the verb at the first space and forwards
+/// whatever it does not recognise lets a lenient connector (as the sandbox's is: white space
+/// before the verb, TABs between words) take an unchecked MAIL. Only listed commands, rebuilt
+/// from what was parsed, reach it; the connector's own MAIL count proves none of these did.
+#[tokio::test]
+async fn sender_check_bypass_forms_never_reach_the_connector() {
+    let r = start(RelayOptions {
+        client_cert: Some(("contoso.com", true)),
+        listener: "    allowed_senders: [\"@contoso.com\"]\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = LineClient::connect(r.addr()).await;
+    login(&mut c).await;
+    let before = r.sandbox.connector_counters();
+    // Nine invalid commands: one fewer than bad_commands_max would close the session.
+    for (line, want) in [
+        (" MAIL FROM:<ceo@evil.example>", "500 5.5.1"),
+        ("MAIL\tFROM:<ceo@evil.example>", "500 5.5.2"),
+        (
+            "MAIL FROM:<\"tickets@contoso.com>\"@evil.example>",
+            "550 5.7.1",
+        ),
+        ("MAIL FROM:<@contoso.com:ceo@evil.example>", "550 5.7.1"),
+        (
+            "MAIL FROM:<tickets@contoso.com> AUTH=ceo@contoso.com",
+            "555 5.5.4",
+        ),
+        (
+            "XCLIENT ADDR=192.0.2.1 NAME=trusted.contoso.com",
+            "502 5.5.1",
+        ),
+        ("XFORWARD HELO=trusted.contoso.com", "502 5.5.1"),
+        ("VRFY ceo", "502 5.5.1"),
+        ("ETRN contoso.com", "502 5.5.1"),
+        ("EXPN staff", "502 5.5.1"),
+        ("BDAT 10 LAST", "502 5.5.1"),
+        ("AUTH PLAIN AGEAYg==", "503 5.5.1"),
+    ] {
+        let reply = c.cmd(line).await;
+        assert!(reply.starts_with(want), "{line:?}: {reply}");
+    }
+    assert_eq!(
+        r.sandbox.connector_counters().connector_mail,
+        before.connector_mail,
+        "no MAIL reached the connector"
+    );
+    // The session goes on, and a listed sender still goes through.
+    let reply = send_message(&mut c, "Tickets@Contoso.com", "after the bypass attempts").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(
+        r.sandbox.connector_counters().connector_mail,
+        before.connector_mail + 1
+    );
+    let msgs = r.sandbox.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].from, "Tickets@Contoso.com");
+}
+
 /// A connector without STARTTLS: the login gets a 4xx and nothing is sent.
 #[tokio::test]
 async fn connector_without_starttls_gives_4xx_and_nothing_is_sent() {

@@ -16,7 +16,10 @@
 //! - **well-formed replies**: everything sent to the client is CRLF-terminated lines;
 //! - **no unchecked MAIL**: every MAIL FROM the connector acts on names a sender that
 //!   `allowed_senders` admits, read the way an RFC 5321 receiver reads it (quoted local parts
-//!   and source routes included), with the rule applied independently of authbridge's code.
+//!   and source routes included), with the rule applied independently of authbridge's code;
+//! - **only listed commands**: every line the connector reads as a command starts with one of
+//!   the relay's verbs (EHLO, HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, HELP) followed by a
+//!   space or the line end, and holds no control character.
 
 use authbridge::config::{Relay, SenderRule};
 use authbridge::limits::ProtocolLimits;
@@ -24,6 +27,11 @@ use authbridge::protocol::smtp::relay::{RelayEnd, RelayMachine, RelayOut, RelayS
 use bytes::BytesMut;
 
 use crate::{Config, Input, assert_lines};
+
+/// The commands the relay may pass on.
+const LISTED: &[&[u8]] = &[
+    b"EHLO", b"HELO", b"MAIL", b"RCPT", b"DATA", b"RSET", b"NOOP", b"QUIT", b"HELP",
+];
 
 /// The longest connector reply line the machine buffers (its reply parser's cap).
 const CONNECTOR_LINE_MAX: usize = 16 * 1024;
@@ -205,7 +213,7 @@ impl Connector {
                 self.closed = true;
                 return;
             }
-            7 => return self.say("354 Go ahead\r\n"),
+            7 if verb != b"DATA" => return self.say("354 Go ahead\r\n"),
             _ => {}
         }
         let multi = variant == 3;
@@ -408,6 +416,18 @@ pub fn check_relay(input: &RelayInput<'_>) -> RelayRun {
     let small = run_relay(input, &small, input.chunk);
     assert_eq!(whole, small, "whole vs chunks of {}", input.chunk);
     assert_lines(&whole.to_client);
+    for line in &whole.connector.commands {
+        let shown = String::from_utf8_lossy(line);
+        assert!(
+            !line.iter().any(|b| b.is_ascii_control()),
+            "the connector read a command with a control character: {shown:?}"
+        );
+        let verb = line.split(|b| *b == b' ').next().unwrap_or_default();
+        assert!(
+            LISTED.iter().any(|v| v.eq_ignore_ascii_case(verb)),
+            "the connector read a command that is not on the relay's list: {shown:?}"
+        );
+    }
     let rules = input.settings().allowed_senders;
     for sender in &whole.connector.mails {
         assert!(

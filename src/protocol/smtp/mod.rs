@@ -4,6 +4,7 @@
 
 mod client;
 mod command;
+pub mod envelope;
 pub mod relay;
 #[cfg(test)]
 mod relay_tests;

@@ -8,6 +8,15 @@
 //! body after `354` is passed through while scanning for the terminating `CRLF . CRLF`, and is
 //! forwarded unchanged.
 //!
+//! Only an explicit list of commands reaches the connector — EHLO, HELO, MAIL, RCPT, DATA, RSET,
+//! NOOP, QUIT, HELP — and each one as a line rebuilt from what was parsed
+//! ([`RelayCommand::to_line`]), so the connector reads exactly what was checked: a line with a
+//! control character or invalid UTF-8, a verb not on the list (XCLIENT, XFORWARD, VRFY, EXPN,
+//! ETRN, TURN, BDAT, AUTH, …, or any verb after leading white space) gets a local reply and
+//! never leaves. Every MAIL FROM is parsed per RFC 5321 (`crate::protocol::smtp::envelope`) and
+//! its sender checked against `allowed_senders`; the null sender `<>` only passes an empty list.
+//! Syntax errors count toward `bad_commands_max`, after which the session is closed.
+//!
 //! [`RelayMachine`] takes client bytes and connector bytes from buffers the driver owns
 //! (`crate::session::relay`) and puts the bytes for each side into [`RelayOut`]; it does no I/O
 //! and keeps no time.
@@ -15,10 +24,14 @@
 use bytes::BytesMut;
 use tracing::{info, warn};
 
+use super::envelope::{
+    EnvelopeError, MailFrom, RcptTo, ReversePath, parse_mail_from, parse_rcpt_to,
+};
 use super::reply::{Reply, ReplyParser, ReplyStep, write_reply};
 use crate::config::Relay;
 use crate::limits::ProtocolLimits;
 use crate::protocol::line::{Frame, LineFramer};
+use crate::protocol::one_line;
 
 /// Connector reply lines may carry long texts; a reply has at most this many lines.
 const CONNECTOR_LINE_MAX: usize = 16 * 1024;
@@ -31,6 +44,8 @@ pub enum RelayEnd {
     UpstreamClosed,
     Quit,
     Idle,
+    /// More than `bad_commands_max` invalid commands.
+    TooManyInvalidCommands,
     Error(String),
 }
 
@@ -77,23 +92,120 @@ pub fn connector_hint(reply: &Reply) -> Option<&'static str> {
     }
 }
 
-/// The address in `MAIL FROM:<addr> [params]` (RFC 5321 §4.1.1.2), lower-cased; `Some("")`
-/// for the null sender `<>`; `None` when it cannot be parsed.
-pub fn mail_from_address(line: &[u8]) -> Option<String> {
-    // Bytes, not a str: slicing a str inside a multi-byte character panics.
-    let (verb, rest) = line.split_at_checked(10)?;
-    if !verb.eq_ignore_ascii_case(b"MAIL FROM:") {
-        return None;
+/// A client command the relay passes on, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayCommand {
+    Ehlo(String),
+    Helo(String),
+    Mail(MailFrom),
+    Rcpt(RcptTo),
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Help,
+}
+
+impl RelayCommand {
+    /// The line the connector gets (without CRLF), rebuilt from what was parsed. NOOP's and
+    /// HELP's arguments are dropped.
+    pub fn to_line(&self) -> String {
+        match self {
+            RelayCommand::Ehlo(d) => format!("EHLO {d}"),
+            RelayCommand::Helo(d) => format!("HELO {d}"),
+            RelayCommand::Mail(m) => m.to_line(),
+            RelayCommand::Rcpt(r) => r.to_line(),
+            RelayCommand::Data => "DATA".into(),
+            RelayCommand::Rset => "RSET".into(),
+            RelayCommand::Noop => "NOOP".into(),
+            RelayCommand::Quit => "QUIT".into(),
+            RelayCommand::Help => "HELP".into(),
+        }
     }
-    let rest = std::str::from_utf8(rest).ok()?.trim_start();
-    let addr = if let Some(r) = rest.strip_prefix('<') {
-        &r[..r.find('>')?]
-    } else {
-        rest.split(' ').next()?
+}
+
+/// A command answered here and never forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The reply line, without CRLF.
+    pub reply: &'static str,
+    /// It counts toward `bad_commands_max`.
+    pub bad: bool,
+}
+
+const fn bad(reply: &'static str) -> Refusal {
+    Refusal { reply, bad: true }
+}
+
+/// Parse one client command line (without its line end): RFC 5321 §4.1.1, verb and arguments
+/// separated by one space. Only the commands on the relay's list are returned; everything else
+/// is a [`Refusal`].
+pub fn parse_relay_command(line: &[u8]) -> Result<RelayCommand, Refusal> {
+    if line.iter().any(|b| b.is_ascii_control()) {
+        return Err(bad("500 5.5.2 Syntax error: control character in command"));
+    }
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Err(bad("500 5.5.2 Syntax error: command is not UTF-8"));
     };
-    // Source routes (`@a,@b:user@d`) are obsolete; keep the mailbox.
-    let addr = addr.rsplit(':').next().unwrap_or(addr);
-    Some(addr.to_ascii_lowercase())
+    let (verb, args) = line.split_once(' ').unwrap_or((line, ""));
+    let no_args = |cmd: RelayCommand, reply: &'static str| {
+        if args.trim_matches(' ').is_empty() {
+            Ok(cmd)
+        } else {
+            Err(bad(reply))
+        }
+    };
+    match verb.to_ascii_uppercase().as_str() {
+        v @ ("EHLO" | "HELO") => {
+            let domain = args.trim_matches(' ');
+            if domain.is_empty()
+                || domain.len() > 255
+                || !domain.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(bad("501 5.5.4 Syntax: EHLO hostname"));
+            }
+            Ok(if v == "EHLO" {
+                RelayCommand::Ehlo(domain.to_string())
+            } else {
+                RelayCommand::Helo(domain.to_string())
+            })
+        }
+        "MAIL" => parse_mail_from(args)
+            .map(RelayCommand::Mail)
+            .map_err(|e| match e {
+                EnvelopeError::Syntax => bad("501 5.5.4 Syntax: MAIL FROM:<address>"),
+                EnvelopeError::Address => bad("501 5.1.7 Bad sender address syntax"),
+                EnvelopeError::Parameter => {
+                    bad("555 5.5.4 Unsupported or malformed MAIL parameter")
+                }
+            }),
+        "RCPT" => parse_rcpt_to(args)
+            .map(RelayCommand::Rcpt)
+            .map_err(|e| match e {
+                EnvelopeError::Syntax => bad("501 5.5.4 Syntax: RCPT TO:<address>"),
+                EnvelopeError::Address => bad("501 5.1.3 Bad recipient address syntax"),
+                EnvelopeError::Parameter => {
+                    bad("555 5.5.4 Unsupported or malformed RCPT parameter")
+                }
+            }),
+        "DATA" => no_args(RelayCommand::Data, "501 5.5.4 Syntax: DATA"),
+        "RSET" => no_args(RelayCommand::Rset, "501 5.5.4 Syntax: RSET"),
+        "QUIT" => no_args(RelayCommand::Quit, "501 5.5.4 Syntax: QUIT"),
+        "NOOP" => Ok(RelayCommand::Noop),
+        "HELP" => Ok(RelayCommand::Help),
+        "STARTTLS" => Err(Refusal {
+            reply: "503 5.5.1 TLS is handled by this relay; STARTTLS not available now",
+            bad: false,
+        }),
+        "AUTH" => Err(Refusal {
+            reply: "503 5.5.1 Already authenticated",
+            bad: false,
+        }),
+        "BDAT" => Err(bad("502 5.5.1 BDAT is not offered by this relay; use DATA")),
+        "VRFY" | "EXPN" | "ETRN" | "TURN" | "ATRN" | "XCLIENT" | "XFORWARD" | "SEND" | "SOML"
+        | "SAML" | "XEXCH50" => Err(bad("502 5.5.1 Command not available through this relay")),
+        _ => Err(bad("500 5.5.1 Command unrecognized")),
+    }
 }
 
 /// Finds the end of a DATA body: `CRLF . CRLF`, where the body start counts as a line start.
@@ -141,12 +253,9 @@ impl DotScanner {
 enum State {
     /// Waiting for the next client command.
     Command,
-    /// A command went to the connector; its reply is awaited. `verb` is upper-cased; `sender`
-    /// is the checked MAIL FROM address, for the log.
-    Reply {
-        verb: Vec<u8>,
-        sender: Option<String>,
-    },
+    /// A command went to the connector; its reply is awaited. `sender` is the checked MAIL
+    /// FROM address, for the log.
+    Reply { sent: Sent, sender: Option<String> },
     /// Copying a message body to the connector, up to and including `CRLF.CRLF`.
     Body(DotScanner),
     /// The connector's reply to the end of the body is awaited.
@@ -155,12 +264,22 @@ enum State {
     Done,
 }
 
+/// What kind of command the awaited reply answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Data,
+    Quit,
+    Other,
+}
+
 /// The relay dialogue of one session.
 pub struct RelayMachine {
     settings: Relay,
     framer: LineFramer,
     replies: ReplyParser,
     state: State,
+    bad_commands: u32,
+    bad_commands_max: u32,
 }
 
 impl RelayMachine {
@@ -170,6 +289,8 @@ impl RelayMachine {
             framer: LineFramer::new(limits.line_max),
             replies: ReplyParser::new(CONNECTOR_LINE_MAX, CONNECTOR_REPLY_LINES_MAX),
             state: State::Command,
+            bad_commands: 0,
+            bad_commands_max: limits.bad_commands_max,
         }
     }
 
@@ -184,11 +305,7 @@ impl RelayMachine {
         match &mut self.state {
             State::Command => match self.framer.next(client) {
                 Frame::Line(line) => self.command(&line, out),
-                Frame::TooLong => {
-                    out.to_client
-                        .extend_from_slice(b"500 5.5.6 Line too long\r\n");
-                    RelayStep::Continue
-                }
+                Frame::TooLong => self.refuse(bad("500 5.5.6 Line too long"), out),
                 Frame::Incomplete => RelayStep::NeedClient,
             },
             State::Body(scanner) => {
@@ -234,44 +351,57 @@ impl RelayMachine {
     }
 
     fn command(&mut self, line: &[u8], out: &mut RelayOut) -> RelayStep {
-        let verb = line
-            .split(|b| *b == b' ')
-            .next()
-            .unwrap_or(&[])
-            .to_ascii_uppercase();
-        let mut sender = None;
-        let local_reply: Option<String> = match verb.as_slice() {
-            b"MAIL" => match mail_from_address(line) {
-                None => Some("501 5.5.4 Syntax: MAIL FROM:<address>".into()),
-                Some(s)
-                    if !self.settings.sender_allowed(&s)
-                        || (s.is_empty() && !self.settings.allowed_senders.is_empty()) =>
-                {
-                    warn!(sender = ?s, "relay refused a sender that is not in allowed_senders");
-                    Some(format!(
-                        "550 5.7.1 Sender <{s}> is not allowed to send through this relay"
-                    ))
-                }
-                Some(s) => {
-                    sender = Some(s);
-                    None
-                }
-            },
-            b"STARTTLS" => {
-                Some("503 5.5.1 TLS is handled by this relay; STARTTLS not available now".into())
-            }
-            b"AUTH" => Some("503 5.5.1 Already authenticated".into()),
-            b"BDAT" => Some("502 5.5.1 BDAT is not offered by this relay; use DATA".into()),
-            _ => None,
+        let cmd = match parse_relay_command(line) {
+            Ok(cmd) => cmd,
+            Err(refusal) => return self.refuse(refusal, out),
         };
-        if let Some(reply) = local_reply {
-            out.to_client
-                .extend_from_slice(format!("{reply}\r\n").as_bytes());
-            return RelayStep::Continue;
+        let mut sender = None;
+        if let RelayCommand::Mail(mail) = &cmd {
+            let (checked, allowed) = match &mail.path {
+                ReversePath::Null => (String::new(), self.settings.allowed_senders.is_empty()),
+                ReversePath::Mailbox(m) => {
+                    let checked = m.checked_form();
+                    let allowed = self.settings.sender_allowed(&checked);
+                    (checked, allowed)
+                }
+            };
+            if !allowed {
+                warn!(sender = ?checked, "relay refused a sender that is not in allowed_senders");
+                out.to_client.extend_from_slice(
+                    format!(
+                        "550 5.7.1 Sender <{}> is not allowed to send through this relay\r\n",
+                        one_line(&checked)
+                    )
+                    .as_bytes(),
+                );
+                return RelayStep::Continue;
+            }
+            sender = Some(checked);
         }
-        out.to_connector.extend_from_slice(line);
+        let sent = match cmd {
+            RelayCommand::Data => Sent::Data,
+            RelayCommand::Quit => Sent::Quit,
+            _ => Sent::Other,
+        };
+        out.to_connector.extend_from_slice(cmd.to_line().as_bytes());
         out.to_connector.extend_from_slice(b"\r\n");
-        self.state = State::Reply { verb, sender };
+        self.state = State::Reply { sent, sender };
+        RelayStep::Continue
+    }
+
+    /// Answer a command here; close after too many invalid ones.
+    fn refuse(&mut self, refusal: Refusal, out: &mut RelayOut) -> RelayStep {
+        if refusal.bad {
+            self.bad_commands += 1;
+            if self.bad_commands > self.bad_commands_max {
+                out.to_client.extend_from_slice(
+                    b"421 4.7.0 Too many invalid commands, closing connection\r\n",
+                );
+                return RelayStep::End(RelayEnd::TooManyInvalidCommands);
+            }
+        }
+        out.to_client.extend_from_slice(refusal.reply.as_bytes());
+        out.to_client.extend_from_slice(b"\r\n");
         RelayStep::Continue
     }
 
@@ -286,13 +416,13 @@ impl RelayMachine {
         }
         write_reply(&mut out.to_client, reply.code, &reply.lines);
         self.state = match std::mem::replace(&mut self.state, State::Command) {
-            State::Reply { verb, sender } => {
+            State::Reply { sent, sender } => {
                 if let (Some(sender), 250) = (&sender, reply.code) {
                     info!(sender = ?sender, "relaying a message");
                 }
-                match (verb.as_slice(), reply.code) {
-                    (b"QUIT", _) => State::Done,
-                    (b"DATA", 354) => State::Body(DotScanner::new()),
+                match (sent, reply.code) {
+                    (Sent::Quit, _) => State::Done,
+                    (Sent::Data, 354) => State::Body(DotScanner::new()),
                     _ => State::Command,
                 }
             }
@@ -310,30 +440,6 @@ impl RelayMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mail_from_forms() {
-        assert_eq!(
-            mail_from_address(b"MAIL FROM:<Tickets@Contoso.com> SIZE=10").as_deref(),
-            Some("tickets@contoso.com")
-        );
-        assert_eq!(
-            mail_from_address(b"mail from: <a@b.c>").as_deref(),
-            Some("a@b.c")
-        );
-        assert_eq!(mail_from_address(b"MAIL FROM:<>").as_deref(), Some(""));
-        assert_eq!(
-            mail_from_address(b"MAIL FROM:a@b.c BODY=8BITMIME").as_deref(),
-            Some("a@b.c")
-        );
-        assert_eq!(
-            mail_from_address(b"MAIL FROM:<@x,@y:u@d.e>").as_deref(),
-            Some("u@d.e")
-        );
-        assert_eq!(mail_from_address(b"MAIL FROM:<a@b"), None);
-        assert_eq!(mail_from_address(b"MAIL TO:<a@b>"), None);
-        assert_eq!(mail_from_address(b"MAIL"), None);
-    }
 
     #[test]
     fn dot_scanner_in_any_chunking() {

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use super::relay::{RelayEnd, RelayMachine, RelayOut, RelayStep, mail_from_address};
+use super::relay::{RelayEnd, RelayMachine, RelayOut, RelayStep};
 use crate::config::{Relay, SenderRule};
 use crate::limits::ProtocolLimits;
 
@@ -67,20 +67,322 @@ fn play(settings: Relay, client: &[u8], replies: &[&str]) -> Run {
 /// character); it is a syntax error and the session goes on.
 #[test]
 fn non_ascii_in_mail_from_is_a_syntax_error_not_a_panic() {
-    assert_eq!(mail_from_address("MAIL FROMé:<a@b>".as_bytes()), None);
-    assert_eq!(
-        mail_from_address("MAIL FROM:<é@b>".as_bytes()).as_deref(),
-        Some("é@b")
-    );
     let run = play(
         relay(&[]),
-        "MAIL FROMé:<a@b>\r\nNOOP\r\n".as_bytes(),
-        &["250 2.0.0 OK\r\n"],
+        "MAIL FROMé:<a@b>\r\nNOOP\r\nMAIL FROM:<é@b>\r\n".as_bytes(),
+        &["250 2.0.0 OK\r\n", "250 2.1.0 OK\r\n"],
     );
     assert_eq!(
         run.to_client,
-        "501 5.5.4 Syntax: MAIL FROM:<address>\r\n250 2.0.0 OK\r\n"
+        "501 5.5.4 Syntax: MAIL FROM:<address>\r\n250 2.0.0 OK\r\n250 2.1.0 OK\r\n"
     );
-    assert_eq!(run.to_connector, "NOOP\r\n");
+    assert_eq!(run.to_connector, "NOOP\r\nMAIL FROM:<é@b>\r\n");
     assert_eq!(run.end, None);
+}
+
+const POLICY: &[&str] = &["tickets@contoso.com", "@glpi.contoso.com"];
+
+fn not_allowed(sender: &str) -> String {
+    format!("550 5.7.1 Sender <{sender}> is not allowed to send through this relay\r\n")
+}
+
+const CONTROL: &str = "500 5.5.2 Syntax error: control character in command\r\n";
+const UNRECOGNIZED: &str = "500 5.5.1 Command unrecognized\r\n";
+const NOT_AVAILABLE: &str = "502 5.5.1 Command not available through this relay\r\n";
+
+/// One client line against a connector that answers everything with 250: what the client gets
+/// and what the connector gets (security issue items 2 and 3). An empty connector column means
+/// nothing was forwarded.
+#[test]
+fn command_table() {
+    let ok = "250 OK\r\n";
+    let cases: Vec<(&[&str], &[u8], String, &str)> = vec![
+        // Forwarded, each as a line rebuilt from what was parsed.
+        (
+            POLICY,
+            b"EHLO glpi.contoso.com",
+            ok.into(),
+            "EHLO glpi.contoso.com\r\n",
+        ),
+        (
+            POLICY,
+            b"helo [127.0.0.1]",
+            ok.into(),
+            "HELO [127.0.0.1]\r\n",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<tickets@contoso.com>",
+            ok.into(),
+            "MAIL FROM:<tickets@contoso.com>\r\n",
+        ),
+        (
+            POLICY,
+            b"mail from: <Tickets@Contoso.COM> size=10 body=8BITMIME",
+            ok.into(),
+            "MAIL FROM:<Tickets@Contoso.COM> SIZE=10 BODY=8BITMIME\r\n",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:tickets@contoso.com",
+            ok.into(),
+            "MAIL FROM:<tickets@contoso.com>\r\n",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<noreply@glpi.contoso.com>",
+            ok.into(),
+            "MAIL FROM:<noreply@glpi.contoso.com>\r\n",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<\"tickets\"@contoso.com>",
+            ok.into(),
+            "MAIL FROM:<tickets@contoso.com>\r\n",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<\"john doe\"@glpi.contoso.com>",
+            ok.into(),
+            "MAIL FROM:<\"john doe\"@glpi.contoso.com>\r\n",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<@relay.example,@b.example:tickets@contoso.com>",
+            ok.into(),
+            "MAIL FROM:<tickets@contoso.com>\r\n",
+        ),
+        (&[], b"MAIL FROM:<>", ok.into(), "MAIL FROM:<>\r\n"),
+        (
+            &[],
+            b"MAIL FROM:<ceo@evil.example> AUTH=<>",
+            ok.into(),
+            "MAIL FROM:<ceo@evil.example> AUTH=<>\r\n",
+        ),
+        (
+            POLICY,
+            b"RCPT TO:<alerts@contoso.com> NOTIFY=FAILURE",
+            ok.into(),
+            "RCPT TO:<alerts@contoso.com> NOTIFY=FAILURE\r\n",
+        ),
+        (POLICY, b"rset", ok.into(), "RSET\r\n"),
+        (POLICY, b"NOOP anything", ok.into(), "NOOP\r\n"),
+        (POLICY, b"HELP MAIL", ok.into(), "HELP\r\n"),
+        // Senders outside allowed_senders, however they are written.
+        (
+            POLICY,
+            b"MAIL FROM:<ceo@evil.example>",
+            not_allowed("ceo@evil.example"),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<CEO@Contoso.com>",
+            not_allowed("ceo@contoso.com"),
+            "",
+        ),
+        (POLICY, b"MAIL FROM:<>", not_allowed(""), ""),
+        (
+            &["@contoso.com"],
+            b"MAIL FROM:<\"tickets@contoso.com>\"@evil.example>",
+            not_allowed("\"tickets@contoso.com>\"@evil.example"),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<@contoso.com:ceo@evil.example>",
+            not_allowed("ceo@evil.example"),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<tickets@contoso.com@evil.example>",
+            "501 5.1.7 Bad sender address syntax\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<tickets@contoso.com> <ceo@evil.example>",
+            "555 5.5.4 Unsupported or malformed MAIL parameter\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<@tickets@contoso.com:ceo@evil.example>",
+            "501 5.1.7 Bad sender address syntax\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<tickets@contoso.com> XFORWARD=1",
+            "555 5.5.4 Unsupported or malformed MAIL parameter\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<tickets@contoso.com> AUTH=ceo@contoso.com",
+            "555 5.5.4 Unsupported or malformed MAIL parameter\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL TO:<tickets@contoso.com>",
+            "501 5.5.4 Syntax: MAIL FROM:<address>\r\n".into(),
+            "",
+        ),
+        // Unlisted verbs, and listed ones behind white space or a TAB.
+        (
+            POLICY,
+            b" MAIL FROM:<ceo@evil.example>",
+            UNRECOGNIZED.into(),
+            "",
+        ),
+        (POLICY, b"MAIL\tFROM:<ceo@evil.example>", CONTROL.into(), ""),
+        (
+            POLICY,
+            b"MAILFROM:<ceo@evil.example>",
+            UNRECOGNIZED.into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"XCLIENT ADDR=192.0.2.1 NAME=trusted.contoso.com",
+            NOT_AVAILABLE.into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"XFORWARD HELO=trusted.contoso.com",
+            NOT_AVAILABLE.into(),
+            "",
+        ),
+        (POLICY, b"VRFY ceo", NOT_AVAILABLE.into(), ""),
+        (POLICY, b"EXPN staff", NOT_AVAILABLE.into(), ""),
+        (POLICY, b"ETRN contoso.com", NOT_AVAILABLE.into(), ""),
+        (POLICY, b"TURN", NOT_AVAILABLE.into(), ""),
+        (
+            POLICY,
+            b"BDAT 5 LAST",
+            "502 5.5.1 BDAT is not offered by this relay; use DATA\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"AUTH PLAIN AGEAYg==",
+            "503 5.5.1 Already authenticated\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"STARTTLS",
+            "503 5.5.1 TLS is handled by this relay; STARTTLS not available now\r\n".into(),
+            "",
+        ),
+        (POLICY, b"", UNRECOGNIZED.into(), ""),
+        // Control bytes, and bytes that are not UTF-8, anywhere in the line.
+        (
+            POLICY,
+            b"NOOP\x00MAIL FROM:<ceo@evil.example>",
+            CONTROL.into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"NOOP\rMAIL FROM:<ceo@evil.example>",
+            CONTROL.into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"MAIL FROM:<tickets@contoso.com>\x1b",
+            CONTROL.into(),
+            "",
+        ),
+        (POLICY, b"RCPT TO:<a@contoso.com>\x7f", CONTROL.into(), ""),
+        (
+            POLICY,
+            b"MAIL FROM:<tickets@contoso.com\xff>",
+            "500 5.5.2 Syntax error: command is not UTF-8\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            "MAIL FROMé:<a@b>".as_bytes(),
+            "501 5.5.4 Syntax: MAIL FROM:<address>\r\n".into(),
+            "",
+        ),
+        // Arguments where none belong, or a missing one.
+        (POLICY, b"DATA now", "501 5.5.4 Syntax: DATA\r\n".into(), ""),
+        (POLICY, b"QUIT x", "501 5.5.4 Syntax: QUIT\r\n".into(), ""),
+        (
+            POLICY,
+            b"EHLO",
+            "501 5.5.4 Syntax: EHLO hostname\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"EHLO two words",
+            "501 5.5.4 Syntax: EHLO hostname\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            "EHLO hôte".as_bytes(),
+            "501 5.5.4 Syntax: EHLO hostname\r\n".into(),
+            "",
+        ),
+        (
+            POLICY,
+            b"RCPT TO:<>",
+            "501 5.1.3 Bad recipient address syntax\r\n".into(),
+            "",
+        ),
+    ];
+    for (policy, line, client, connector) in &cases {
+        let mut input = line.to_vec();
+        input.extend_from_slice(b"\r\n");
+        let run = play(relay(policy), &input, &[ok]);
+        let shown = String::from_utf8_lossy(line);
+        assert_eq!(&run.to_client, client, "client reply to {shown:?}");
+        assert_eq!(run.to_connector, *connector, "connector got for {shown:?}");
+        assert_eq!(run.end, None, "{shown:?}");
+    }
+}
+
+/// An overlong line is answered and dropped; nothing of it reaches the connector.
+#[test]
+fn overlong_line_is_refused_and_never_forwarded() {
+    let mut line = b"MAIL FROM:<tickets@contoso.com> ENVID=".to_vec();
+    line.extend_from_slice(&vec![b'A'; ProtocolLimits::default().line_max]);
+    line.extend_from_slice(b"\r\nNOOP\r\n");
+    let run = play(relay(POLICY), &line, &["250 2.0.0 OK\r\n"]);
+    assert_eq!(run.to_client, "500 5.5.6 Line too long\r\n250 2.0.0 OK\r\n");
+    assert_eq!(run.to_connector, "NOOP\r\n");
+}
+
+/// Invalid commands count; after `bad_commands_max` of them the session ends with a 421.
+/// Refused senders do not count: they are policy, not protocol errors.
+#[test]
+fn too_many_invalid_commands_close_the_session() {
+    let max = ProtocolLimits::default().bad_commands_max as usize;
+    let run = play(
+        relay(POLICY),
+        &b"XCLIENT ADDR=1.2.3.4\r\n".repeat(max + 5),
+        &[],
+    );
+    let want =
+        NOT_AVAILABLE.repeat(max) + "421 4.7.0 Too many invalid commands, closing connection\r\n";
+    assert_eq!(run.to_client, want);
+    assert_eq!(run.end, Some(RelayEnd::TooManyInvalidCommands));
+    assert_eq!(run.to_connector, "");
+
+    let run = play(
+        relay(POLICY),
+        &b"MAIL FROM:<ceo@evil.example>\r\n".repeat(max + 5),
+        &[],
+    );
+    assert_eq!(run.end, None);
+    assert_eq!(run.to_connector, "");
+    assert_eq!(run.to_client.matches("550 5.7.1").count(), max + 5);
 }
