@@ -333,6 +333,109 @@ async fn sender_check_bypass_forms_never_reach_the_connector() {
     assert_eq!(msgs[0].from, "Tickets@Contoso.com");
 }
 
+/// Security issue item 1, SMTP smuggling (CVE-2023-51764 class): the sandbox connector, like
+/// Postfix ≤ 3.8.4 with its defaults, takes a bare LF for a line end, so `\n.\r\n` or `\n.\n`
+/// inside a body would end the message there and the rest would run as a second transaction
+/// whose sender nobody checked. The relay refuses the body (550 5.6.11 after the client's
+/// `CRLF.CRLF`), drops the connector connection so the unfinished DATA is never delivered, and
+/// the session goes on (RSET, then a clean message over a new connection).
+#[tokio::test]
+async fn smuggled_message_behind_a_bare_lf_never_reaches_the_connector() {
+    for ending in ["\n.\r\n", "\n.\n"] {
+        let r = start(RelayOptions {
+            client_cert: Some(("contoso.com", true)),
+            listener: "    allowed_senders: [tickets@contoso.com]\n".into(),
+            ..Default::default()
+        })
+        .await;
+        let mut c = LineClient::connect(r.addr()).await;
+        login(&mut c).await;
+        assert!(
+            c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+                .await
+                .starts_with("250")
+        );
+        assert!(
+            c.cmd("RCPT TO:<alerts@contoso.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.write(
+            format!(
+                "From: {MAILBOX}\r\nSubject: carrier\r\n\r\nhello{ending}MAIL FROM:<ceo@evil.example>\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\nFrom: ceo@evil.example\r\nSubject: smuggled\r\n\r\nforged\r\n.\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let reply = c.code().await;
+        assert!(
+            reply.starts_with("550 5.6.11") && reply.contains("bare LF"),
+            "{ending:?}: {reply}"
+        );
+        let counters = r.sandbox.connector_counters();
+        assert_eq!(
+            counters.connector_mail, 1,
+            "{ending:?}: only the checked MAIL reached the connector"
+        );
+        assert!(
+            r.sandbox.messages().is_empty(),
+            "{ending:?}: neither the carrier nor the smuggled message was delivered"
+        );
+        // The session goes on.
+        assert!(c.cmd("RSET").await.starts_with("250"), "{ending:?}");
+        let reply = send_message(&mut c, MAILBOX, "after the refused body").await;
+        assert!(reply.starts_with("250"), "{ending:?}: {reply}");
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+        let msgs = r.sandbox.messages();
+        assert_eq!(msgs.len(), 1, "{ending:?}");
+        assert!(msgs[0].text().contains("Subject: after the refused body"));
+        let counters = r.sandbox.connector_counters();
+        assert_eq!(counters.connector_mail, 2, "{ending:?}");
+        assert_eq!(
+            counters.connector_connections, 2,
+            "{ending:?}: a new connector connection after the dropped one"
+        );
+    }
+}
+
+/// A bare CR is refused the same way (some receivers take it for a line end too).
+#[tokio::test]
+async fn body_with_a_bare_cr_is_refused() {
+    let r = start(RelayOptions {
+        client_cert: Some(("contoso.com", true)),
+        ..Default::default()
+    })
+    .await;
+    let mut c = LineClient::connect(r.addr()).await;
+    login(&mut c).await;
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<alerts@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.write(b"Subject: cr\r\n\r\nhello\r.\rMAIL FROM:<ceo@evil.example>\r\n.\r\n")
+        .await;
+    let reply = c.code().await;
+    assert!(
+        reply.starts_with("550 5.6.11") && reply.contains("bare CR"),
+        "{reply}"
+    );
+    assert!(r.sandbox.messages().is_empty());
+    assert!(
+        send_message(&mut c, MAILBOX, "clean")
+            .await
+            .starts_with("250")
+    );
+    assert_eq!(r.sandbox.messages().len(), 1);
+}
+
 /// A connector without STARTTLS: the login gets a 4xx and nothing is sent.
 #[tokio::test]
 async fn connector_without_starttls_gives_4xx_and_nothing_is_sent() {

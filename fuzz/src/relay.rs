@@ -19,7 +19,9 @@
 //!   and source routes included), with the rule applied independently of authbridge's code;
 //! - **only listed commands**: every line the connector reads as a command starts with one of
 //!   the relay's verbs (EHLO, HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, HELP) followed by a
-//!   space or the line end, and holds no control character.
+//!   space or the line end, and holds no control character;
+//! - **no bare CR or LF** ever reaches the connector (SMTP smuggling), and a connection the
+//!   relay drops delivers nothing it had not finished.
 
 use authbridge::config::{Relay, SenderRule};
 use authbridge::limits::ProtocolLimits;
@@ -128,8 +130,24 @@ impl Connector {
         }
     }
 
+    /// The relay dropped the connection: an unfinished message is lost, not delivered.
+    pub fn drop_connection(&mut self) {
+        self.reconnect();
+        self.closed = true;
+    }
+
+    /// A fresh connection, set up and past EHLO (same script position, same records). Fails
+    /// when the script says so (variant 6).
+    pub fn reconnect_ok(&mut self) -> bool {
+        if self.variant() == 6 {
+            return false;
+        }
+        self.reconnect();
+        true
+    }
+
     /// A fresh connection (same script position, same records).
-    pub fn reconnect(&mut self) {
+    fn reconnect(&mut self) {
         self.line.clear();
         self.in_data = false;
         self.body.clear();
@@ -338,7 +356,14 @@ pub struct RelayRun {
     pub to_client: Vec<u8>,
     pub to_connector: Vec<u8>,
     pub end: RunEnd,
-    pub connector: Connector,
+    /// What the connector read (its pending output depends on how replies were handed over,
+    /// so it is not part of the run).
+    pub commands: Vec<Vec<u8>>,
+    pub mails: Vec<String>,
+    pub delivered: Vec<Delivered>,
+    /// Connections dropped by the relay, and new ones it asked for.
+    pub drops: usize,
+    pub reconnects: usize,
 }
 
 /// Run the machine over `chunks` of client bytes; the connector's replies are handed over in
@@ -353,6 +378,7 @@ pub fn run_relay(input: &RelayInput<'_>, chunks: &[&[u8]], reply_chunk: usize) -
     let mut out = RelayOut::default();
     let (mut to_client, mut to_connector) = (Vec::new(), Vec::new());
     let mut steps = 0usize;
+    let (mut drops, mut reconnects) = (0, 0);
     let end = loop {
         steps += 1;
         assert!(
@@ -396,13 +422,31 @@ pub fn run_relay(input: &RelayInput<'_>, chunks: &[&[u8]], reply_chunk: usize) -
                 connector_in.extend_from_slice(&connector.pending[..n]);
                 connector.pending.drain(..n);
             }
+            RelayStep::DropConnector => {
+                drops += 1;
+                connector.drop_connection();
+                connector_in.clear();
+            }
+            RelayStep::Reconnect => {
+                reconnects += 1;
+                let result = if connector.reconnect_ok() {
+                    Ok(())
+                } else {
+                    Err("refused".to_string())
+                };
+                machine.reconnected(result, &mut out);
+            }
         }
     };
     RelayRun {
         to_client,
         to_connector,
         end,
-        connector,
+        commands: connector.commands,
+        mails: connector.mails,
+        delivered: connector.delivered,
+        drops,
+        reconnects,
     }
 }
 
@@ -416,7 +460,20 @@ pub fn check_relay(input: &RelayInput<'_>) -> RelayRun {
     let small = run_relay(input, &small, input.chunk);
     assert_eq!(whole, small, "whole vs chunks of {}", input.chunk);
     assert_lines(&whole.to_client);
-    for line in &whole.connector.commands {
+    let sent = &whole.to_connector;
+    for (i, b) in sent.iter().enumerate() {
+        let clean = match b {
+            b'\r' => sent.get(i + 1) == Some(&b'\n'),
+            b'\n' => i > 0 && sent[i - 1] == b'\r',
+            _ => true,
+        };
+        assert!(
+            clean,
+            "bare CR or LF sent to the connector at {i}: {:?}",
+            String::from_utf8_lossy(&sent[i.saturating_sub(40)..(i + 40).min(sent.len())])
+        );
+    }
+    for line in &whole.commands {
         let shown = String::from_utf8_lossy(line);
         assert!(
             !line.iter().any(|b| b.is_ascii_control()),
@@ -429,7 +486,7 @@ pub fn check_relay(input: &RelayInput<'_>) -> RelayRun {
         );
     }
     let rules = input.settings().allowed_senders;
-    for sender in &whole.connector.mails {
+    for sender in &whole.mails {
         assert!(
             oracle_allows(&rules, sender),
             "the connector took MAIL FROM {sender:?}, which allowed_senders {rules:?} does not admit"

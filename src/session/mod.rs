@@ -161,8 +161,20 @@ where
     } = *conn;
     let idle = shared.limits.timeouts.pipe_idle;
     if let Some(settings) = &shared.listener.relay {
+        // After a refused message body the connector connection is dropped; the next command
+        // that needs it gets a new one, set up as at login.
+        let reconnect = || {
+            let (upstream, hostname) = (l.upstream.clone(), shared.hostname.clone());
+            let timeouts = shared.limits.timeouts.clone();
+            async move {
+                upstream::connect(&upstream, Protocol::Smtp, true, &hostname, &timeouts)
+                    .await
+                    .map(|c| (c.stream, c.input))
+                    .map_err(|e| e.to_string())
+            }
+        };
         tokio::select! {
-            end = relay::relay(client, leftover, up, up_leftover, settings, &shared.limits) => {
+            end = relay::relay(client, leftover, up, up_leftover, settings, &shared.limits, reconnect) => {
                 info!(end = ?end, secs = started.elapsed().as_secs(), "relay session ended");
             }
             _ = stop.hard.cancelled() => info!("session closed: server stopped"),

@@ -2,14 +2,17 @@
 //! [`RelayMachine`] and writes what it asks for, each await under its named deadline.
 //!
 //! Deadlines: `pipe_idle` for client silence, `client_write` for one write to the client, and
-//! `relay_reply` for one write to the connector and for one whole connector reply. Generic over
-//! both streams, so tests can use in-memory duplex streams.
+//! `relay_reply` for one write to the connector and for one whole connector reply; a new
+//! connector connection (after a refused message body) is opened under the upstream setup's
+//! own deadlines. Generic over both streams, so tests can use in-memory duplex streams.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{info, warn};
 
 use crate::config::Relay;
 use crate::limits::Limits;
@@ -20,23 +23,29 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Relay the rest of the session. `client_input` holds client bytes not yet handled (e.g. the
 /// MAIL FROM of an allow-listed client); `upstream_input` upstream bytes not yet read.
-pub async fn relay<C, U>(
+/// `reconnect` opens a new connector connection, set up as at login, with its unread bytes.
+pub async fn relay<C, U, R, F>(
     mut client: C,
     mut client_input: BytesMut,
-    mut upstream: U,
+    upstream: U,
     mut upstream_input: BytesMut,
     settings: &Relay,
     limits: &Limits,
+    mut reconnect: R,
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
+    R: FnMut() -> F,
+    F: Future<Output = Result<(U, BytesMut), String>>,
 {
     let idle = limits.timeouts.pipe_idle;
     let client_write = limits.timeouts.client_write;
     let connector = limits.timeouts.relay_reply;
     let mut machine = RelayMachine::new(settings.clone(), &limits.protocol);
     let mut out = RelayOut::default();
+    // `None` after the machine had the connection dropped, until it asks for a new one.
+    let mut upstream = Some(upstream);
     // One deadline for a whole connector reply, however it trickles in.
     let mut reply_deadline: Option<Instant> = None;
     loop {
@@ -46,7 +55,10 @@ where
             return end;
         }
         if !out.to_connector.is_empty() {
-            if let Err(e) = send(&mut upstream, &out.to_connector, connector).await {
+            let Some(up) = upstream.as_mut() else {
+                return RelayEnd::Error("connector: not connected".into());
+            };
+            if let Err(e) = send(up, &out.to_connector, connector).await {
                 return RelayEnd::Error(format!("connector: {e}"));
             }
             out.to_connector.clear();
@@ -78,7 +90,11 @@ where
             RelayStep::NeedConnector => {
                 let deadline = *reply_deadline.get_or_insert_with(|| Instant::now() + connector);
                 upstream_input.reserve(READ_CHUNK);
-                let end = match timeout_at(deadline, upstream.read_buf(&mut upstream_input)).await {
+                let read = match upstream.as_mut() {
+                    Some(up) => timeout_at(deadline, up.read_buf(&mut upstream_input)).await,
+                    None => Ok(Ok(0)),
+                };
+                let end = match read {
                     Ok(Ok(0)) => RelayEnd::UpstreamClosed,
                     Ok(Ok(_)) => continue,
                     Ok(Err(e)) => RelayEnd::Error(format!("connector: {e}")),
@@ -88,6 +104,23 @@ where
                 let _ = send(&mut client, &out.to_client, client_write).await;
                 return end;
             }
+            RelayStep::DropConnector => {
+                // Closing it is the point: a DATA whose end never came is not delivered.
+                upstream = None;
+                upstream_input.clear();
+            }
+            RelayStep::Reconnect => match reconnect().await {
+                Ok((up, input)) => {
+                    info!("relay reconnected to the connector");
+                    upstream = Some(up);
+                    upstream_input = input;
+                    machine.reconnected(Ok(()), &mut out);
+                }
+                Err(why) => {
+                    warn!(reason = %why, "relay could not reconnect to the connector");
+                    machine.reconnected(Err(why), &mut out);
+                }
+            },
         }
     }
 }
@@ -123,6 +156,10 @@ mod tests {
         l
     }
 
+    async fn no_reconnect() -> Result<(tokio::io::DuplexStream, BytesMut), String> {
+        Err("no reconnecting in this test".into())
+    }
+
     fn open_relay() -> Relay {
         Relay {
             require_login: false,
@@ -150,6 +187,7 @@ mod tests {
                 upstream_input,
                 &open_relay(),
                 &quick_limits(),
+                no_reconnect,
             ),
         )
         .await
@@ -178,6 +216,7 @@ mod tests {
                 upstream_input,
                 &open_relay(),
                 &quick_limits(),
+                no_reconnect,
             ),
         )
         .await

@@ -2,6 +2,7 @@
 //! the legacy client ([`SmtpClient`]), the EHLO/STARTTLS/XOAUTH2 client side toward Exchange
 //! ([`SmtpUpstream`]), and the relay-mode dialogue after login ([`relay::RelayMachine`]).
 
+pub mod body;
 mod client;
 mod command;
 pub mod envelope;

@@ -17,6 +17,32 @@
 //! its sender checked against `allowed_senders`; the null sender `<>` only passes an empty list.
 //! Syntax errors count toward `bad_commands_max`, after which the session is closed.
 //!
+//! ## Message bodies and SMTP smuggling
+//!
+//! A receiver that takes a bare LF (or CR) for a line end — Postfix ≤ 3.8.4 with its defaults,
+//! among others — reads `\n.\r\n` or `\n.\n` inside a body as its end and what follows as new
+//! commands: a second MAIL FROM that nobody checked (CVE-2023-51764 and relatives). So a body
+//! must end every line in CRLF (RFC 5321 §2.3.8), and only `CRLF . CRLF` ends it.
+//!
+//! The body is checked as it streams ([`super::body::BodyCheck`]): each byte goes to the
+//! connector as soon as it is known to be clean, and only a CR waits for the byte after it. At
+//! the first bare CR or LF nothing more is forwarded and the connector connection is dropped at
+//! once ([`RelayStep::DropConnector`]). What the connector has is then a clean prefix of the
+//! body without an end, and a DATA whose end never came is not delivered: a server processes a
+//! message only on the end-of-data indication (RFC 5321 §4.1.1.4) and drops an unfinished one
+//! with the connection (Postfix: "lost connection after DATA"). Nothing sent on the same
+//! connection could do this instead: after `354` every byte is body text, RSET included, and
+//! `CRLF . CRLF` would deliver the truncated message. The client's body is then read to its
+//! `CRLF . CRLF` and discarded, the client gets `550 5.6.11`, and the session goes on: RSET,
+//! NOOP and QUIT are answered here, and the next command that needs the connector first opens
+//! a new connection ([`RelayStep::Reconnect`]). A refused body counts as an invalid command,
+//! so a client cannot make the relay reconnect without bound.
+//!
+//! Buffering the whole body and checking it before sending DATA would keep a refused body from
+//! the connector entirely, but it holds a whole message (Exchange takes up to 150 MB) in memory
+//! per session; checking while streaming needs a few bytes of state, and the connector's
+//! contract for an aborted DATA is all it relies on.
+//!
 //! [`RelayMachine`] takes client bytes and connector bytes from buffers the driver owns
 //! (`crate::session::relay`) and puts the bytes for each side into [`RelayOut`]; it does no I/O
 //! and keeps no time.
@@ -24,6 +50,7 @@
 use bytes::BytesMut;
 use tracing::{info, warn};
 
+use super::body::{Bare, BodyCheck, BodyEvent, EndScanner};
 use super::envelope::{
     EnvelopeError, MailFrom, RcptTo, ReversePath, parse_mail_from, parse_rcpt_to,
 };
@@ -68,6 +95,13 @@ pub enum RelayStep {
     NeedConnector,
     /// Step again.
     Continue,
+    /// Close the connector connection now (after writing [`RelayOut`] as after every step,
+    /// and nothing more) and forget its buffered input: a message body was refused mid-way and
+    /// must not be delivered.
+    DropConnector,
+    /// Open a new connector connection (set up as at login: TLS, EHLO), then report with
+    /// [`RelayMachine::reconnected`].
+    Reconnect,
     /// The session is over; write what is in [`RelayOut`] (best effort) and close.
     End(RelayEnd),
 }
@@ -208,47 +242,6 @@ pub fn parse_relay_command(line: &[u8]) -> Result<RelayCommand, Refusal> {
     }
 }
 
-/// Finds the end of a DATA body: `CRLF . CRLF`, where the body start counts as a line start.
-#[derive(Debug, Clone)]
-struct DotScanner {
-    /// 0 mid-line, 1 after CR, 2 at line start, 3 after "." at line start, 4 after ".CR".
-    state: u8,
-}
-
-impl DotScanner {
-    fn new() -> Self {
-        DotScanner { state: 2 }
-    }
-
-    /// The number of bytes of `chunk` up to and including the terminator, if it is in there.
-    fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
-        let mut i = 0;
-        while i < chunk.len() {
-            if self.state == 0 {
-                match memchr::memchr(b'\r', &chunk[i..]) {
-                    Some(p) => {
-                        i += p + 1;
-                        self.state = 1;
-                        continue;
-                    }
-                    None => return None,
-                }
-            }
-            let b = chunk[i];
-            self.state = match (self.state, b) {
-                (1, b'\n') => 2,
-                (2, b'.') => 3,
-                (3, b'\r') => 4,
-                (4, b'\n') => return Some(i + 1),
-                (_, b'\r') => 1,
-                _ => 0,
-            };
-            i += 1;
-        }
-        None
-    }
-}
-
 #[derive(Debug)]
 enum State {
     /// Waiting for the next client command.
@@ -257,9 +250,19 @@ enum State {
     /// FROM address, for the log.
     Reply { sent: Sent, sender: Option<String> },
     /// Copying a message body to the connector, up to and including `CRLF.CRLF`.
-    Body(DotScanner),
+    Body(BodyCheck),
     /// The connector's reply to the end of the body is awaited.
     BodyReply,
+    /// A body with a bare CR or LF: reading it to its end, forwarding nothing.
+    Refused { end: EndScanner, kind: Bare },
+    /// The connector was dropped; this command goes to a new connection once it is there.
+    Reconnect {
+        line: String,
+        sent: Sent,
+        sender: Option<String>,
+    },
+    /// A new connector connection could not be had.
+    Failed(String),
     /// QUIT was answered.
     Done,
 }
@@ -280,6 +283,8 @@ pub struct RelayMachine {
     state: State,
     bad_commands: u32,
     bad_commands_max: u32,
+    /// False once the connector connection was dropped, until a new one is there.
+    connector_open: bool,
 }
 
 impl RelayMachine {
@@ -291,6 +296,7 @@ impl RelayMachine {
             state: State::Command,
             bad_commands: 0,
             bad_commands_max: limits.bad_commands_max,
+            connector_open: true,
         }
     }
 
@@ -308,18 +314,59 @@ impl RelayMachine {
                 Frame::TooLong => self.refuse(bad("500 5.5.6 Line too long"), out),
                 Frame::Incomplete => RelayStep::NeedClient,
             },
-            State::Body(scanner) => {
+            State::Body(check) => {
                 if client.is_empty() {
                     return RelayStep::NeedClient;
                 }
-                let end = scanner.feed(client);
-                let n = end.unwrap_or(client.len());
-                out.to_connector.extend_from_slice(&client.split_to(n));
-                if end.is_some() {
-                    self.state = State::BodyReply;
+                match check.feed(client, &mut out.to_connector) {
+                    BodyEvent::More => client.clear(),
+                    BodyEvent::End(n) => {
+                        let _ = client.split_to(n);
+                        self.state = State::BodyReply;
+                    }
+                    BodyEvent::Bare { at, kind } => {
+                        // The clean bytes before it still go (the same prefix however the body
+                        // was chunked); nothing after them does.
+                        let _ = client.split_to(at);
+                        warn!(
+                            bare = ?kind,
+                            "relay refused a message body with a bare CR or LF (SMTP smuggling protection); dropping the connector connection so nothing of it is delivered"
+                        );
+                        self.state = State::Refused {
+                            end: EndScanner::mid_line(),
+                            kind,
+                        };
+                        self.connector_open = false;
+                        self.replies.reset();
+                        return RelayStep::DropConnector;
+                    }
                 }
                 RelayStep::Continue
             }
+            State::Refused { end, kind } => {
+                if client.is_empty() {
+                    return RelayStep::NeedClient;
+                }
+                let Some(n) = end.feed(client) else {
+                    client.clear();
+                    return RelayStep::NeedClient;
+                };
+                let _ = client.split_to(n);
+                let reply = match kind {
+                    Bare::Lf => {
+                        "550 5.6.11 Message refused: bare LF in the message body; every line must end in CRLF"
+                    }
+                    Bare::Cr => {
+                        "550 5.6.11 Message refused: bare CR in the message body; every line must end in CRLF"
+                    }
+                };
+                self.state = State::Command;
+                self.refuse(bad(reply), out)
+            }
+            State::Reconnect { .. } => RelayStep::Reconnect,
+            State::Failed(why) => RelayStep::End(RelayEnd::Error(format!(
+                "connector: reconnecting failed: {why}"
+            ))),
             State::Reply { .. } | State::BodyReply => match self.replies.next(connector) {
                 ReplyStep::Incomplete => RelayStep::NeedConnector,
                 ReplyStep::Invalid(why) => {
@@ -348,6 +395,33 @@ impl RelayMachine {
     pub fn connector_failed(&mut self, out: &mut RelayOut) {
         out.to_client
             .extend_from_slice(b"421 4.4.2 The connector closed the connection\r\n");
+    }
+
+    /// How the [`RelayStep::Reconnect`] the machine asked for went (`Err`: why not). On
+    /// success the waiting command goes to the new connection; otherwise the client gets a
+    /// 421 and the session ends.
+    pub fn reconnected(&mut self, result: Result<(), String>, out: &mut RelayOut) {
+        let state = std::mem::replace(&mut self.state, State::Command);
+        let State::Reconnect { line, sent, sender } = state else {
+            // Not asked for: nothing changes.
+            self.state = state;
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.connector_open = true;
+                self.replies.reset();
+                out.to_connector.extend_from_slice(line.as_bytes());
+                out.to_connector.extend_from_slice(b"\r\n");
+                self.state = State::Reply { sent, sender };
+            }
+            Err(why) => {
+                out.to_client.extend_from_slice(
+                    b"421 4.4.2 The connector is unavailable, closing connection\r\n",
+                );
+                self.state = State::Failed(why);
+            }
+        }
     }
 
     fn command(&mut self, line: &[u8], out: &mut RelayOut) -> RelayStep {
@@ -383,6 +457,26 @@ impl RelayMachine {
             RelayCommand::Quit => Sent::Quit,
             _ => Sent::Other,
         };
+        if !self.connector_open {
+            // After a refused body: nothing to reset or say goodbye to on the connector side.
+            let local: &[u8] = match cmd {
+                RelayCommand::Quit => b"221 2.0.0 Bye\r\n",
+                RelayCommand::Rset | RelayCommand::Noop => b"250 2.0.0 OK\r\n",
+                _ => {
+                    self.state = State::Reconnect {
+                        line: cmd.to_line(),
+                        sent,
+                        sender,
+                    };
+                    return RelayStep::Reconnect;
+                }
+            };
+            out.to_client.extend_from_slice(local);
+            if sent == Sent::Quit {
+                self.state = State::Done;
+            }
+            return RelayStep::Continue;
+        }
         out.to_connector.extend_from_slice(cmd.to_line().as_bytes());
         out.to_connector.extend_from_slice(b"\r\n");
         self.state = State::Reply { sent, sender };
@@ -422,7 +516,7 @@ impl RelayMachine {
                 }
                 match (sent, reply.code) {
                     (Sent::Quit, _) => State::Done,
-                    (Sent::Data, 354) => State::Body(DotScanner::new()),
+                    (Sent::Data, 354) => State::Body(BodyCheck::new()),
                     _ => State::Command,
                 }
             }
@@ -440,25 +534,6 @@ impl RelayMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_scanner_in_any_chunking() {
-        let body = b"Subject: x\r\n\r\n..stuffed\r\nlast\r\n.\r\nQUIT\r\n";
-        let end = body.len() - 6;
-        for split in 0..body.len() {
-            let mut s = DotScanner::new();
-            let (a, b) = body.split_at(split);
-            let got = match s.feed(a) {
-                Some(n) => n,
-                None => split + s.feed(b).expect("terminator found"),
-            };
-            assert_eq!(got, end, "split at {split}");
-        }
-        // An empty body is just ".\r\n".
-        assert_eq!(DotScanner::new().feed(b".\r\n"), Some(3));
-        // A dot inside a line is not a terminator.
-        assert_eq!(DotScanner::new().feed(b"a.\r\nb\r\n.x\r\n"), None);
-    }
 
     #[test]
     fn hints() {

@@ -8,9 +8,11 @@ use crate::config::{Relay, SenderRule};
 use crate::limits::ProtocolLimits;
 
 /// What one run shows.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Run {
     to_client: String,
+    /// What the connector got; `|` marks where a connection was dropped, `+` where a new one
+    /// was opened.
     to_connector: String,
     /// `None`: the client's bytes ran out (or the script did) with the session still open.
     end: Option<RelayEnd>,
@@ -33,13 +35,25 @@ fn relay(allowed_senders: &[&str]) -> Relay {
 /// Feed `client` whole; answer every wait for the connector with the next of `replies` (each
 /// one whole reply, CRLFs included). Stops when the client's bytes or the replies run out.
 fn play(settings: Relay, client: &[u8], replies: &[&str]) -> Run {
+    play_chunks(settings, &[client], replies, Ok(()))
+}
+
+/// [`play`] with the client's bytes in `chunks` (one read each), and `reconnect` as the outcome
+/// of every reconnection.
+fn play_chunks(
+    settings: Relay,
+    chunks: &[&[u8]],
+    replies: &[&str],
+    reconnect: Result<(), &str>,
+) -> Run {
     let mut m = RelayMachine::new(settings, &ProtocolLimits::default());
-    let mut client_in = BytesMut::from(client);
+    let mut chunks = chunks.iter();
+    let mut client_in = BytesMut::new();
     let mut connector_in = BytesMut::new();
     let mut replies = replies.iter();
     let mut out = RelayOut::default();
     let mut run = Run::default();
-    for _ in 0..10_000 {
+    for _ in 0..100_000 {
         let step = m.step(&mut client_in, &mut connector_in, &mut out);
         run.to_connector
             .push_str(&String::from_utf8_lossy(&out.to_connector));
@@ -53,11 +67,22 @@ fn play(settings: Relay, client: &[u8], replies: &[&str]) -> Run {
                 run.end = Some(e);
                 return run;
             }
-            RelayStep::NeedClient => return run,
+            RelayStep::NeedClient => match chunks.next() {
+                Some(c) => client_in.extend_from_slice(c),
+                None => return run,
+            },
             RelayStep::NeedConnector => match replies.next() {
                 Some(r) => connector_in.extend_from_slice(r.as_bytes()),
                 None => return run,
             },
+            RelayStep::DropConnector => {
+                run.to_connector.push('|');
+                connector_in.clear();
+            }
+            RelayStep::Reconnect => {
+                run.to_connector.push('+');
+                m.reconnected(reconnect.map_err(String::from), &mut out);
+            }
         }
     }
     panic!("the machine makes no progress: {run:?}");
@@ -385,4 +410,215 @@ fn too_many_invalid_commands_close_the_session() {
     assert_eq!(run.end, None);
     assert_eq!(run.to_connector, "");
     assert_eq!(run.to_client.matches("550 5.7.1").count(), max + 5);
+}
+
+const SMUGGLED: &str = "MAIL FROM:<ceo@evil.example>\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\nSubject: forged\r\n\r\nforged\r\n.\r\n";
+const LF_REFUSED: &str =
+    "550 5.6.11 Message refused: bare LF in the message body; every line must end in CRLF\r\n";
+const CR_REFUSED: &str =
+    "550 5.6.11 Message refused: bare CR in the message body; every line must end in CRLF\r\n";
+
+/// The connector's replies to MAIL, RCPT and DATA.
+const ENVELOPE_OK: [&str; 3] = ["250 2.1.0 OK\r\n", "250 2.1.5 OK\r\n", "354 go ahead\r\n"];
+
+/// MAIL, RCPT, DATA and `body`, as a client sends them.
+fn message(body: &str) -> String {
+    format!("MAIL FROM:<tickets@contoso.com>\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\n{body}")
+}
+
+const ENVELOPE_SENT: &str =
+    "MAIL FROM:<tickets@contoso.com>\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\n";
+
+/// Security issue item 1 (SMTP smuggling): a body whose lines do not all end in CRLF is
+/// refused with 550 5.6.11 after the client's `CRLF . CRLF`; the connector gets only a clean
+/// prefix, then its connection is dropped, so neither the message nor the smuggled one behind
+/// `\n.\r\n` / `\n.\n` is ever delivered; the session goes on.
+#[test]
+fn bodies_with_bare_cr_or_lf_are_refused_and_the_connector_dropped() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "Subject: x\r\n\r\nhello\n.\r\n",
+            "Subject: x\r\n\r\nhello",
+            LF_REFUSED,
+        ),
+        (
+            "Subject: x\r\n\r\nhello\n.\n",
+            "Subject: x\r\n\r\nhello",
+            LF_REFUSED,
+        ),
+        (
+            "Subject: x\r\n\r\nhello\r.\r",
+            "Subject: x\r\n\r\nhello",
+            CR_REFUSED,
+        ),
+        (
+            "Subject: x\r\n\r\nhello\r\n.\n",
+            "Subject: x\r\n\r\nhello\r\n.",
+            LF_REFUSED,
+        ),
+        (
+            "Subject: x\nBcc: ceo@contoso.com\r\n\r\nhi\r\n",
+            "Subject: x",
+            LF_REFUSED,
+        ),
+        ("\n", "", LF_REFUSED),
+    ];
+    for (body, passed, reply) in cases {
+        let client = message(body) + SMUGGLED + "RSET\r\nQUIT\r\n";
+        let run = play(relay(POLICY), client.as_bytes(), &ENVELOPE_OK);
+        assert_eq!(
+            run,
+            Run {
+                to_client: ENVELOPE_OK.concat() + reply + "250 2.0.0 OK\r\n221 2.0.0 Bye\r\n",
+                to_connector: format!("{ENVELOPE_SENT}{passed}|"),
+                end: Some(RelayEnd::Quit),
+            },
+            "{body:?}"
+        );
+    }
+}
+
+/// The refused body is read to the client's `CRLF . CRLF` and no further: a bare CR right
+/// before it (`\r\r\n.\r\n`) does not hide the end, and `\n.\n` alone is not an end.
+#[test]
+fn a_refused_body_ends_only_at_crlf_dot_crlf() {
+    let run = play(
+        relay(POLICY),
+        message("a\r\r\n.\r\nNOOP\r\n").as_bytes(),
+        &ENVELOPE_OK,
+    );
+    assert_eq!(
+        run.to_client,
+        ENVELOPE_OK.concat() + CR_REFUSED + "250 2.0.0 OK\r\n"
+    );
+    let run = play(
+        relay(POLICY),
+        message("a\n.\nNOOP\n").as_bytes(),
+        &ENVELOPE_OK,
+    );
+    assert_eq!(
+        run.to_client,
+        ENVELOPE_OK.concat(),
+        "still inside the refused body"
+    );
+    assert_eq!(run.to_connector, format!("{ENVELOPE_SENT}a|"));
+    assert_eq!(run.end, None);
+}
+
+/// After a refused body the next command that needs the connector opens a new connection
+/// first; a clean message then goes through, CRLF line ends and dot-stuffing untouched.
+#[test]
+fn after_a_refused_body_the_next_message_goes_to_a_new_connection() {
+    let clean = "Subject: ok\r\n\r\n..dot\r\nbody\r\n.\r\n";
+    let client = message("x\n.\r\n") + SMUGGLED + &message(clean) + "QUIT\r\n";
+    let replies = [
+        ENVELOPE_OK.as_slice(),
+        &ENVELOPE_OK,
+        &["250 2.0.0 queued\r\n", "221 2.0.0 Bye\r\n"],
+    ]
+    .concat();
+    let run = play(relay(POLICY), client.as_bytes(), &replies);
+    assert_eq!(
+        run.to_connector,
+        format!("{ENVELOPE_SENT}x|+{ENVELOPE_SENT}{clean}QUIT\r\n")
+    );
+    assert_eq!(
+        run.to_client,
+        ENVELOPE_OK.concat()
+            + LF_REFUSED
+            + &ENVELOPE_OK.concat()
+            + "250 2.0.0 queued\r\n221 2.0.0 Bye\r\n"
+    );
+    assert_eq!(run.end, Some(RelayEnd::Quit));
+
+    // No new connection to be had: 421 and the session ends.
+    let client = message("x\n.\r\n") + SMUGGLED + &message(clean);
+    let run = play_chunks(
+        relay(POLICY),
+        &[client.as_bytes()],
+        &ENVELOPE_OK,
+        Err("connection refused"),
+    );
+    assert_eq!(
+        run.to_client,
+        ENVELOPE_OK.concat()
+            + LF_REFUSED
+            + "421 4.4.2 The connector is unavailable, closing connection\r\n"
+    );
+    assert_eq!(run.to_connector, format!("{ENVELOPE_SENT}x|+"));
+    assert!(
+        matches!(&run.end, Some(RelayEnd::Error(e)) if e.contains("connection refused")),
+        "{:?}",
+        run.end
+    );
+}
+
+/// Any chunking of the client's bytes gives the same result, refused body or not.
+#[test]
+fn bodies_in_any_chunking() {
+    let client =
+        message("Subject: x\r\n\r\nhello\n.\r\n") + SMUGGLED + &message("ok\r\n.\r\n") + "QUIT\r\n";
+    let replies = [
+        ENVELOPE_OK.as_slice(),
+        &ENVELOPE_OK,
+        &["250 2.0.0 queued\r\n", "221 2.0.0 Bye\r\n"],
+    ]
+    .concat();
+    let whole = play(relay(POLICY), client.as_bytes(), &replies);
+    assert_eq!(whole.end, Some(RelayEnd::Quit));
+    let bytes = client.as_bytes();
+    for split in 0..=bytes.len() {
+        let (a, b) = bytes.split_at(split);
+        let run = play_chunks(relay(POLICY), &[a, b], &replies, Ok(()));
+        assert_eq!(run, whole, "split at {split}");
+    }
+    let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+    assert_eq!(
+        play_chunks(relay(POLICY), &singles, &replies, Ok(())),
+        whole
+    );
+}
+
+/// Each refused body counts as an invalid command, so reconnecting has a bound.
+#[test]
+fn refused_bodies_count_toward_the_limit() {
+    let max = ProtocolLimits::default().bad_commands_max as usize;
+    let one = message("x\n.\r\n") + "\r\n.\r\n";
+    let client = one.repeat(max + 2);
+    let replies: Vec<&str> = ENVELOPE_OK
+        .iter()
+        .copied()
+        .cycle()
+        .take(3 * (max + 2))
+        .collect();
+    let run = play(relay(POLICY), client.as_bytes(), &replies);
+    assert_eq!(run.to_client.matches("550 5.6.11").count(), max);
+    assert!(
+        run.to_client
+            .ends_with("421 4.7.0 Too many invalid commands, closing connection\r\n")
+    );
+    assert_eq!(run.end, Some(RelayEnd::TooManyInvalidCommands));
+    assert_eq!(run.to_connector.matches('+').count(), max);
+}
+
+/// `reconnected` outside a reconnect changes nothing.
+#[test]
+fn reconnected_when_not_asked_changes_nothing() {
+    let mut m = RelayMachine::new(relay(POLICY), &ProtocolLimits::default());
+    let mut out = RelayOut::default();
+    let (mut client, mut connector) = (BytesMut::from(&b"DATA\r\n"[..]), BytesMut::new());
+    assert_eq!(
+        m.step(&mut client, &mut connector, &mut out),
+        RelayStep::Continue
+    );
+    m.reconnected(Ok(()), &mut out);
+    m.reconnected(Err("x".into()), &mut out);
+    assert_eq!(out.to_connector, b"DATA\r\n");
+    assert!(out.to_client.is_empty());
+    connector.extend_from_slice(b"354 go ahead\r\n");
+    assert_eq!(
+        m.step(&mut client, &mut connector, &mut out),
+        RelayStep::Continue
+    );
+    assert_eq!(out.to_client, b"354 go ahead\r\n");
 }
