@@ -27,6 +27,12 @@ def sides(path):
     return b"".join(l + b"\r\n" for l in c), b"".join(l + b"\r\n" for l in s)
 
 
+def relay_seed(name, cfg, script, client, split=0x10):
+    """A relay input: script length, the connector's reply script, then the client's bytes
+    (see src/relay.rs `RelayInput`)."""
+    write("relay", name, cfg, bytes([len(script)]) + script + client, split)
+
+
 def write(target, name, cfg, data, split=0x10):
     d = os.path.join(corpus, target)
     os.makedirs(d, exist_ok=True)
@@ -46,6 +52,10 @@ if os.path.isdir(src):
         if proto == "smtp":
             write("smtp_client", name, 0x01 | tls, client)
             write("smtp_upstream", name, 0x01, server)
+            # The relay sees what the client sends after its login, from the first MAIL on.
+            at = client.upper().find(b"MAIL FROM")
+            if at >= 0:
+                relay_seed(name, 0x00, b"", client[at:])
         elif proto == "imap":
             write("imap_client", name, 0x01 | tls, client)
             write("imap_upstream", name, 0x01, server)
@@ -95,3 +105,27 @@ for f in os.listdir(os.path.join(corpus, "sasl")):
 write("xoauth2", "microsoft-vector", 0, b"")
 open(os.path.join(corpus, "xoauth2", "seed-microsoft-vector"), "wb").write(
     b"test@contoso.onmicrosoft.com\x00EwBAAl3BAAUFFpUAo7J3Ve0bjLBWZWCclRC3EoAA")
+
+# The relay (cfg bits 0-1 pick allowed_senders: 1 = tickets@contoso.com and @glpi.contoso.com).
+GLPI_MESSAGE = (b"MAIL FROM:<tickets@contoso.com> SIZE=300\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\n"
+                b"From: GLPI <tickets@contoso.com>\r\nSubject: ticket\r\n\r\n..stuffed\r\nbody\r\n.\r\n")
+relay_seed("glpi-session", 0x01, b"", b"EHLO glpi\r\n" + GLPI_MESSAGE + b"QUIT\r\n")
+relay_seed("connector-refuses", 0x01, bytes([0, 2, 0, 1, 3, 4]), GLPI_MESSAGE + GLPI_MESSAGE + b"RSET\r\nQUIT\r\n")
+relay_seed("connector-closes", 0x01, bytes([0, 0, 5]), GLPI_MESSAGE + b"QUIT\r\n")
+SMUGGLED = b"MAIL FROM:<ceo@evil.example>\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\nforged\r\n"
+for name, ending in (("lf-dot-crlf", b"\n.\r\n"), ("lf-dot-lf", b"\n.\n"), ("cr-dot-cr", b"\r.\r"),
+                     ("crlf-dot-lf", b"\r\n.\n")):
+    relay_seed("smuggle-" + name, 0x01, b"",
+               b"MAIL FROM:<tickets@contoso.com>\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\nSubject: x\r\n\r\nhello"
+               + ending + SMUGGLED + b"\r\n.\r\nRSET\r\n" + GLPI_MESSAGE + b"QUIT\r\n")
+relay_seed("bypass-forms", 0x01, b"",
+           b" MAIL FROM:<ceo@evil.example>\r\nMAIL\tFROM:<ceo@evil.example>\r\nXCLIENT ADDR=192.0.2.1\r\n"
+           b"XFORWARD NAME=x\r\nAUTH PLAIN AGEAYg==\r\nETRN contoso.com\r\nVRFY ceo\r\nEXPN staff\r\n"
+           b"BDAT 5 LAST\r\nTURN\r\nNOOP\x00MAIL FROM:<ceo@evil.example>\r\nNOOP\rMAIL FROM:<ceo@evil.example>\r\n"
+           b"MAIL FROM:<\"tickets@contoso.com>\"@evil.example>\r\nMAIL FROM\xc3\xa9:<a@b>\r\n"
+           b"MAIL FROM:<@relay.example,@b.example:tickets@contoso.com> BODY=8BITMIME\r\n"
+           b"MAIL FROM:<>\r\nMAIL FROM:<\"quoted local\"@glpi.contoso.com> SMTPUTF8\r\nQUIT\r\n")
+relay_seed("overlong-line", 0x09, b"", b"MAIL FROM:<" + b"a" * 100 + b"@contoso.com>\r\nNOOP\r\n")
+relay_seed("quoted-local-part", 0x02, b"",
+           b"MAIL FROM:<\"tickets@contoso.com>\"@evil.example>\r\nRCPT TO:<alerts@contoso.com>\r\n"
+           b"MAIL FROM:<\"tickets\"@Contoso.com>\r\nMAIL FROM:<\"a\\\\\"b\"@contoso.com>\r\nQUIT\r\n")

@@ -12,7 +12,6 @@ pub mod limits;
 pub mod password_hash;
 pub mod pipe;
 pub mod protocol;
-pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -230,6 +230,7 @@ async fn non_allowed_source_without_login_gets_530() {
         "530 5.7.0 Authentication required"
     );
     assert_eq!(r.sandbox.connector_counters().connector_accepted, 0);
+    assert_eq!(r.sandbox.connector_counters().connector_mail, 0);
 }
 
 /// A disallowed MAIL FROM is refused with 550 5.7.1 before any byte of it goes upstream.
@@ -252,7 +253,7 @@ async fn disallowed_sender_is_refused_before_the_connector() {
     );
     let after = r.sandbox.connector_counters();
     assert_eq!(
-        before.connector_refused, after.connector_refused,
+        before.connector_mail, after.connector_mail,
         "the refused MAIL never reached the connector"
     );
     assert!(
@@ -266,6 +267,173 @@ async fn disallowed_sender_is_refused_before_the_connector() {
             .starts_with("250")
     );
     assert_eq!(r.sandbox.messages().len(), 2);
+    assert_eq!(
+        r.sandbox.connector_counters().connector_mail,
+        after.connector_mail + 2,
+        "the connector counts the MAIL commands it reads"
+    );
+}
+
+/// Security issue item 2: a sender check that splits the verb at the first space and forwards
+/// whatever it does not recognise lets a lenient connector (as the sandbox's is: white space
+/// before the verb, TABs between words) take an unchecked MAIL. Only listed commands, rebuilt
+/// from what was parsed, reach it; the connector's own MAIL count proves none of these did.
+#[tokio::test]
+async fn sender_check_bypass_forms_never_reach_the_connector() {
+    let r = start(RelayOptions {
+        client_cert: Some(("contoso.com", true)),
+        listener: "    allowed_senders: [\"@contoso.com\"]\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = LineClient::connect(r.addr()).await;
+    login(&mut c).await;
+    let before = r.sandbox.connector_counters();
+    // Nine invalid commands: one fewer than bad_commands_max would close the session.
+    for (line, want) in [
+        (" MAIL FROM:<ceo@evil.example>", "500 5.5.1"),
+        ("MAIL\tFROM:<ceo@evil.example>", "500 5.5.2"),
+        (
+            "MAIL FROM:<\"tickets@contoso.com>\"@evil.example>",
+            "550 5.7.1",
+        ),
+        ("MAIL FROM:<@contoso.com:ceo@evil.example>", "550 5.7.1"),
+        (
+            "MAIL FROM:<tickets@contoso.com> AUTH=ceo@contoso.com",
+            "555 5.5.4",
+        ),
+        (
+            "XCLIENT ADDR=192.0.2.1 NAME=trusted.contoso.com",
+            "502 5.5.1",
+        ),
+        ("XFORWARD HELO=trusted.contoso.com", "502 5.5.1"),
+        ("VRFY ceo", "502 5.5.1"),
+        ("ETRN contoso.com", "502 5.5.1"),
+        ("EXPN staff", "502 5.5.1"),
+        ("BDAT 10 LAST", "502 5.5.1"),
+        ("AUTH PLAIN AGEAYg==", "503 5.5.1"),
+    ] {
+        let reply = c.cmd(line).await;
+        assert!(reply.starts_with(want), "{line:?}: {reply}");
+    }
+    assert_eq!(
+        r.sandbox.connector_counters().connector_mail,
+        before.connector_mail,
+        "no MAIL reached the connector"
+    );
+    // The session goes on, and a listed sender still goes through.
+    let reply = send_message(&mut c, "Tickets@Contoso.com", "after the bypass attempts").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(
+        r.sandbox.connector_counters().connector_mail,
+        before.connector_mail + 1
+    );
+    let msgs = r.sandbox.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].from, "Tickets@Contoso.com");
+}
+
+/// Security issue item 1, SMTP smuggling (CVE-2023-51764 class): the sandbox connector, like
+/// Postfix ≤ 3.8.4 with its defaults, takes a bare LF for a line end, so `\n.\r\n` or `\n.\n`
+/// inside a body would end the message there and the rest would run as a second transaction
+/// whose sender nobody checked. The relay refuses the body (550 5.6.11 after the client's
+/// `CRLF.CRLF`), drops the connector connection so the unfinished DATA is never delivered, and
+/// the session goes on (RSET, then a clean message over a new connection).
+#[tokio::test]
+async fn smuggled_message_behind_a_bare_lf_never_reaches_the_connector() {
+    for ending in ["\n.\r\n", "\n.\n"] {
+        let r = start(RelayOptions {
+            client_cert: Some(("contoso.com", true)),
+            listener: "    allowed_senders: [tickets@contoso.com]\n".into(),
+            ..Default::default()
+        })
+        .await;
+        let mut c = LineClient::connect(r.addr()).await;
+        login(&mut c).await;
+        assert!(
+            c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+                .await
+                .starts_with("250")
+        );
+        assert!(
+            c.cmd("RCPT TO:<alerts@contoso.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.write(
+            format!(
+                "From: {MAILBOX}\r\nSubject: carrier\r\n\r\nhello{ending}MAIL FROM:<ceo@evil.example>\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\nFrom: ceo@evil.example\r\nSubject: smuggled\r\n\r\nforged\r\n.\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let reply = c.code().await;
+        assert!(
+            reply.starts_with("550 5.6.11") && reply.contains("bare LF"),
+            "{ending:?}: {reply}"
+        );
+        let counters = r.sandbox.connector_counters();
+        assert_eq!(
+            counters.connector_mail, 1,
+            "{ending:?}: only the checked MAIL reached the connector"
+        );
+        assert!(
+            r.sandbox.messages().is_empty(),
+            "{ending:?}: neither the carrier nor the smuggled message was delivered"
+        );
+        // The session goes on.
+        assert!(c.cmd("RSET").await.starts_with("250"), "{ending:?}");
+        let reply = send_message(&mut c, MAILBOX, "after the refused body").await;
+        assert!(reply.starts_with("250"), "{ending:?}: {reply}");
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+        let msgs = r.sandbox.messages();
+        assert_eq!(msgs.len(), 1, "{ending:?}");
+        assert!(msgs[0].text().contains("Subject: after the refused body"));
+        let counters = r.sandbox.connector_counters();
+        assert_eq!(counters.connector_mail, 2, "{ending:?}");
+        assert_eq!(
+            counters.connector_connections, 2,
+            "{ending:?}: a new connector connection after the dropped one"
+        );
+    }
+}
+
+/// A bare CR is refused the same way (some receivers take it for a line end too).
+#[tokio::test]
+async fn body_with_a_bare_cr_is_refused() {
+    let r = start(RelayOptions {
+        client_cert: Some(("contoso.com", true)),
+        ..Default::default()
+    })
+    .await;
+    let mut c = LineClient::connect(r.addr()).await;
+    login(&mut c).await;
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<alerts@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.write(b"Subject: cr\r\n\r\nhello\r.\rMAIL FROM:<ceo@evil.example>\r\n.\r\n")
+        .await;
+    let reply = c.code().await;
+    assert!(
+        reply.starts_with("550 5.6.11") && reply.contains("bare CR"),
+        "{reply}"
+    );
+    assert!(r.sandbox.messages().is_empty());
+    assert!(
+        send_message(&mut c, MAILBOX, "clean")
+            .await
+            .starts_with("250")
+    );
+    assert_eq!(r.sandbox.messages().len(), 1);
 }
 
 /// A connector without STARTTLS: the login gets a 4xx and nothing is sent.
@@ -294,7 +462,7 @@ async fn connector_without_starttls_gives_4xx_and_nothing_is_sent() {
         "{reply}"
     );
     assert!(r.sandbox.messages().is_empty());
-    assert_eq!(r.sandbox.connector_counters().connector_refused, 0);
+    assert_eq!(r.sandbox.connector_counters().connector_mail, 0);
 }
 
 #[test]

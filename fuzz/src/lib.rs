@@ -14,6 +14,9 @@
 //!
 //! Fuzzer input layout: byte 0 picks the configuration (see [`Config`]), bytes 1–2 the split
 //! point, the rest is the byte stream.
+//!
+//! The relay machine, which talks to both sides at once, has its own driver and a simulated
+//! connector in [`relay`].
 
 use authbridge::limits::ProtocolLimits;
 use authbridge::protocol::{
@@ -22,6 +25,8 @@ use authbridge::protocol::{
 };
 use authbridge::secret::SecretString;
 use bytes::BytesMut;
+
+pub mod relay;
 
 /// Exchange Online's pre-auth IMAP capabilities (FACTS.md).
 pub const EXCHANGE_IMAP_CAPS: &str = "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+";

@@ -220,6 +220,9 @@ pub struct ConnectorCounters {
     pub connector_connections: u64,
     /// STARTTLS handshakes completed.
     pub connector_tls: u64,
+    /// MAIL commands read, whatever came of them (a sender the relay should have refused
+    /// shows here even when the message goes no further).
+    pub connector_mail: u64,
     /// Messages accepted (end of DATA or BDAT LAST).
     pub connector_accepted: u64,
     /// RCPT TO commands refused with `550 5.7.64 TenantAttribution`.

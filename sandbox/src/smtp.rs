@@ -10,7 +10,11 @@
 //! STARTTLS that requests a client certificate (when offered at all), no sender check, and each
 //! RCPT TO refused with `550 5.7.64 TenantAttribution; Relay Access Denied [host]` unless the peer
 //! IP is allow-listed or the verified client certificate carries an allowed name
-//! (`connector.rs`). Without TLS only the IP allow-list applies.
+//! (`connector.rs`). Without TLS only the IP allow-list applies. The connector reads commands
+//! as leniently as many receivers do — white space before the verb, TABs between words, and (as
+//! everywhere here) a bare LF ends a line, in DATA too, so `\n.\n` ends a message — so that
+//! tests see what such a receiver behind the relay would act on (SMTP smuggling). It counts every
+//! MAIL command it reads ([`crate::ConnectorCounters`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -179,9 +183,17 @@ impl Session {
                 Line::Text(l) => l,
             };
             let line = String::from_utf8_lossy(&line).into_owned();
-            let (verb, arg) = match line.split_once(' ') {
-                Some((v, a)) => (v.to_ascii_uppercase(), a.trim().to_string()),
-                None => (line.trim().to_ascii_uppercase(), String::new()),
+            let (verb, arg) = if self.connector.is_some() {
+                let line = line.trim_start_matches([' ', '\t']);
+                match line.split_once([' ', '\t']) {
+                    Some((v, a)) => (v.to_ascii_uppercase(), a.trim().to_string()),
+                    None => (line.trim().to_ascii_uppercase(), String::new()),
+                }
+            } else {
+                match line.split_once(' ') {
+                    Some((v, a)) => (v.to_ascii_uppercase(), a.trim().to_string()),
+                    None => (line.trim().to_ascii_uppercase(), String::new()),
+                }
             };
             match verb.as_str() {
                 "EHLO" | "HELO" => {
@@ -334,6 +346,9 @@ impl Session {
     }
 
     fn mail(&mut self, arg: &str) {
+        if self.connector.is_some() {
+            self.shared.count_connector(|c| c.connector_mail += 1);
+        }
         if self.connector.is_some() && !self.ehlo {
             self.reply("503 5.5.2 Send hello first");
             return;

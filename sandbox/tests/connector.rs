@@ -156,6 +156,7 @@ async fn ip_allow_listed_plain_session_delivers() {
         ConnectorCounters {
             connector_connections: 1,
             connector_tls: 0,
+            connector_mail: 1,
             connector_accepted: 1,
             connector_refused: 0,
         }

@@ -5,6 +5,8 @@
 //! login costs max(client dialogue, upstream setup) rather than their sum. Generic over the
 //! client stream, so tests can use in-memory duplex streams.
 
+pub mod relay;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,8 +161,20 @@ where
     } = *conn;
     let idle = shared.limits.timeouts.pipe_idle;
     if let Some(settings) = &shared.listener.relay {
+        // After a refused message body the connector connection is dropped; the next command
+        // that needs it gets a new one, set up as at login.
+        let reconnect = || {
+            let (upstream, hostname) = (l.upstream.clone(), shared.hostname.clone());
+            let timeouts = shared.limits.timeouts.clone();
+            async move {
+                upstream::connect(&upstream, Protocol::Smtp, true, &hostname, &timeouts)
+                    .await
+                    .map(|c| (c.stream, c.input))
+                    .map_err(|e| e.to_string())
+            }
+        };
         tokio::select! {
-            end = crate::relay::relay(client, leftover, up, up_leftover, settings, &shared.limits) => {
+            end = relay::relay(client, leftover, up, up_leftover, settings, &shared.limits, reconnect) => {
                 info!(end = ?end, secs = started.elapsed().as_secs(), "relay session ended");
             }
             _ = stop.hard.cancelled() => info!("session closed: server stopped"),

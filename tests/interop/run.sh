@@ -350,6 +350,13 @@ done
 step "Postfix $(postconf -d -h mail_version 2>/dev/null) (submission with Dovecot SASL, LMTP into Dovecot; relay listener)"
 render "$HERE/postfix-main.cf.in" "$T/postfix/etc/main.cf" || die "render failed"
 render "$HERE/postfix-master.cf.in" "$T/postfix/etc/master.cf" || die "render failed"
+# The port-25 style listener stands in for a receiver SMTP smuggling works on (Postfix <= 3.8.4
+# with its defaults takes a bare LF for a line end). A Postfix that knows
+# smtpd_forbid_bare_newline gets it switched off there explicitly (its exclusions default to
+# mynetworks, which holds 127.0.0.0/8, anyway); the smuggle-direct-* cases check it holds.
+if postconf -d smtpd_forbid_bare_newline 2>/dev/null | grep -q '^smtpd_forbid_bare_newline ='; then
+	sed -i 's|^  -o syslog_name=postfix/relay$|&\n  -o smtpd_forbid_bare_newline=no|' "$T/postfix/etc/master.cf"
+fi
 postfix -c "$T/postfix/etc" check >"$T/postfix.check" 2>&1 ||
 	die "postfix check failed: $(cat "$T/postfix.check" "$T/postfix.log" 2>/dev/null)"
 /usr/lib/postfix/sbin/master -c "$T/postfix/etc" >"$T/postfix.stdout" 2>&1 &
@@ -532,6 +539,68 @@ relay_sender_case() {
 		expect "the sender never reached Postfix" test "$seen" = 0
 }
 run_case relay-sender-not-allowed "relay mode (allow_from): MAIL FROM outside allowed_senders refused, never reaches Postfix" relay_sender_case
+
+# 3b. SMTP smuggling (CVE-2023-51764 class): a body hiding "\n.\r\n" or "\n.\n" and then a
+#     second transaction from a sender outside allowed_senders. Straight to Postfix (the
+#     control) the hidden message is delivered: the rig reproduces the attack. Through
+#     authbridge the body is refused with 550 5.6.11, the connector connection is dropped so
+#     Postfix delivers neither message, and the session goes on with a clean message.
+maildir_has() { # TEXT: some message in $MBX's Maildir contains it
+	grep -rlF -- "$1" "$T/mail/$MBX/Maildir/new" "$T/mail/$MBX/Maildir/cur" 2>/dev/null | grep -q .
+}
+not() { ! "$@"; }
+wait_maildir() { # TEXT [SECONDS]
+	local i
+	for i in $(seq $((${2:-30} * 10))); do maildir_has "$1" && return 0; sleep 0.1; done
+	return 1
+}
+smuggle_direct_case() { # ENDING
+	local tag="direct-$1-$RUN"
+	timeout 60 "$PY" "$HERE/clients/smuggle.py" body 127.0.0.1 "$POSTFIX_RELAY" "$1" "$MBX" "$MBX" \
+		"intruder-direct-$1@example.org" "$tag" --starttls --direct
+	say "exit code $?"
+	expect "Postfix delivered the message hidden behind the bare LF (the rig is a smuggling target)" \
+		wait_maildir "Subject: smuggled $tag"
+}
+smuggle_case() { # ENDING
+	local tag="relay-$1-$RUN" intruder="intruder-$1@example.org" pf0
+	pf0=$(lines "$T/postfix.log")
+	timeout 60 "$PY" "$HERE/clients/smuggle.py" body 127.0.0.1 "$AB_RELAY_OPEN" "$1" "$MBX" "$MBX" "$intruder" "$tag"
+	say "exit code $?"
+	wait_maildir "Subject: after $tag"
+	sleep 1
+	local seen
+	seen=$(new_lines "$T/postfix.log" "$pf0" | grep -cF "$intruder")
+	say "Postfix log lines naming the hidden sender: $seen"
+	new_lines "$T/postfix.log" "$pf0" | grep -E 'lost connection|disconnect' | cut -c1-300
+	expect "the body was refused with 550 5.6.11" grep -q '^DATA-REPLY 550 5\.6\.11 ' "$CASE_LOG" &&
+		expect "the session went on: RSET 250, then a clean message" grep -q '^AFTER-REPLY 250' "$CASE_LOG" &&
+		expect "the clean message after RSET was delivered" maildir_has "Subject: after $tag" &&
+		expect "the hidden message was not delivered" not maildir_has "Subject: smuggled $tag" &&
+		expect "the carrier was not delivered either" not maildir_has "Subject: carrier $tag" &&
+		expect "the hidden sender never reached Postfix" test "$seen" = 0 &&
+		expect "Postfix saw the unfinished DATA end with the connection" \
+			grep -q 'lost connection after DATA' <(new_lines "$T/postfix.log" "$pf0")
+}
+bypass_case() { # sender check bypass forms (security issue item 2) through authbridge
+	local intruder="intruder-bypass@example.org" pf0 seen
+	pf0=$(lines "$T/postfix.log")
+	timeout 60 "$PY" "$HERE/clients/smuggle.py" bypass 127.0.0.1 "$AB_RELAY_OPEN" "$intruder" "$MBX"
+	say "exit code $?"
+	sleep 0.3
+	seen=$(new_lines "$T/postfix.log" "$pf0" | grep -cF "$intruder")
+	say "Postfix log lines naming the sender: $seen"
+	say "for comparison, Postfix itself (STARTTLS, no AUTH) answers:"
+	timeout 60 "$PY" "$HERE/clients/smuggle.py" bypass 127.0.0.1 "$POSTFIX_RELAY" probe@example.org "$MBX" --starttls |
+		grep '^BYPASS-REPLY' | sed 's/^/  direct /'
+	expect "both MAIL lines refused with a 5xx" test "$(grep -c '^BYPASS-REPLY 5' "$CASE_LOG")" = 2 &&
+		expect "the sender never reached Postfix" test "$seen" = 0
+}
+run_case smuggle-direct-lf-crlf 'control: "\n.\r\n" straight to Postfix, the hidden message is delivered' smuggle_direct_case lf-crlf
+run_case smuggle-direct-lf-lf 'control: "\n.\n" straight to Postfix, the hidden message is delivered' smuggle_direct_case lf-lf
+run_case relay-smuggling-lf-crlf 'relay: "\n.\r\n" + hidden MAIL FROM refused (550 5.6.11), nothing delivered, session goes on' smuggle_case lf-crlf
+run_case relay-smuggling-lf-lf 'relay: "\n.\n" + hidden MAIL FROM refused (550 5.6.11), nothing delivered, session goes on' smuggle_case lf-lf
+run_case relay-sender-check-bypass 'relay: " MAIL FROM:" and "MAIL<TAB>FROM:" refused, never reach Postfix' bypass_case
 
 # 4. A wrong local password never reaches the upstream: no introspection at the token service,
 #    no SASL line in Postfix's log, no authentication line in Dovecot's.

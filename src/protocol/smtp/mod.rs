@@ -1,9 +1,14 @@
 //! SMTP submission (RFC 5321, RFC 4954 AUTH, RFC 3207 STARTTLS): the pre-login server side toward
-//! the legacy client ([`SmtpClient`]) and the EHLO/STARTTLS/XOAUTH2 client side toward Exchange
-//! ([`SmtpUpstream`]).
+//! the legacy client ([`SmtpClient`]), the EHLO/STARTTLS/XOAUTH2 client side toward Exchange
+//! ([`SmtpUpstream`]), and the relay-mode dialogue after login ([`relay::RelayMachine`]).
 
+pub mod body;
 mod client;
 mod command;
+pub mod envelope;
+pub mod relay;
+#[cfg(test)]
+mod relay_tests;
 mod reply;
 mod upstream;
 
