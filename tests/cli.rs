@@ -97,13 +97,56 @@ fn gen_cert_writes_a_usable_pair_with_a_private_key_file() {
     );
 }
 
+/// The example config as shipped is refused at each placeholder in turn (the line to edit named);
+/// once they are filled in it loads. The sandbox config loads as it is.
 #[test]
 fn example_configs_load() {
     // SAFETY of env mutation: only this test reads the variable.
     unsafe { std::env::set_var("M365_CLIENT_SECRET", "example") };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    authbridge::config::Config::load(&root.join("config/authbridge.example.yaml"))
-        .unwrap_or_else(|e| panic!("authbridge.example.yaml: {e}"));
+    let mut text = std::fs::read_to_string(root.join("config/authbridge.example.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let example = dir.path().join("authbridge.yaml");
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let own_hash = authbridge::auth::hash_password(b"not the example password").unwrap();
+    for (key, placeholder, mine) in [
+        (
+            "providers.m365.client_id",
+            "00000000-0000-0000-0000-000000000000",
+            "0b5e7f1c-6c1e-4b0a-9a53-2f8d6c1e4b0a",
+        ),
+        (
+            "providers.m365.tenant",
+            "contoso.onmicrosoft.com",
+            "fabrikam.onmicrosoft.com",
+        ),
+        (
+            "accounts[0].logins[0].password_hash",
+            "$argon2id$v=19$m=19456,t=2,p=1$Kqp+yng+3HQn6TjkPz0NqQ$rNuPh+W7oN9TArUDCANbq6NBHjwLArZbBgj58EGcB5U",
+            own_hash.as_str(),
+        ),
+    ] {
+        std::fs::write(&example, &text).unwrap();
+        let e = authbridge::config::Config::load(&example)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        let want = format!(
+            "{}:{}: {key}: ",
+            example.display(),
+            line_of(&text, placeholder)
+        );
+        assert!(
+            e.starts_with(&want)
+                && (e.contains("is the example's placeholder") || e.contains("published hash")),
+            "{e}"
+        );
+        text = text.replace(placeholder, mine);
+    }
+    std::fs::write(&example, &text).unwrap();
+    authbridge::config::Config::load(&example)
+        .unwrap_or_else(|e| panic!("authbridge.example.yaml with its placeholders filled in: {e}"));
     // sandbox.yaml points at ../sandbox-data/ca.pem, which demo.sh creates: lay that out in a
     // temp folder instead of depending on a previous demo run.
     let dir = tempfile::tempdir().unwrap();
