@@ -28,7 +28,7 @@ pub use keywords::{
     ClientTlsMode, CloudName, FlowName, ListenerMode, LogFormat, Protocol, ProviderType,
     UpstreamTls,
 };
-pub use placeholders::example_password;
+pub use placeholders::{example_password, refuse_example_passwords};
 pub use resolved::{Account, Config, Listener, Login, Relay, SenderRule, Upstream};
 
 use std::path::Path;

@@ -7,11 +7,16 @@
 //!   comparison, so `run` (and a reload) stays fast however many logins there are;
 //! - `authbridge check` also verifies each example password against each distinct hash
 //!   ([`example_password`]), which catches `printf change-me | authbridge hash-password` (a new
-//!   salt, so a new string). That is one argon2id computation per hash and password (~20 ms and
-//!   19 MiB each with the default parameters): fine once in `check`, too slow to add to every
-//!   start-up of a config with many logins.
+//!   salt, so a new string; [`refuse_example_passwords`]). That is one argon2id computation per
+//!   distinct hash and example password (~20 ms and 19 MiB each with the default parameters):
+//!   fine once in `check`, too slow to add to every start-up of a config with many logins.
+
+use std::collections::HashSet;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
+
+use super::error::ConfigError;
+use super::resolved::Config;
 
 /// The example's `client_id`; any id of only zeros and dashes is refused.
 pub(super) const EXAMPLE_CLIENT_ID: &str = "00000000-0000-0000-0000-000000000000";
@@ -62,6 +67,38 @@ pub fn example_password(hash: &str) -> Option<&'static str> {
                 .verify_password(password.as_bytes(), &parsed)
                 .is_ok()
         })
+}
+
+/// Refuses a `password_hash` that is a hash of an example password, whatever its salt (one
+/// argon2id run per distinct hash and example password; for `authbridge check`, see the module
+/// doc). The error names the key path, and the line when the file still reads the same.
+pub fn refuse_example_passwords(config: &Config) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    for (i, account) in config.accounts.iter().enumerate() {
+        for (j, login) in account.logins.iter().enumerate() {
+            if !seen.insert(login.password_hash.as_str()) {
+                continue;
+            }
+            if let Some(password) = example_password(&login.password_hash) {
+                let line = std::fs::read_to_string(&config.file).ok().and_then(|text| {
+                    text.lines()
+                        .position(|l| l.contains(login.password_hash.as_str()))
+                        .map(|n| n + 1)
+                });
+                return Err(ConfigError {
+                    file: config.file.clone(),
+                    line,
+                    path: format!("accounts[{i}].logins[{j}].password_hash"),
+                    message: format!(
+                        "this is a hash of the example password `{password}`, which anyone can \
+                         guess: hash a password of your own with `authbridge hash-password` and \
+                         put the output here"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
