@@ -4,7 +4,8 @@
 //!
 //! One module per subcommand: [`run`], [`check`], [`login`], [`status`], [`import_token`],
 //! [`hash_password`], [`gen_cert`]; `failure.rs` (how a subcommand fails) and `setup.rs` (config
-//! loading, the async runtime) serve them all. Room for the planned ones, each a module of its own:
+//! loading, the async runtime) serve them all, `account_arg.rs` the ACCOUNT argument of `login`
+//! and `import-token`. Room for the planned ones, each a module of its own:
 //! `reload` (SIGHUP to the running process) and `probe` (a health probe for containers).
 //!
 //! Library modules never use `crate::cli`; the CLI may use any of them. `src/main.rs` only parses,
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod account_arg;
 pub mod check;
 mod failure;
 pub mod gen_cert;
