@@ -48,7 +48,8 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate the config, fetch a token for every account and log in upstream on every listener.
+    /// Validate the config (exit 2 on a config error), check that the listen ports are free, fetch
+    /// a token for every account and log in upstream on every listener (exit 1 if one fails).
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -70,24 +71,33 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// One line per account: flow, access-token expiry, last refresh, refresh-token age, state.
-    /// Exits 1 when an account needs a login (or other action).
+    /// Exits 1 when an account needs a login, its last token request failed, or what is known of
+    /// it is stale. Reads no secret.
     Status {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Store an existing refresh token (read from stdin) for ACCOUNT.
+    /// Store an existing refresh token (read from stdin) for ACCOUNT (delegated flows only).
     ImportToken {
         account: String,
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Hash a local password (stdin, or a prompt on a terminal) into an argon2id PHC string.
+    /// One password per run: one trailing newline is dropped, another line break is refused.
     HashPassword,
-    /// Write a self-signed certificate for localhost (cert.pem, key.pem) for client-side TLS.
+    /// Write a self-signed certificate (cert.pem, key.pem) for client-side TLS, for localhost,
+    /// 127.0.0.1 and ::1 plus the --host names. An existing pair is kept unless --force.
     GenCert {
         /// Output folder.
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+        /// Another name for the certificate: a DNS name or an IP address (repeatable).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Replace an existing cert.pem and key.pem.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -106,7 +116,7 @@ pub fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Status { config } => status::run(config),
         Command::ImportToken { account, config } => import_token::run(&account, config),
         Command::HashPassword => hash_password::run(),
-        Command::GenCert { out } => gen_cert::run(&out),
+        Command::GenCert { out, hosts, force } => gen_cert::run(&out, &hosts, force),
     }
 }
 
