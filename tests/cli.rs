@@ -477,10 +477,10 @@ fn run_and_check_refuse_placeholders_with_the_line_to_edit() {
 }
 
 /// Issue 13, item 3: `check` refuses (exit 2, like `run`) an empty config, two listeners on one
-/// socket and a listen address that is not IP:PORT; a taken port fails the check (exit 1) with
-/// the likely cause. Config errors name the key path once, and an OS error once.
+/// socket and a listen address that is not IP:PORT. Config errors name the key path once, and an
+/// OS error once.
 #[test]
-fn check_catches_empty_configs_duplicate_and_taken_ports() {
+fn check_catches_empty_configs_and_duplicate_ports() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("authbridge.yaml");
     let provider = format!(
@@ -507,6 +507,11 @@ fn check_catches_empty_configs_duplicate_and_taken_ports() {
         "authbridge.yaml: listeners: expected at least one listener",
     );
     refused(
+        &format!("listeners:\n{}", smtp_listener("smtp", "127.0.0.1:0")),
+        "authbridge.yaml: accounts: expected at least one account: listener `smtp` logs clients \
+         in to one",
+    );
+    refused(
         &format!(
             "{}{}",
             config_text(&provider, &hash, &smtp_listener("smtp", "127.0.0.1:1587")),
@@ -529,21 +534,29 @@ fn check_catches_empty_configs_duplicate_and_taken_ports() {
     let (code, _, err) = cli(&["check"], Some(&dir.path().join("missing.yaml")), b"");
     assert_eq!(code, Some(2));
     assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+}
 
+/// Issue 13, item 3: a listen port already taken fails `check` (exit 1, everything else passing)
+/// with the likely cause; `run` fails on it too, naming the OS error once.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_fails_on_a_taken_port() {
+    let mut env = Env::start().await;
+    env.stop_proxy().await;
     // A port in use (here by this test; in life often a running authbridge).
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let free = closed_port();
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    assert!(text.contains("listen: 127.0.0.1:0"));
+    let path = env.dir.path().join("taken.yaml");
     std::fs::write(
         &path,
-        format!(
-            "{}{}",
-            config_text(&provider, &hash, &smtp_listener("smtp", &addr.to_string())),
-            smtp_listener("imap", &format!("127.0.0.1:{free}"))
-        ),
+        text.replacen("listen: 127.0.0.1:0", &format!("listen: {addr}"), 1),
     )
     .unwrap();
-    let (code, out, err) = cli(&["check"], Some(&path), b"");
+    let check = |path: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || cli(&["check"], Some(&path), b""))
+    };
+    let (code, out, err) = check(path.clone()).await.unwrap();
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(
         out.contains(&format!(
@@ -552,15 +565,30 @@ fn check_catches_empty_configs_duplicate_and_taken_ports() {
         )),
         "{out}"
     );
-    assert!(
-        out.contains(&format!("listen addresses: free (127.0.0.1:{free})")),
-        "{out}"
+    assert_eq!(
+        out.matches("FAILED").count(),
+        1,
+        "only the port fails: {out}"
     );
-    let (code, _, err) = cli(&["run"], Some(&path), b"");
+    assert_eq!(out.matches("upstream login OK").count(), 8, "{out}");
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || cli(&["run"], Some(&path), b"")
+    })
+    .await
+    .unwrap();
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert_eq!(err.matches("(os error 98)").count(), 1, "{err}");
+
+    // Freed, the same config checks OK.
     drop(taken);
+    let (code, out, err) = check(path).await.unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("listen addresses: free ({addr})")),
+        "{out}"
+    );
 }
 
 /// Issue 13, item 5: `import-token` refuses an app-only account (exit 2) in the words `login`
