@@ -705,11 +705,27 @@ fn gen_cert_keeps_an_existing_pair_and_adds_host_names() {
     );
 
     let (code, _, err) = cli(
-        &["gen-cert", "--out", out_arg, "--host", "not a name"],
+        &[
+            "gen-cert",
+            "--out",
+            out_arg,
+            "--force",
+            "--host",
+            "not a name",
+        ],
         None,
         b"",
     );
     assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--host \"not a name\" is neither a DNS name"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before.1,
+        "nothing was written"
+    );
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, stdout, err) = cli(
