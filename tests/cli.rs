@@ -675,6 +675,20 @@ fn hash_password_takes_exactly_one_password() {
     let (code, out, _) = cli(&["hash-password"], None, b"one line\r\n");
     assert_eq!(code, Some(0));
     assert!(out.starts_with("$argon2id$"), "{out}");
+    // A password with a line break on purpose (IMAP clients can send one in a literal).
+    let (code, out, err) = cli(
+        &["hash-password", "--allow-line-breaks"],
+        None,
+        b"first line\nsecond line",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let parsed = PasswordHash::new(out.trim()).unwrap();
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"first line\nsecond line", &parsed)
+            .is_ok()
+    );
 }
 
 /// Issue 13, item 5: `gen-cert` keeps an existing pair unless `--force`, and adds `--host` names.

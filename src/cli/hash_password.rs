@@ -1,7 +1,8 @@
 //! `authbridge hash-password`: hash a local password into an argon2id PHC string. The password is
 //! the whole of stdin (one trailing newline dropped) or, on a terminal, typed twice at a prompt.
 //! An empty password, or one holding a line break (two lines pasted), is a usage error: one
-//! password per run.
+//! password per run. `--allow-line-breaks` takes line breaks inside as part of the password (an
+//! IMAP client can send one in a literal; a web form cannot).
 
 use std::io::{IsTerminal, Read};
 
@@ -10,8 +11,8 @@ use anyhow::anyhow;
 use super::failure::Failure;
 use crate::secret::SecretString;
 
-/// Runs `authbridge hash-password`.
-pub fn run() -> Result<(), Failure> {
+/// Runs `authbridge hash-password [--allow-line-breaks]`.
+pub fn run(allow_line_breaks: bool) -> Result<(), Failure> {
     let stdin = std::io::stdin();
     let password = if stdin.is_terminal() {
         let prompt = |p| {
@@ -31,7 +32,8 @@ pub fn run() -> Result<(), Failure> {
             .lock()
             .read_to_end(&mut bytes)
             .map_err(|e| Failure::Runtime(anyhow!("cannot read the password from stdin: {e}")))?;
-        let password = one_password(bytes).map_err(|e| Failure::Usage(anyhow!(e)))?;
+        let password =
+            one_password(bytes, allow_line_breaks).map_err(|e| Failure::Usage(anyhow!(e)))?;
         SecretString::new(password)
     };
     if password.expose().is_empty() {
@@ -47,18 +49,19 @@ pub fn run() -> Result<(), Failure> {
 }
 
 /// The password in `stdin`'s bytes: one trailing newline (`\n` or `\r\n`) dropped; another line
-/// break left inside is refused (a two-line paste would otherwise become one password with a
-/// newline in it).
-fn one_password(mut bytes: Vec<u8>) -> Result<String, &'static str> {
+/// break left inside is refused unless `allow_line_breaks` (a two-line paste would otherwise become
+/// one password with a newline in it).
+fn one_password(mut bytes: Vec<u8>, allow_line_breaks: bool) -> Result<String, &'static str> {
     if bytes.ends_with(b"\r\n") {
         bytes.truncate(bytes.len() - 2);
     } else if bytes.ends_with(b"\n") {
         bytes.pop();
     }
-    if bytes.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+    if !allow_line_breaks && bytes.iter().any(|b| matches!(b, b'\n' | b'\r')) {
         zeroize::Zeroize::zeroize(&mut bytes);
         return Err(
-            "one password per run; it contains a line break (only one trailing newline is dropped)",
+            "one password per run; it contains a line break (only one trailing newline is \
+             dropped; --allow-line-breaks keeps the others as part of the password)",
         );
     }
     String::from_utf8(bytes).map_err(|e| {
@@ -74,18 +77,26 @@ mod tests {
 
     #[test]
     fn one_trailing_newline_is_dropped_and_inner_line_breaks_refused() {
-        let ok = |b: &[u8]| one_password(b.to_vec()).unwrap();
+        let ok = |b: &[u8]| one_password(b.to_vec(), false).unwrap();
         assert_eq!(ok(b"pa ss\n"), "pa ss");
         assert_eq!(ok(b"pa ss\r\n"), "pa ss");
         assert_eq!(ok(b"pa ss"), "pa ss");
         assert_eq!(ok(b"\n"), "");
         for two in [&b"one\ntwo"[..], b"one\ntwo\n", b"pass\n\n", b"a\rb"] {
             assert!(
-                one_password(two.to_vec())
+                one_password(two.to_vec(), false)
                     .unwrap_err()
                     .contains("line break")
             );
         }
-        assert!(one_password(vec![0xff]).unwrap_err().contains("UTF-8"));
+        assert_eq!(
+            one_password(b"one\ntwo\n".to_vec(), true).unwrap(),
+            "one\ntwo"
+        );
+        assert!(
+            one_password(vec![0xff], false)
+                .unwrap_err()
+                .contains("UTF-8")
+        );
     }
 }

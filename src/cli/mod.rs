@@ -85,7 +85,12 @@ pub enum Command {
     },
     /// Hash a local password (stdin, or a prompt on a terminal) into an argon2id PHC string.
     /// One password per run: one trailing newline is dropped, another line break is refused.
-    HashPassword,
+    HashPassword {
+        /// Keep line breaks inside the password (stdin only; one trailing newline is still
+        /// dropped).
+        #[arg(long)]
+        allow_line_breaks: bool,
+    },
     /// Write a self-signed certificate (cert.pem, key.pem) for client-side TLS, for localhost,
     /// 127.0.0.1 and ::1 plus the --host names. An existing pair is kept unless --force.
     GenCert {
@@ -115,7 +120,7 @@ pub fn dispatch(command: Command) -> Result<(), Failure> {
         } => login::run(&account, device_code, paste, timeout, config),
         Command::Status { config } => status::run(config),
         Command::ImportToken { account, config } => import_token::run(&account, config),
-        Command::HashPassword => hash_password::run(),
+        Command::HashPassword { allow_line_breaks } => hash_password::run(allow_line_breaks),
         Command::GenCert { out, hosts, force } => gen_cert::run(&out, &hosts, force),
     }
 }
