@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     };
     let outcome = cli::dispatch(args.command);
     if let Err(failure) = &outcome {
-        eprintln!("authbridge: {:#}", failure.error());
+        eprintln!("authbridge: {}", failure.message());
     }
     ExitCode::from(cli::exit_code(&outcome))
 }

@@ -953,8 +953,9 @@ async fn commands_pipelined_after_starttls_close_the_session() {
     assert_eq!(env.sandbox.token_requests().total, 0);
 }
 
-/// The example config for GLPI (config/glpi.yaml) loads: its listeners are where its comments
-/// tell GLPI to connect, and its login hash is of the documented example password.
+/// The example config for GLPI (config/glpi.yaml) loads once its placeholders are filled in (as
+/// shipped it is refused): its listeners are where its comments tell GLPI to connect, and its
+/// login hash is of the documented example password.
 ///
 /// The config reads the client secret from `$M365_CLIENT_SECRET` and the IMAPS certificate from
 /// `../certs/` (what `authbridge gen-cert --out certs` writes). So the test runs alone in its
@@ -974,7 +975,29 @@ fn glpi_example_config_loads() {
     std::fs::create_dir_all(dir.path().join("certs")).unwrap();
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/glpi.yaml");
     let path = dir.path().join("config/glpi.yaml");
+    // Its placeholders (client id, tenant, the published hash) are refused as shipped: fill them
+    // in as the file's steps say.
+    let shipped = std::fs::read_to_string(&source).unwrap();
+    let shipped_hash = shipped
+        .split('"')
+        .find(|s| s.starts_with("$argon2id$"))
+        .expect("a password hash in config/glpi.yaml")
+        .to_owned();
     std::fs::copy(&source, &path).unwrap();
+    let refused = Config::load(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        refused.contains("providers.m365.client_id") && refused.contains("placeholder"),
+        "{refused}"
+    );
+    let own_hash = authbridge::auth::hash_password(b"glpi-example-password").unwrap();
+    let filled = shipped
+        .replace(
+            "00000000-0000-0000-0000-000000000000",
+            "0b5e7f1c-6c1e-4b0a-9a53-2f8d6c1e4b0a",
+        )
+        .replace("contoso.onmicrosoft.com", "fabrikam.onmicrosoft.com")
+        .replace(&shipped_hash, &own_hash);
+    std::fs::write(&path, filled).unwrap();
     let (cert, key) = authbridge::tls::self_signed_localhost().unwrap();
     std::fs::write(dir.path().join("certs/cert.pem"), cert).unwrap();
     std::fs::write(dir.path().join("certs/key.pem"), key.expose()).unwrap();
@@ -1049,7 +1072,12 @@ fn glpi_example_config_loads() {
         provider.client_secret.as_ref().map(|s| s.expose().as_str()),
         Some("example-secret-for-the-test")
     );
-    // The hash is of the example password the file documents.
+    // The hash shipped is of the example password the file documents (and refused as such).
+    assert_eq!(
+        authbridge::config::example_password(&shipped_hash),
+        Some("glpi-example-password"),
+        "the documented example password does not match the hash in config/glpi.yaml"
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1061,6 +1089,6 @@ fn glpi_example_config_loads() {
     ));
     assert!(
         matches!(verdict, authbridge::auth::Verdict::Account(ref a) if a == "tickets"),
-        "the documented example password does not match the hash in config/glpi.yaml"
+        "the login `glpi` does not map to account tickets"
     );
 }

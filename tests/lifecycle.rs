@@ -186,12 +186,20 @@ async fn background_retries_honour_retry_after_and_keep_the_token() {
         rt,
         "a transient error keeps the stored token"
     );
+    // The last attempt failed: status shows it with its fix and exits 1 (issue 13; it exited 0),
+    // as a transient failure, not a needs-login (or, caught during a retry, as a retry after a
+    // failure, the failure shown).
     let (code, out) = status(&env.config_path);
-    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(code, Some(1), "{out}");
+    let failed = "token refresh for account tickets failed: throttled by the token endpoint \
+                  (HTTP 429";
     assert!(
-        out.contains("last_error=") && out.contains("HTTP 429"),
+        out.contains(&format!("state=failed: {failed}"))
+            || (out.contains(&format!("last_error=\"{failed}"))
+                && out.contains("state=refreshing (the last attempt failed)")),
         "{out}"
     );
+    assert!(out.contains("authbridge retries"), "{out}");
     assert!(!out.contains("needs login"), "{out}");
 
     // The provider recovers: the next background try succeeds and clients log in again.

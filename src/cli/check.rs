@@ -1,20 +1,34 @@
-//! `authbridge check`: the config is valid (it loaded), then for every account a token is
-//! fetched, and for every listener × account the upstream login is tried. Each line says OK or
-//! what failed and how to fix it.
+//! `authbridge check`: the config is valid (it loaded; no login uses a hash of an example
+//! password — a config error, exit 2), every listen address is free, then for every account a
+//! token is fetched, and for every listener × account the upstream login is tried. Each line says
+//! OK or what failed and how to fix it; any failure is exit 1. Before exiting it waits (bounded)
+//! until the token manager has written each account's outcome to its status file, so
+//! `authbridge status` shows what this check found.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::anyhow;
 
 use super::failure::Failure;
 use super::setup::{load, runtime};
 use crate::config::Config;
+use crate::token::StatusFiles;
 use crate::upstream::{self, AuthResult};
 
-/// Runs `authbridge check [--config PATH]`; a failed check is a runtime failure.
+/// How long `check` waits for the status files to record its token requests' outcomes (they are
+/// written by the token manager's task right after the result is handed out).
+const STATUS_SETTLE: Duration = Duration::from_secs(5);
+/// How often it looks meanwhile.
+const STATUS_POLL: Duration = Duration::from_millis(20);
+
+/// Runs `authbridge check [--config PATH]`; a config error is a usage failure (exit 2), a failed
+/// check a runtime failure (exit 1).
 pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
     let config = load(config)?;
+    crate::config::refuse_example_passwords(&config).map_err(|e| Failure::Usage(e.into()))?;
     crate::telemetry::init(Some("warn"), config.log_format);
     let ok = runtime()?.block_on(check(&config, &mut std::io::stdout()));
     if ok {
@@ -34,6 +48,7 @@ pub async fn check(config: &Config, out: &mut dyn Write) -> bool {
         config.accounts.len(),
         config.listeners.len()
     );
+    ok &= listen_addresses_free(config, out);
     let tokens = match crate::server::token_manager(config) {
         Ok(t) => t,
         Err(e) => {
@@ -121,5 +136,90 @@ pub async fn check(config: &Config, out: &mut dyn Write) -> bool {
             let _ = writeln!(out, "{line}");
         }
     }
+    status_files_settled(config, out).await;
     ok
+}
+
+/// Tries to bind every listener's address (and the admin listener's): `run` would fail on one
+/// that is taken. Port 0 (any free port) is not tried. Returns true when all are free.
+fn listen_addresses_free(config: &Config, out: &mut dyn Write) -> bool {
+    let mut sockets: Vec<(String, String, SocketAddr)> = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                format!("listener {}", l.name),
+                format!("listeners[{i}].listen"),
+                l.listen,
+            )
+        })
+        .collect();
+    if let Some(admin) = config.admin_listen {
+        sockets.push(("admin listener".into(), "admin.listen".into(), admin));
+    }
+    let mut free = Vec::new();
+    let mut ok = true;
+    for (what, key, addr) in sockets.into_iter().filter(|(_, _, a)| a.port() != 0) {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => free.push(addr.to_string()),
+            Err(e) => {
+                ok = false;
+                let why = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => format!(
+                        "{addr} is already in use (is authbridge already running?) — stop what \
+                         listens there, or change {key}"
+                    ),
+                    std::io::ErrorKind::PermissionDenied => format!(
+                        "cannot listen on {addr}: permission denied — ports below 1024 need root \
+                         or CAP_NET_BIND_SERVICE; or change {key}"
+                    ),
+                    std::io::ErrorKind::AddrNotAvailable => {
+                        format!("{addr} is not an address of this machine — change {key}")
+                    }
+                    _ => format!("cannot listen on {addr}: {e} — check {key}"),
+                };
+                let _ = writeln!(out, "{what}: FAILED: {why}");
+            }
+        }
+    }
+    if !free.is_empty() {
+        let _ = writeln!(out, "listen addresses: free ({})", free.join(", "));
+    }
+    ok
+}
+
+/// Waits until every account's status file holds this process's finished outcome (the token
+/// manager writes it in the background just after handing the result out; a process that exits
+/// first leaves a "refreshing" mark behind), up to [`STATUS_SETTLE`].
+async fn status_files_settled(config: &Config, out: &mut dyn Write) {
+    let files = StatusFiles::new(&config.state_dir);
+    let me = std::process::id();
+    let deadline = tokio::time::Instant::now() + STATUS_SETTLE;
+    loop {
+        let pending: Vec<&str> = config
+            .accounts
+            .iter()
+            .filter(|a| {
+                files
+                    .load(&a.name)
+                    .is_none_or(|p| p.pid != me || p.refreshing_since.is_some())
+            })
+            .map(|a| a.name.as_str())
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = writeln!(
+                out,
+                "status files: not updated within {}s for {} (`authbridge status` may show them \
+                 as stale)",
+                STATUS_SETTLE.as_secs(),
+                pending.join(", ")
+            );
+            return;
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
 }

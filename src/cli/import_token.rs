@@ -1,5 +1,6 @@
 //! `authbridge import-token ACCOUNT`: store an existing refresh token, read from stdin (surrounding
-//! whitespace dropped), encrypted in the token store.
+//! whitespace dropped), encrypted in the token store. Refused for app-only accounts (they use no
+//! refresh token); needs the store's key, not the provider's secret.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,25 +8,18 @@ use std::path::PathBuf;
 use anyhow::anyhow;
 
 use super::failure::Failure;
-use super::setup::load;
+use super::setup::load_without_secrets;
 use crate::config::Config;
 use crate::secret::SecretString;
 
 /// Runs `authbridge import-token ACCOUNT [--config PATH]`.
 pub fn run(account: &str, config: Option<PathBuf>) -> Result<(), Failure> {
-    let config = load(config)?;
+    let config = load_without_secrets(config)?;
     import_token(&config, account)
 }
 
 fn import_token(config: &Config, account: &str) -> Result<(), Failure> {
-    if config.account(account).is_none() {
-        let known: Vec<_> = config.accounts.iter().map(|a| a.name.as_str()).collect();
-        return Err(Failure::Usage(anyhow!(
-            "no account named `{account}` in {} (accounts: {})",
-            config.file.display(),
-            known.join(", ")
-        )));
-    }
+    super::account_arg::delegated(config, account).map_err(|e| Failure::Usage(anyhow!(e)))?;
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)

@@ -4,7 +4,8 @@
 //!
 //! One module per subcommand: [`run`], [`check`], [`login`], [`status`], [`import_token`],
 //! [`hash_password`], [`gen_cert`]; `failure.rs` (how a subcommand fails) and `setup.rs` (config
-//! loading, the async runtime) serve them all. Room for the planned ones, each a module of its own:
+//! loading, the async runtime) serve them all, `account_arg.rs` the ACCOUNT argument of `login`
+//! and `import-token`. Room for the planned ones, each a module of its own:
 //! `reload` (SIGHUP to the running process) and `probe` (a health probe for containers).
 //!
 //! Library modules never use `crate::cli`; the CLI may use any of them. `src/main.rs` only parses,
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod account_arg;
 pub mod check;
 mod failure;
 pub mod gen_cert;
@@ -46,7 +48,8 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Validate the config, fetch a token for every account and log in upstream on every listener.
+    /// Validate the config (exit 2 on a config error), check that the listen ports are free, fetch
+    /// a token for every account and log in upstream on every listener (exit 1 if one fails).
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -68,24 +71,38 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// One line per account: flow, access-token expiry, last refresh, refresh-token age, state.
-    /// Exits 1 when an account needs a login (or other action).
+    /// Exits 1 when an account needs a login, its last token request failed, or what is known of
+    /// it is stale. Reads no secret.
     Status {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Store an existing refresh token (read from stdin) for ACCOUNT.
+    /// Store an existing refresh token (read from stdin) for ACCOUNT (delegated flows only).
     ImportToken {
         account: String,
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// Hash a local password (stdin, or a prompt on a terminal) into an argon2id PHC string.
-    HashPassword,
-    /// Write a self-signed certificate for localhost (cert.pem, key.pem) for client-side TLS.
+    /// One password per run: one trailing newline is dropped, another line break is refused.
+    HashPassword {
+        /// Keep line breaks inside the password (stdin only; one trailing newline is still
+        /// dropped).
+        #[arg(long)]
+        allow_line_breaks: bool,
+    },
+    /// Write a self-signed certificate (cert.pem, key.pem) for client-side TLS, for localhost,
+    /// 127.0.0.1 and ::1 plus the --host names. An existing pair is kept unless --force.
     GenCert {
         /// Output folder.
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+        /// Another name for the certificate: a DNS name or an IP address (repeatable).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Replace an existing cert.pem and key.pem.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -103,8 +120,8 @@ pub fn dispatch(command: Command) -> Result<(), Failure> {
         } => login::run(&account, device_code, paste, timeout, config),
         Command::Status { config } => status::run(config),
         Command::ImportToken { account, config } => import_token::run(&account, config),
-        Command::HashPassword => hash_password::run(),
-        Command::GenCert { out } => gen_cert::run(&out),
+        Command::HashPassword { allow_line_breaks } => hash_password::run(allow_line_breaks),
+        Command::GenCert { out, hosts, force } => gen_cert::run(&out, &hosts, force),
     }
 }
 

@@ -1,27 +1,39 @@
 //! `authbridge status`: one line per account, from what the processes acting on the accounts left
 //! behind (a separate process has no in-memory state): the status file the token manager writes
 //! (`token::StatusFiles`) and the token store's clear-text metadata (when the refresh token was
-//! stored). Needs no key and decrypts nothing.
+//! stored). Needs no key and no provider secret, and decrypts nothing.
 //!
 //! ```text
 //! tickets  flow=authorization_code  access_token=expires in 52m (2025-06-01 10:42:00 UTC)  last_refresh=8m ago  refresh_token_age=8m  state=ok
 //! ```
+//!
+//! It exits 1 when any account needs attention: a login, a last token request that failed
+//! (`state=failed: <why> — <fix>`), or a status file that is stale — a token request marked in
+//! flight whose process has exited or that outlived its bound, or an access token that the
+//! process keeping it fresh stopped renewing. Whether the writer still runs is read from
+//! `/proc/<pid>`, so `status` must run on the same machine (and PID namespace) as the writer;
+//! where that cannot be told, only the time bounds apply.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::anyhow;
 
 use super::failure::Failure;
-use super::setup::load;
+use super::setup::load_without_secrets;
 
 use crate::config::{Account, Config};
 use crate::token::{
     MasterKey, PersistedStatus, StatusFiles, TokenError, TokenStore, from_unix_secs,
 };
 
-/// A "refreshing" mark older than this is stale (the writer died mid-request).
-const REFRESHING_STALE: Duration = Duration::from_secs(60);
+/// A token request may take `limits.token_request_secs` plus this (store reads and writes, the
+/// status file) before a "refreshing" mark is stale.
+const REFRESH_SLACK: Duration = Duration::from_secs(30);
+/// A process that keeps an account's access token fresh renews it before it expires, and retries
+/// a failure within 5 min (10 min after a refusal): an expiry this far in the past, with no update
+/// since, means it stopped.
+const RENEWAL_OVERDUE: Duration = Duration::from_secs(15 * 60);
 
 /// The status of one account.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,15 +41,36 @@ pub struct AccountLine {
     pub account: String,
     /// The whole line as printed.
     pub text: String,
-    /// Someone must act (the state is "needs login").
+    /// Someone must act: the account needs a login, its last token request failed, or its status
+    /// is stale.
     pub needs_action: bool,
+}
+
+/// What `line` is told besides the account and its files.
+pub struct Judge {
+    pub now: SystemTime,
+    /// How long a token request may be marked in flight (see [`REFRESH_SLACK`]).
+    pub request_bound: Duration,
+    /// Whether a process runs (`None`: cannot tell).
+    pub alive: fn(u32) -> Option<bool>,
+}
+
+impl Judge {
+    /// As of now, for `config`, asking `/proc` about writers.
+    pub fn now(config: &Config) -> Judge {
+        Judge {
+            now: SystemTime::now(),
+            request_bound: config.limits.timeouts.token_request + REFRESH_SLACK,
+            alive: process_alive,
+        }
+    }
 }
 
 /// Runs `authbridge status [--config PATH]`: prints every account's line; an account that needs
 /// action is a runtime failure.
 pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
-    let config = load(config)?;
-    let lines = report(&config, SystemTime::now());
+    let config = load_without_secrets(config)?;
+    let lines = report(&config, &Judge::now(&config));
     for l in &lines {
         println!("{}", l.text);
     }
@@ -50,8 +83,8 @@ pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
     }
 }
 
-/// The status line of every configured account, as of `now`.
-pub fn report(config: &Config, now: SystemTime) -> Vec<AccountLine> {
+/// The status line of every configured account.
+pub fn report(config: &Config, judge: &Judge) -> Vec<AccountLine> {
     let files = StatusFiles::new(&config.state_dir);
     // Only clear-text metadata is read: any key will do, and none is created.
     let store = config
@@ -73,9 +106,18 @@ pub fn report(config: &Config, now: SystemTime) -> Vec<AccountLine> {
             let stored_at = store
                 .as_ref()
                 .map(|s| s.stored_at(&a.name).map_err(|e| e.to_string()));
-            line(a, persisted.as_ref(), stored_at, now)
+            line(a, persisted.as_ref(), stored_at, judge)
         })
         .collect()
+}
+
+/// Whether process `pid` runs on this machine; `None` when that cannot be told (no `/proc`).
+fn process_alive(pid: u32) -> Option<bool> {
+    let proc = Path::new("/proc");
+    if pid == 0 || !proc.join("self").exists() {
+        return None;
+    }
+    Some(proc.join(pid.to_string()).exists())
 }
 
 /// `stored_at`: `None` when there is no store yet; `Some(Err)` when the token file is unreadable.
@@ -83,8 +125,10 @@ fn line(
     account: &Account,
     p: Option<&PersistedStatus>,
     stored_at: Option<Result<Option<SystemTime>, String>>,
-    now: SystemTime,
+    judge: &Judge,
 ) -> AccountLine {
+    let now = judge.now;
+    let ago = |t: SystemTime| human(now.duration_since(t).unwrap_or_default());
     let name = &account.name;
     let flow = account.provider.flow;
     let delegated = flow.is_delegated();
@@ -92,30 +136,27 @@ fn line(
         Some(Ok(Some(t))) => Some(*t),
         _ => None,
     };
-    let access = match p
+    let access_expiry = p
         .and_then(|p| p.access_token_expires_at)
-        .map(from_unix_secs)
-    {
+        .map(from_unix_secs);
+    let access = match access_expiry {
         Some(t) if t > now => format!(
             "expires in {} ({})",
             human(t.duration_since(now).unwrap_or_default()),
             utc(t)
         ),
-        Some(t) => format!(
-            "expired {} ago",
-            human(now.duration_since(t).unwrap_or_default())
-        ),
+        Some(t) => format!("expired {} ago", ago(t)),
         None => "none".to_owned(),
     };
     let last_refresh = match p.and_then(|p| p.last_refresh).map(from_unix_secs) {
-        Some(t) => format!("{} ago", human(now.duration_since(t).unwrap_or_default())),
+        Some(t) => format!("{} ago", ago(t)),
         None => "never".to_owned(),
     };
     let rt_age = if !delegated {
         "n/a".to_owned()
     } else {
         match &stored_at {
-            Some(Ok(Some(t))) => human(now.duration_since(*t).unwrap_or_default()),
+            Some(Ok(Some(t))) => ago(*t),
             Some(Err(_)) => "unreadable".to_owned(),
             _ => "none".to_owned(),
         }
@@ -123,6 +164,8 @@ fn line(
     let needs_login_since = p.and_then(|p| p.needs_login_since).map(from_unix_secs);
     let newer_token = matches!((stored, needs_login_since), (Some(s), Some(since)) if s > since);
     let mut last_error = p.and_then(|p| p.last_error.clone());
+    // The writer of the status file, if it is known to have exited.
+    let gone = |p: &PersistedStatus| (judge.alive)(p.pid) == Some(false);
     let (state, needs_action) = match (p, &stored_at) {
         (_, Some(Err(e))) if delegated => (format!("needs login: {e}"), true),
         (_, Some(Ok(None)) | None) if delegated => (
@@ -145,12 +188,66 @@ fn line(
                 false,
             )
         }
+        (Some(p), _) if p.refreshing_since.is_some() => {
+            let since = from_unix_secs(p.refreshing_since.unwrap_or_default());
+            let running = now.duration_since(since).unwrap_or_default();
+            if gone(p) {
+                (
+                    format!(
+                        "stale (a token request started {} ago by pid {}, which has exited \
+                         without recording the outcome; `authbridge check` tries again)",
+                        ago(since),
+                        p.pid
+                    ),
+                    true,
+                )
+            } else if running > judge.request_bound {
+                (
+                    format!(
+                        "stale (a token request started {} ago by pid {} has not finished, though \
+                         it may take {}; that process seems stuck: see its log, restart it; \
+                         `authbridge check` tries again)",
+                        ago(since),
+                        p.pid,
+                        human(judge.request_bound)
+                    ),
+                    true,
+                )
+            } else if last_error.is_some() {
+                ("refreshing (the last attempt failed)".to_owned(), true)
+            } else {
+                ("refreshing".to_owned(), false)
+            }
+        }
+        (Some(_), _) if last_error.is_some() => {
+            let why = last_error.take().unwrap_or_default();
+            (format!("failed: {why}"), true)
+        }
         (Some(p), _)
-            if p.refreshing_since
-                .map(from_unix_secs)
-                .is_some_and(|t| now.duration_since(t).unwrap_or_default() < REFRESHING_STALE) =>
+            if p.in_use
+                && access_expiry.is_some_and(|t| t + RENEWAL_OVERDUE < now)
+                && from_unix_secs(p.updated_at) + RENEWAL_OVERDUE < now =>
         {
-            ("refreshing".to_owned(), false)
+            let why = if gone(p) {
+                format!(
+                    "pid {}, which kept this account's access token fresh, has exited: the token \
+                     expired {} ago and nothing renews it (is authbridge running?)",
+                    p.pid,
+                    access_expiry.map(ago).unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "pid {} keeps this account's access token fresh but has not renewed it: it \
+                     expired {} ago, last update {} ago — that process seems stuck, see its log",
+                    p.pid,
+                    access_expiry.map(ago).unwrap_or_default(),
+                    ago(from_unix_secs(p.updated_at))
+                )
+            };
+            (
+                format!("stale ({why}; `authbridge check` records a fresh result)"),
+                true,
+            )
         }
         (None, _) => (
             "ok (no token request made yet; `authbridge check` tries one)".to_owned(),
@@ -225,6 +322,15 @@ mod tests {
             .remove(0)
     }
 
+    /// As of `now`, every writer still running.
+    fn judge(now: SystemTime) -> Judge {
+        Judge {
+            now,
+            request_bound: Duration::from_secs(35),
+            alive: |_| Some(true),
+        }
+    }
+
     fn persisted(now: u64) -> PersistedStatus {
         PersistedStatus {
             version: 1,
@@ -243,7 +349,7 @@ mod tests {
         let now = from_unix_secs(now_s);
         let a = account("authorization_code");
         let stored = Some(Ok(Some(from_unix_secs(now_s - 2 * 86_400))));
-        let ok = line(&a, Some(&persisted(now_s)), stored.clone(), now);
+        let ok = line(&a, Some(&persisted(now_s)), stored.clone(), &judge(now));
         assert_eq!(
             ok.text,
             "tickets  flow=authorization_code  access_token=expires in 50m (2023-11-14 23:03:20 UTC)  \
@@ -256,27 +362,62 @@ mod tests {
             ..persisted(now_s)
         };
         assert!(
-            line(&a, Some(&refreshing), stored.clone(), now)
+            line(&a, Some(&refreshing), stored.clone(), &judge(now))
                 .text
                 .ends_with("state=refreshing")
         );
+        // A "refreshing" mark past its bound is stale, not ok (issue 13: it read as healthy).
         let stale = PersistedStatus {
             refreshing_since: Some(now_s - 600),
+            pid: 4242,
             ..persisted(now_s)
         };
+        let l = line(&a, Some(&stale), stored.clone(), &judge(now));
         assert!(
-            line(&a, Some(&stale), stored.clone(), now)
-                .text
-                .ends_with("state=ok")
+            l.text.ends_with(
+                "state=stale (a token request started 10m ago by pid 4242 has not finished, \
+                 though it may take 35s; that process seems stuck: see its log, restart it; \
+                 `authbridge check` tries again)"
+            ),
+            "{}",
+            l.text
         );
+        assert!(l.needs_action);
 
+        // A failed last attempt is the state, with its fix, and needs action (it read "ok").
         let transient = PersistedStatus {
-            last_error: Some("token refresh for account tickets failed: HTTP 503".into()),
+            last_error: Some(
+                "token refresh for account tickets failed: HTTP 503 — authbridge retries".into(),
+            ),
             ..persisted(now_s)
         };
-        let l = line(&a, Some(&transient), stored.clone(), now);
-        assert!(l.text.contains("last_error=\"token refresh"), "{}", l.text);
-        assert!(l.text.ends_with("state=ok") && !l.needs_action);
+        let l = line(&a, Some(&transient), stored.clone(), &judge(now));
+        assert!(
+            l.text.ends_with(
+                "state=failed: token refresh for account tickets failed: HTTP 503 — authbridge \
+                 retries"
+            ),
+            "{}",
+            l.text
+        );
+        assert!(
+            l.needs_action && !l.text.contains("last_error="),
+            "{}",
+            l.text
+        );
+        let retrying = PersistedStatus {
+            refreshing_since: Some(now_s - 2),
+            ..transient.clone()
+        };
+        let l = line(&a, Some(&retrying), stored.clone(), &judge(now));
+        assert!(
+            l.needs_action
+                && l.text.contains("last_error=\"token refresh")
+                && l.text
+                    .ends_with("state=refreshing (the last attempt failed)"),
+            "{}",
+            l.text
+        );
 
         let refused = PersistedStatus {
             last_error: Some("…".into()),
@@ -286,7 +427,7 @@ mod tests {
             needs_login_since: Some(now_s - 60),
             ..persisted(now_s)
         };
-        let l = line(&a, Some(&refused), stored.clone(), now);
+        let l = line(&a, Some(&refused), stored.clone(), &judge(now));
         assert!(
             l.text.ends_with(
                 "state=needs login: AADSTS70008 refresh token expired — run `authbridge login tickets`"
@@ -300,7 +441,7 @@ mod tests {
             &a,
             Some(&refused),
             Some(Ok(Some(from_unix_secs(now_s - 5)))),
-            now,
+            &judge(now),
         );
         assert!(
             l.text.contains("state=ok (a new refresh token was stored"),
@@ -310,7 +451,7 @@ mod tests {
         assert!(!l.needs_action);
 
         // Nothing stored yet; no status file yet; an unreadable token file.
-        let l = line(&a, None, Some(Ok(None)), now);
+        let l = line(&a, None, Some(Ok(None)), &judge(now));
         assert!(
             l.text.ends_with(
                 "access_token=none  last_refresh=never  refresh_token_age=none  state=needs login: \
@@ -320,12 +461,17 @@ mod tests {
             "{}",
             l.text
         );
-        let l = line(&a, None, stored.clone(), now);
+        let l = line(&a, None, stored.clone(), &judge(now));
         assert!(
             l.text
                 .ends_with("state=ok (no token request made yet; `authbridge check` tries one)")
         );
-        let l = line(&a, None, Some(Err("tickets.json is damaged".into())), now);
+        let l = line(
+            &a,
+            None,
+            Some(Err("tickets.json is damaged".into())),
+            &judge(now),
+        );
         assert!(l.needs_action && l.text.contains("refresh_token_age=unreadable"));
 
         // App-only: no refresh token, an expired access token.
@@ -334,12 +480,96 @@ mod tests {
             access_token_expires_at: Some(now_s - 120),
             ..persisted(now_s)
         };
-        let l = line(&app, Some(&expired), Some(Ok(None)), now);
+        let l = line(&app, Some(&expired), Some(Ok(None)), &judge(now));
         assert!(
             l.text
                 .contains("flow=client_credentials  access_token=expired 2m ago")
                 && l.text.contains("refresh_token_age=n/a")
                 && l.text.ends_with("state=ok"),
+            "{}",
+            l.text
+        );
+    }
+
+    #[test]
+    fn a_status_whose_writer_stopped_is_stale() {
+        let now_s = 1_700_000_000;
+        let now = from_unix_secs(now_s);
+        let a = account("client_credentials");
+        let gone = Judge {
+            alive: |_| Some(false),
+            ..judge(now)
+        };
+        let unknown = Judge {
+            alive: |_| None,
+            ..judge(now)
+        };
+        // `check` exited right after starting a request (its outcome never written).
+        let cut_off = PersistedStatus {
+            refreshing_since: Some(now_s - 3),
+            pid: 4242,
+            ..persisted(now_s)
+        };
+        let l = line(&a, Some(&cut_off), Some(Ok(None)), &gone);
+        assert!(
+            l.needs_action
+                && l.text.ends_with(
+                    "state=stale (a token request started 3s ago by pid 4242, which has exited \
+                     without recording the outcome; `authbridge check` tries again)"
+                ),
+            "{}",
+            l.text
+        );
+        // Without /proc only the bound tells.
+        let l = line(&a, Some(&cut_off), Some(Ok(None)), &unknown);
+        assert!(
+            !l.needs_action && l.text.ends_with("state=refreshing"),
+            "{}",
+            l.text
+        );
+
+        // The server that kept the token fresh is gone: the token expired long ago.
+        let abandoned = PersistedStatus {
+            pid: 4242,
+            in_use: true,
+            updated_at: now_s - 7200,
+            last_refresh: Some(now_s - 7200),
+            access_token_expires_at: Some(now_s - 3600),
+            ..persisted(now_s)
+        };
+        let l = line(&a, Some(&abandoned), Some(Ok(None)), &gone);
+        assert!(
+            l.needs_action
+                && l.text.ends_with(
+                    "state=stale (pid 4242, which kept this account's access token fresh, has \
+                     exited: the token expired 1h 0m ago and nothing renews it (is authbridge \
+                     running?); `authbridge check` records a fresh result)"
+                ),
+            "{}",
+            l.text
+        );
+        let l = line(&a, Some(&abandoned), Some(Ok(None)), &judge(now));
+        assert!(
+            l.needs_action
+                && l.text
+                    .contains("state=stale (pid 4242 keeps this account's"),
+            "{}",
+            l.text
+        );
+        // Recently expired (renewal may be under way), or nobody was keeping it fresh (`check`,
+        // `login` wrote it): not stale.
+        let recent = PersistedStatus {
+            access_token_expires_at: Some(now_s - 60),
+            ..abandoned.clone()
+        };
+        assert!(!line(&a, Some(&recent), Some(Ok(None)), &gone).needs_action);
+        let idle = PersistedStatus {
+            in_use: false,
+            ..abandoned
+        };
+        let l = line(&a, Some(&idle), Some(Ok(None)), &gone);
+        assert!(
+            !l.needs_action && l.text.ends_with("state=ok"),
             "{}",
             l.text
         );

@@ -60,6 +60,7 @@ pub(super) struct RawLog {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
+    #[serde(deserialize_with = "listen_addr")]
     pub(super) listen: SocketAddr,
 }
 
@@ -113,6 +114,7 @@ pub(super) struct RawLogin {
 pub(super) struct RawListener {
     pub(super) name: String,
     pub(super) protocol: Protocol,
+    #[serde(deserialize_with = "listen_addr")]
     pub(super) listen: SocketAddr,
     #[serde(default)]
     pub(super) mode: ListenerMode,
@@ -151,6 +153,32 @@ pub(super) struct RawUpstream {
     pub(super) server_name: Option<String>,
     #[serde(default)]
     pub(super) ca_file: Option<PathBuf>,
+}
+
+/// A `listen:` address: an IP address and a port (host names are not resolved), with an error
+/// that says so.
+fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = SocketAddr;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("IP:PORT (e.g. 127.0.0.1:1587; an IPv6 address in quotes: \"[::1]:1587\")")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+            v.trim().parse().map_err(|_| {
+                let hint = match v.trim().rsplit_once(':') {
+                    Some((_, port)) if port.parse::<u16>().is_ok() => format!(
+                        " (host names are not looked up: for localhost write 127.0.0.1:{port})"
+                    ),
+                    _ => String::new(),
+                };
+                E::custom(format!(
+                    "expected IP:PORT (e.g. 127.0.0.1:1587), got {v}{hint}"
+                ))
+            })
+        }
+    }
+    d.deserialize_str(Visitor)
 }
 
 /// Optional overrides of the defaults in [`crate::limits`] (sizes in octets, times in seconds

@@ -1,11 +1,22 @@
 //! Secrets in the config (`client_secret`): the three forms a value may take — inline,
-//! `{ env: NAME }` or `{ file: PATH }` — and how each is read into a [`SecretString`].
+//! `{ env: NAME }` or `{ file: PATH }` — how each is read into a [`SecretString`], and whether a
+//! load reads them at all ([`Secrets`]).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::secret::SecretString;
+
+/// Whether a config load reads the secrets it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Secrets {
+    /// Read every secret (a missing variable or file is an error): for everything that may talk
+    /// to a provider.
+    Read,
+    /// Read none (each resolves to `None`): for `status` and `import-token`, which never do.
+    Skip,
+}
 
 /// `client_secret: "value"`, `{ env: NAME }` or `{ file: PATH }`.
 #[derive(Debug, Deserialize)]

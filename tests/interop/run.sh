@@ -368,7 +368,7 @@ done
 step "authbridge"
 GLPI_HASH=$(printf '%s' "$GLPI_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
 HELPDESK_HASH=$(printf '%s' "$HELPDESK_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
-GLPI_LF_HASH=$(printf '%s' "$GLPI_LF_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
+GLPI_LF_HASH=$(printf '%s' "$GLPI_LF_PASSWORD" | "$AUTHBRIDGE" hash-password --allow-line-breaks) || die "hash-password failed"
 export GLPI_HASH HELPDESK_HASH GLPI_LF_HASH
 render "$HERE/authbridge.yaml.in" "$T/authbridge.yaml" || die "render failed"
 HELPDESK_RT=$(sandbox_post refresh_token "{\"client_id\":\"$CLIENT_ID\",\"mailbox\":\"$HELPDESK\"}" |

@@ -113,22 +113,8 @@ pub async fn login(
     out: &mut (dyn Write + Send),
     input: &mut (dyn AsyncBufRead + Unpin + Send),
 ) -> Result<(), LoginError> {
-    let Some(acc) = config.account(account) else {
-        let known: Vec<_> = config.accounts.iter().map(|a| a.name.as_str()).collect();
-        return Err(LoginError::Usage(format!(
-            "no account named `{account}` in {} (accounts: {})",
-            config.file.display(),
-            known.join(", ")
-        )));
-    };
+    let acc = super::account_arg::delegated(config, account).map_err(LoginError::Usage)?;
     let provider = Arc::clone(&acc.provider);
-    if !provider.flow.is_delegated() {
-        return Err(LoginError::Usage(format!(
-            "account `{account}` uses provider `{}` with flow client_credentials (app-only): there \
-             is nothing to log in; run `authbridge check` to test it",
-            provider.name
-        )));
-    }
     let mode = opts.mode.unwrap_or(match provider.flow {
         Flow::DeviceCode => Mode::DeviceCode,
         _ => Mode::Browser,

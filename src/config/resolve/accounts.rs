@@ -1,10 +1,12 @@
 //! The `accounts:` section: each mailbox, the provider it gets tokens from, and its local
-//! logins (unique user names, argon2id PHC hashes checked here so a bad hash fails at start-up).
+//! logins (unique user names, argon2id PHC hashes checked here so a bad hash fails at start-up,
+//! the examples' published hashes refused).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::error::ConfigError;
+use crate::config::placeholders::published_hash;
 use crate::config::resolved::{Account, Login};
 use crate::config::schema::RawAccount;
 use crate::password_hash::check_hash;
@@ -70,6 +72,17 @@ impl Resolver<'_> {
                         format!(
                             "login `{}` is used twice; a local user name must map to one account",
                             l.username
+                        ),
+                    ));
+                }
+                if let Some(password) = published_hash(&l.password_hash) {
+                    return Err(self.err_at_value(
+                        format!("{lat}.password_hash"),
+                        &l.password_hash,
+                        format!(
+                            "this is the example's published hash of the password `{password}`, \
+                             which anyone can look up: put the output of `authbridge \
+                             hash-password` here"
                         ),
                     ));
                 }

@@ -2,6 +2,7 @@
 //! (upstream host, TLS and certificate checks) and, for `mode: relay`, who may relay what.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 
 use crate::config::defaults;
 use crate::config::error::ConfigError;
@@ -13,7 +14,7 @@ use super::context::Resolver;
 
 impl Resolver<'_> {
     pub(super) fn listeners(&self, raw: Vec<RawListener>) -> Result<Vec<Listener>, ConfigError> {
-        let mut listeners = Vec::new();
+        let mut listeners: Vec<Listener> = Vec::new();
         let mut lnames = HashSet::new();
         for (i, l) in raw.into_iter().enumerate() {
             let listener = self.listener(&format!("listeners[{i}]"), l)?;
@@ -23,9 +24,47 @@ impl Resolver<'_> {
                     format!("listener `{}` is defined twice", listener.name),
                 ));
             }
+            if let Some((j, other)) = listeners
+                .iter()
+                .enumerate()
+                .find(|(_, o)| same_socket(o.listen, listener.listen))
+            {
+                return Err(self.err(
+                    format!("listeners[{i}].listen"),
+                    format!(
+                        "{} clashes with listeners[{j}] (`{}`, {}): each listener needs its own \
+                         port",
+                        listener.listen, other.name, other.listen
+                    ),
+                ));
+            }
             listeners.push(listener);
         }
         Ok(listeners)
+    }
+
+    /// `admin.listen` must not take a listener's socket.
+    pub(super) fn admin_listen(
+        &self,
+        admin: Option<SocketAddr>,
+        listeners: &[Listener],
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        if let Some(addr) = admin
+            && let Some((j, other)) = listeners
+                .iter()
+                .enumerate()
+                .find(|(_, o)| same_socket(o.listen, addr))
+        {
+            return Err(self.err(
+                "admin.listen",
+                format!(
+                    "{addr} clashes with listeners[{j}] (`{}`, {}): the admin listener needs a \
+                     port of its own",
+                    other.name, other.listen
+                ),
+            ));
+        }
+        Ok(admin)
     }
 
     fn listener(&self, at: &str, l: RawListener) -> Result<Listener, ConfigError> {
@@ -167,9 +206,73 @@ impl Resolver<'_> {
     }
 }
 
+/// Would binding both fail (the same port on the same address, or on a wildcard address that
+/// covers the other)? Port 0 (any free port) never clashes.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (x, y) = (a.ip(), b.ip());
+    // `[::]` takes IPv4 too (dual stack, the Linux default); `0.0.0.0` takes every IPv4 address.
+    x == y
+        || (x.is_unspecified() && (x.is_ipv6() || y.is_ipv4()))
+        || (y.is_unspecified() && (y.is_ipv6() || x.is_ipv4()))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::testkit::parse;
+
+    #[test]
+    fn two_listeners_cannot_share_a_socket() {
+        let two = |a: &str, b: &str| {
+            parse(&format!(
+                "listeners:\n  - name: one\n    protocol: smtp\n    listen: {a}\n    \
+                 allow_plaintext_remote: true\n    upstream: {{ host: h, port: 1, tls: starttls }}\n  \
+                 - name: two\n    protocol: imap\n    listen: {b}\n    allow_plaintext_remote: true\n    \
+                 upstream: {{ host: h, port: 1, tls: implicit }}\n"
+            ))
+        };
+        let e = two("127.0.0.1:1587", "127.0.0.1:1587").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/authbridge/test.yaml: listeners[1].listen: 127.0.0.1:1587 clashes with \
+             listeners[0] (`one`, 127.0.0.1:1587): each listener needs its own port"
+        );
+        two("0.0.0.0:1587", "127.0.0.1:1587").unwrap_err();
+        two("127.0.0.1:1587", "\"[::]:1587\"").unwrap_err();
+        two("127.0.0.1:1587", "127.0.0.1:1588").unwrap();
+        two("127.0.0.1:1587", "127.0.0.2:1587").unwrap();
+        two("\"[::1]:1587\"", "127.0.0.1:1587").unwrap();
+        two("127.0.0.1:0", "127.0.0.1:0").unwrap();
+        let e = parse(
+            "admin: { listen: 127.0.0.1:1587 }\nlisteners:\n  - name: one\n    protocol: smtp\n    \
+             listen: 127.0.0.1:1587\n    upstream: { host: h, port: 1, tls: starttls }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("admin.listen: 127.0.0.1:1587 clashes with listeners[0] (`one`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_listen_address_is_an_ip_and_a_port() {
+        let e = parse(&listener("localhost:1587", "")).unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/authbridge/test.yaml:4: listeners[0].listen: expected IP:PORT (e.g. \
+             127.0.0.1:1587), got localhost:1587 (host names are not looked up: for localhost \
+             write 127.0.0.1:1587)"
+        );
+        let e = parse(&listener("1587", "")).unwrap_err();
+        assert!(
+            e.ends_with("listeners[0].listen: expected IP:PORT (e.g. 127.0.0.1:1587), got 1587"),
+            "{e}"
+        );
+        let e = parse("admin: { listen: \"127.0.0.1\" }\n").unwrap_err();
+        assert!(e.contains("admin.listen: expected IP:PORT"), "{e}");
+    }
 
     fn listener(listen: &str, extra: &str) -> String {
         format!(

@@ -1,5 +1,6 @@
 //! The `providers:` section: each OAuth2 provider's kind, flow, endpoints, scopes, client
-//! secret and the TLS settings for its token endpoint, resolved into a [`ProviderConfig`].
+//! secret and the TLS settings for its token endpoint, resolved into a [`ProviderConfig`]; the
+//! example's placeholder client id and tenant are refused.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,7 +8,11 @@ use std::sync::Arc;
 use crate::config::defaults;
 use crate::config::error::ConfigError;
 use crate::config::keywords::{CloudName, FlowName, ProviderType};
+use crate::config::placeholders::{
+    EXAMPLE_CLIENT_ID, EXAMPLE_TENANT, is_example_client_id, is_example_tenant,
+};
 use crate::config::schema::RawProvider;
+use crate::config::secrets::Secrets;
 use crate::token::{self, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
 
 use super::context::Resolver;
@@ -27,13 +32,18 @@ impl Resolver<'_> {
 
     fn provider(&self, name: &str, p: RawProvider) -> Result<ProviderConfig, ConfigError> {
         let at = format!("providers.{name}");
-        let client_secret = p
-            .client_secret
-            .map(|s| {
-                s.read(|file| self.path(file))
-                    .map_err(|message| self.err(format!("{at}.client_secret"), message))
-            })
-            .transpose()?;
+        self.placeholders(&at, &p)?;
+        let has_secret = p.client_secret.is_some();
+        let client_secret = match self.secrets {
+            Secrets::Read => p
+                .client_secret
+                .map(|s| {
+                    s.read(|file| self.path(file))
+                        .map_err(|message| self.err(format!("{at}.client_secret"), message))
+                })
+                .transpose()?,
+            Secrets::Skip => None,
+        };
         match p.kind {
             ProviderType::Microsoft
                 if p.tenant.as_deref().unwrap_or("").is_empty() && p.token_url.is_none() =>
@@ -69,7 +79,7 @@ impl Resolver<'_> {
                 ));
             }
         }
-        if p.flow == FlowName::ClientCredentials && client_secret.is_none() {
+        if p.flow == FlowName::ClientCredentials && !has_secret {
             return Err(self.err(
                 format!("{at}.client_secret"),
                 "flow client_credentials needs a client_secret (a value, { env: NAME } or { file: PATH })",
@@ -148,5 +158,43 @@ impl Resolver<'_> {
             redirect_uri: p.redirect_uri,
             tls,
         })
+    }
+
+    /// The example's values left in place: an all-zero `client_id` always; the example tenant
+    /// when the provider talks to Microsoft's own endpoints (no `token_url`).
+    fn placeholders(&self, at: &str, p: &RawProvider) -> Result<(), ConfigError> {
+        if p.client_id.trim().is_empty() {
+            return Err(self.err(
+                format!("{at}.client_id"),
+                "expected the app registration's Application (client) ID",
+            ));
+        }
+        if is_example_client_id(&p.client_id) {
+            return Err(self.err_at_value(
+                format!("{at}.client_id"),
+                &p.client_id,
+                format!(
+                    "{EXAMPLE_CLIENT_ID} is the example's placeholder: put your app registration's \
+                     Application (client) ID here (Entra admin center → App registrations → your \
+                     app → Overview)"
+                ),
+            ));
+        }
+        if let Some(tenant) = &p.tenant
+            && p.kind == ProviderType::Microsoft
+            && p.token_url.is_none()
+            && is_example_tenant(tenant)
+        {
+            return Err(self.err_at_value(
+                format!("{at}.tenant"),
+                tenant,
+                format!(
+                    "{EXAMPLE_TENANT} is the example's placeholder: put your tenant's domain \
+                     (yourcompany.onmicrosoft.com) or its tenant ID (a GUID, Entra admin center \
+                     → Overview)"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
