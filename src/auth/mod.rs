@@ -32,7 +32,7 @@ pub use crate::password_hash::check_hash;
 use crate::password_hash::{self, HashShape};
 use crate::secret::Secret;
 pub use argon2_pool::{Argon2Pool, Argon2Stats, Busy};
-pub use throttle::{Attempt, CHECKS_PER_SOURCE, FailureTracker, Refusal, Source};
+pub use throttle::{Attempt, Blocked, CHECKS_PER_SOURCE, FailureTracker, Source};
 
 type HmacSha256 = Hmac<Sha256>;
 

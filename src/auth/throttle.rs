@@ -9,8 +9,10 @@
 //!   way count against the limit like failures, so N parallel guesses cost what N sequential
 //!   ones do instead of all passing the check before the first failure is recorded. A success
 //!   uncounts its attempt; a check that ends without a verdict (deadline, full queue) too.
-//! - At most [`CHECKS_PER_SOURCE`] checks run per source at once (whatever the user names);
-//!   more are refused at once with the temporary reply, so one source cannot fill the argon2 queue.
+//! - At most [`CHECKS_PER_SOURCE`] checks run per source at once (whatever the user names); more
+//!   wait their turn within the login's deadline. One source cannot fill the argon2 queue, and a
+//!   client opening several sessions at once with a credential not yet verified gets them
+//!   checked one after the other (the later ones from the cache).
 //! - A credential already verified never comes here (`Credentials::cached`): it is never refused.
 //! - Memory: at most [`TRACKED_KEYS_MAX`] keys; user names are kept as keyed 64-bit hashes.
 
@@ -19,6 +21,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::limits::ConnectionLimits;
 
@@ -44,15 +48,10 @@ impl Source {
     }
 }
 
-/// Why a check may not start.
+/// Too many failures (and attempts under way) for this user from this source: answer with the
+/// "too many failures" reply and close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Too many failures (and attempts under way) for this user from this source: answer with
-    /// the "too many failures" reply and close.
-    Blocked,
-    /// [`CHECKS_PER_SOURCE`] checks from this source are under way: temporary reply.
-    Busy,
-}
+pub struct Blocked;
 
 type Key = (Source, u64);
 
@@ -67,7 +66,8 @@ struct Record {
 #[derive(Default)]
 struct State {
     keys: HashMap<Key, Record>,
-    in_flight: HashMap<Source, u32>,
+    /// The check slots of each source with checks under way or waiting.
+    sources: HashMap<Source, Arc<Semaphore>>,
 }
 
 /// Failed logins per (source, user) in a sliding window, and checks in flight per source.
@@ -78,13 +78,37 @@ pub struct FailureTracker {
     state: Mutex<State>,
 }
 
-/// One password check under way: counted against its (source, user) key and its source until
-/// it is settled or dropped.
+/// One password check under way: counted against its (source, user) key, and holding one of
+/// its source's check slots, until it is dropped.
 pub struct Attempt {
     tracker: Arc<FailureTracker>,
     key: Key,
     /// Still counted as pending (not yet turned into a failure).
     pending: bool,
+    _slot: SourceSlot,
+}
+
+/// A source's check slot, taken or waited for; frees the source's entry when nobody uses it.
+struct SourceSlot {
+    tracker: Arc<FailureTracker>,
+    source: Source,
+    slots: Option<Arc<Semaphore>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        self.permit.take();
+        self.slots.take();
+        let mut state = self.tracker.lock();
+        if state
+            .sources
+            .get(&self.source)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            state.sources.remove(&self.source);
+        }
+    }
 }
 
 impl FailureTracker {
@@ -104,35 +128,58 @@ impl FailureTracker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Start a password check for `username` from `ip`, or say why it may not start.
-    pub fn begin(self: &Arc<Self>, ip: IpAddr, username: &str) -> Result<Attempt, Refusal> {
+    /// Start a password check for `username` from `ip`: refused at once if the key is over its
+    /// limit, else once one of the source's [`CHECKS_PER_SOURCE`] slots is free (the caller
+    /// bounds the wait; cancel-safe), counted from then on.
+    pub async fn begin(self: &Arc<Self>, ip: IpAddr, username: &str) -> Result<Attempt, Blocked> {
         let key = self.key(ip, username);
-        let now = Instant::now();
+        let slots = {
+            let mut state = self.lock();
+            self.check(&mut state, key)?;
+            Arc::clone(
+                state
+                    .sources
+                    .entry(key.0)
+                    .or_insert_with(|| Arc::new(Semaphore::new(CHECKS_PER_SOURCE as usize))),
+            )
+        };
+        let mut slot = SourceSlot {
+            tracker: Arc::clone(self),
+            source: key.0,
+            slots: Some(Arc::clone(&slots)),
+            permit: None,
+        };
+        // Never closed: the semaphore lives as long as `slot` holds it.
+        slot.permit = slots.acquire_owned().await.ok();
         let mut state = self.lock();
+        // Failures recorded while this one waited count too.
+        self.check(&mut state, key)?;
+        if !state.keys.contains_key(&key) && state.keys.len() >= TRACKED_KEYS_MAX {
+            self.make_room(&mut state, Instant::now());
+        }
+        state.keys.entry(key).or_default().pending += 1;
+        drop(state);
+        Ok(Attempt {
+            tracker: Arc::clone(self),
+            key,
+            pending: true,
+            _slot: slot,
+        })
+    }
+
+    /// Blocked if the key's failures and attempts under way have reached the limit.
+    fn check(&self, state: &mut State, key: Key) -> Result<(), Blocked> {
         let counted = match state.keys.get_mut(&key) {
             Some(r) => {
-                self.expire(r, now);
+                self.expire(r, Instant::now());
                 r.failures.len() + r.pending as usize
             }
             None => 0,
         };
         if counted >= self.limits.login_failures_per_source as usize {
-            return Err(Refusal::Blocked);
+            return Err(Blocked);
         }
-        let in_flight = state.in_flight.get(&key.0).copied().unwrap_or(0);
-        if in_flight >= CHECKS_PER_SOURCE {
-            return Err(Refusal::Busy);
-        }
-        if !state.keys.contains_key(&key) && state.keys.len() >= TRACKED_KEYS_MAX {
-            self.make_room(&mut state, now);
-        }
-        state.keys.entry(key).or_default().pending += 1;
-        *state.in_flight.entry(key.0).or_default() += 1;
-        Ok(Attempt {
-            tracker: Arc::clone(self),
-            key,
-            pending: true,
-        })
+        Ok(())
     }
 
     fn expire(&self, r: &mut Record, now: Instant) {
@@ -188,10 +235,9 @@ impl FailureTracker {
     /// Checks under way from `ip`'s source.
     pub fn in_flight(&self, ip: IpAddr) -> u32 {
         self.lock()
-            .in_flight
+            .sources
             .get(&Source::of(ip))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |s| CHECKS_PER_SOURCE - s.available_permits() as u32)
     }
 
     fn settle(&self, key: Key, failed_at: Option<Instant>, was_pending: bool) -> usize {
@@ -211,16 +257,6 @@ impl FailureTracker {
             }
         }
         counted
-    }
-
-    fn release(&self, source: Source) {
-        let mut state = self.lock();
-        if let Some(n) = state.in_flight.get_mut(&source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                state.in_flight.remove(&source);
-            }
-        }
     }
 }
 
@@ -248,7 +284,6 @@ impl Drop for Attempt {
         if self.pending {
             self.tracker.settle(self.key, None, true);
         }
-        self.tracker.release(self.key.0);
     }
 }
 
@@ -267,104 +302,133 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn failures_delay_and_block() {
+    /// Start a check that is free to start at once.
+    async fn begin(t: &Arc<FailureTracker>, from: &str, user: &str) -> Result<Attempt, Blocked> {
+        tokio::time::timeout(Duration::from_secs(5), t.begin(ip(from), user))
+            .await
+            .expect("a free slot")
+    }
+
+    async fn fail(t: &Arc<FailureTracker>, from: &str, user: &str) -> (Duration, bool) {
+        begin(t, from, user).await.unwrap().failed()
+    }
+
+    #[tokio::test]
+    async fn failures_delay_and_block() {
         let t = tracker(3);
-        let a = ip("127.0.0.1");
-        let (d1, over1) = t.begin(a, "glpi").unwrap().failed();
-        let (d2, _) = t.begin(a, "glpi").unwrap().failed();
-        let (_, over3) = t.begin(a, "glpi").unwrap().failed();
+        let (d1, over1) = fail(&t, "127.0.0.1", "glpi").await;
+        let (d2, _) = fail(&t, "127.0.0.1", "glpi").await;
+        let (_, over3) = fail(&t, "127.0.0.1", "glpi").await;
         assert!(d2 > d1 && !over1 && over3);
-        assert_eq!(t.begin(a, "glpi").err(), Some(Refusal::Blocked));
-        assert!(t.begin(ip("127.0.0.2"), "glpi").is_ok());
+        assert_eq!(begin(&t, "127.0.0.1", "glpi").await.err(), Some(Blocked));
+        assert!(begin(&t, "127.0.0.2", "glpi").await.is_ok());
         // A success does not count.
         let t = tracker(1);
-        drop(t.begin(a, "glpi").unwrap());
-        assert_eq!(t.counted(a, "glpi"), 0);
-        assert!(t.begin(a, "glpi").is_ok());
+        drop(begin(&t, "127.0.0.1", "glpi").await.unwrap());
+        assert_eq!(t.counted(ip("127.0.0.1"), "glpi"), 0);
+        assert!(begin(&t, "127.0.0.1", "glpi").await.is_ok());
     }
 
     /// Attempts are counted when they start: parallel guesses are refused once the limit is
     /// reached by attempts still under way, as sequential ones would be by their failures.
-    #[test]
-    fn attempts_count_when_they_start() {
-        let t = FailureTracker::new(ConnectionLimits {
-            login_failures_per_source: 2,
-            ..Default::default()
-        });
-        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
-        let first = t.begin(a, "glpi").unwrap();
-        let _other_source = t.begin(b, "glpi").unwrap();
-        // Different source: only the one started from `a` counts here.
-        assert_eq!(t.counted(a, "glpi"), 1);
-        let _second = t.begin(a, "glpi").unwrap();
+    #[tokio::test]
+    async fn attempts_count_when_they_start() {
+        let t = tracker(2);
+        let first = begin(&t, "192.0.2.1", "glpi").await.unwrap();
+        let _other_source = begin(&t, "192.0.2.2", "glpi").await.unwrap();
+        // Different source: only the one started from 192.0.2.1 counts here.
+        assert_eq!(t.counted(ip("192.0.2.1"), "glpi"), 1);
+        let second = begin(&t, "192.0.2.1", "glpi").await.unwrap();
+        assert_eq!(begin(&t, "192.0.2.1", "glpi").await.err(), Some(Blocked));
         drop(first);
         // One under way, one settled without a verdict: only the first is still counted.
-        assert_eq!(t.counted(a, "glpi"), 1);
-        let mut third = t.begin(a, "glpi").unwrap();
+        assert_eq!(t.counted(ip("192.0.2.1"), "glpi"), 1);
+        drop(second);
+        let mut third = begin(&t, "192.0.2.1", "glpi").await.unwrap();
         third.failed();
-        assert_eq!(t.begin(a, "glpi").err(), Some(Refusal::Blocked));
+        let mut fourth = begin(&t, "192.0.2.1", "glpi").await.unwrap();
+        fourth.failed();
+        assert_eq!(begin(&t, "192.0.2.1", "glpi").await.err(), Some(Blocked));
     }
 
     /// Keyed on source and user: failures for one user do not block another from the same
     /// address (every local process shares 127.0.0.1).
-    #[test]
-    fn the_key_is_source_and_user() {
+    #[tokio::test]
+    async fn the_key_is_source_and_user() {
         let t = tracker(2);
-        let lo = ip("127.0.0.1");
         for _ in 0..2 {
-            t.begin(lo, "intruder").unwrap().failed();
+            fail(&t, "127.0.0.1", "intruder").await;
         }
-        assert_eq!(t.begin(lo, "intruder").err(), Some(Refusal::Blocked));
-        assert!(t.begin(lo, "glpi").is_ok());
+        assert_eq!(
+            begin(&t, "127.0.0.1", "intruder").await.err(),
+            Some(Blocked)
+        );
+        assert!(begin(&t, "127.0.0.1", "glpi").await.is_ok());
     }
 
     /// IPv6 sources are grouped by /64; IPv4-mapped IPv6 addresses are their IPv4 form.
-    #[test]
-    fn ipv6_sources_are_grouped_by_64() {
+    #[tokio::test]
+    async fn ipv6_sources_are_grouped_by_64() {
         let t = tracker(2);
-        t.begin(ip("2001:db8:1:2::1"), "u").unwrap().failed();
-        t.begin(ip("2001:db8:1:2:ffff::9"), "u").unwrap().failed();
+        fail(&t, "2001:db8:1:2::1", "u").await;
+        fail(&t, "2001:db8:1:2:ffff::9", "u").await;
         assert_eq!(
-            t.begin(ip("2001:db8:1:2::abcd"), "u").err(),
-            Some(Refusal::Blocked)
+            begin(&t, "2001:db8:1:2::abcd", "u").await.err(),
+            Some(Blocked)
         );
-        assert!(t.begin(ip("2001:db8:1:3::1"), "u").is_ok());
+        assert!(begin(&t, "2001:db8:1:3::1", "u").await.is_ok());
 
-        t.begin(ip("::ffff:192.0.2.7"), "v").unwrap().failed();
-        t.begin(ip("192.0.2.7"), "v").unwrap().failed();
-        assert_eq!(t.begin(ip("192.0.2.7"), "v").err(), Some(Refusal::Blocked));
+        fail(&t, "::ffff:192.0.2.7", "v").await;
+        fail(&t, "192.0.2.7", "v").await;
+        assert_eq!(begin(&t, "192.0.2.7", "v").await.err(), Some(Blocked));
         assert_eq!(
             Source::of(ip("::ffff:10.1.2.3")),
             Source::of(ip("10.1.2.3"))
         );
     }
 
-    /// At most CHECKS_PER_SOURCE checks at once per source, whatever the user names; a failed
-    /// one holds its place until dropped (after its delay).
-    #[test]
-    fn checks_in_flight_per_source_are_bounded() {
+    /// At most CHECKS_PER_SOURCE checks at once per source, whatever the user names; the next
+    /// waits for a slot (a failed check holds its slot until dropped, after its delay); other
+    /// sources do not wait; the source's entry goes when nobody uses it.
+    #[tokio::test]
+    async fn checks_in_flight_per_source_are_bounded() {
         let t = tracker(100);
-        let a = ip("198.51.100.1");
-        let mut held: Vec<Attempt> = (0..CHECKS_PER_SOURCE)
-            .map(|i| t.begin(a, &format!("user{i}")).unwrap())
-            .collect();
-        assert_eq!(t.begin(a, "another").err(), Some(Refusal::Busy));
-        assert!(t.begin(ip("198.51.100.2"), "another").is_ok());
+        let a = "198.51.100.1";
+        let mut held = Vec::new();
+        for i in 0..CHECKS_PER_SOURCE {
+            held.push(begin(&t, a, &format!("user{i}")).await.unwrap());
+        }
+        assert_eq!(t.in_flight(ip(a)), CHECKS_PER_SOURCE);
+        let mut next = Box::pin(t.begin(ip(a), "another"));
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut next).await;
+        assert!(waited.is_err(), "a check past the per-source bound started");
+        assert!(begin(&t, "198.51.100.2", "another").await.is_ok());
         held[0].failed();
-        assert_eq!(t.begin(a, "another").err(), Some(Refusal::Busy));
-        held.clear();
-        assert_eq!(t.in_flight(a), 0);
-        assert!(t.begin(a, "another").is_ok());
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut next).await;
+        assert!(
+            waited.is_err(),
+            "a failed check freed its slot before it was dropped"
+        );
+        held.remove(0);
+        let third = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("the freed slot is taken")
+            .unwrap();
+        assert_eq!(t.in_flight(ip(a)), CHECKS_PER_SOURCE);
+        // A waiter that gives up leaves nothing behind.
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), t.begin(ip(a), "x")).await;
+        assert!(gave_up.is_err());
+        drop((held, third));
+        assert_eq!(t.in_flight(ip(a)), 0);
+        assert!(t.lock().sources.is_empty());
     }
 
     /// The key table stays bounded when every attempt uses a new user name.
-    #[test]
-    fn tracked_keys_are_bounded() {
+    #[tokio::test]
+    async fn tracked_keys_are_bounded() {
         let t = tracker(10);
-        let a = ip("203.0.113.1");
         for i in 0..TRACKED_KEYS_MAX + TRACKED_KEYS_MAX / 4 {
-            t.begin(a, &format!("u{i}")).unwrap().failed();
+            fail(&t, "203.0.113.1", &format!("u{i}")).await;
         }
         assert!(t.lock().keys.len() <= TRACKED_KEYS_MAX);
     }

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Credentials, FailureTracker, LoggedName, Refusal, Verdict};
+use crate::auth::{Blocked, Credentials, FailureTracker, LoggedName, Verdict};
 use crate::config::{ClientTlsMode, Listener, Protocol};
 use crate::limits::Limits;
 use crate::pipe::{PipeEnd, pipe};
@@ -384,9 +384,10 @@ impl Session {
         }
     }
 
-    /// The argon2 check of a credential not verified before, under the throttle: counted for
-    /// its (source, user) when it starts, at most `CHECKS_PER_SOURCE` at once per source, in
-    /// the bounded argon2 queue, within the login's deadline.
+    /// The argon2 check of a credential not verified before, under the throttle: refused if its
+    /// (source, user) is over the failure limit, else counted when it starts, at most
+    /// `CHECKS_PER_SOURCE` at once per source, in the bounded argon2 queue, all within the
+    /// login's deadline.
     async fn check_password(
         &self,
         req: &LoginRequest,
@@ -394,22 +395,21 @@ impl Session {
     ) -> Result<String, LoginOutcome> {
         let shared = &self.shared;
         let user = LoggedName(&req.username);
-        let mut attempt = match shared.failures.begin(self.peer.ip(), &req.username) {
-            Ok(attempt) => attempt,
-            Err(Refusal::Blocked) => {
+        let checked = tokio::time::timeout_at(deadline, async {
+            let attempt = shared.failures.begin(self.peer.ip(), &req.username).await?;
+            let verdict = shared
+                .credentials
+                .verify(&req.username, &req.password)
+                .await;
+            Ok::<_, Blocked>((attempt, verdict))
+        })
+        .await;
+        let (mut attempt, verdict) = match checked {
+            Ok(Ok(checked)) => checked,
+            Ok(Err(Blocked)) => {
                 warn!(user = %user, "login refused: too many failures for this user from this address");
                 return Err(LoginOutcome::Throttled);
             }
-            Err(Refusal::Busy) => {
-                warn!(user = %user, "login refused: too many password checks under way from this address");
-                return Err(LoginOutcome::Unavailable(
-                    "too many logins under way from your address; try again".into(),
-                ));
-            }
-        };
-        let check = shared.credentials.verify(&req.username, &req.password);
-        let verdict = match tokio::time::timeout_at(deadline, check).await {
-            Ok(v) => v,
             Err(_) => {
                 warn!(user = %user, "login refused: the password check did not finish in time");
                 return Err(LoginOutcome::Unavailable(
