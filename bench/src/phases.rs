@@ -212,6 +212,7 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
             "transfer" => transfers(&mut ctx).await,
             "idle" => idle(&mut ctx).await,
             "burst" => bursts(&mut ctx).await,
+            "storm" => crate::storm::storm(&mut ctx).await,
             other => Err(err(format!("unknown phase {other:?}"))),
         };
         ctx.load(&format!("after {phase}"));
