@@ -1,5 +1,7 @@
 //! Results: percentiles, the Markdown report (the part of RESULTS.md between the markers) and
 //! the smoke-mode checks.
+//! Over 600 lines: one table writer per comparison phase, kept together so the report's layout
+//! reads in one place (the storm, which measures authbridge alone, renders itself in storm.rs).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
