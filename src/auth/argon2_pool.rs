@@ -168,12 +168,6 @@ impl Argon2Pool {
     }
 }
 
-impl Default for Argon2Pool {
-    fn default() -> Self {
-        Argon2Pool::new()
-    }
-}
-
 impl Slot {
     /// Check `password` against the PHC string `hash` on the blocking pool. The slot and the
     /// working memory go with the computation and are released when it ends, even if the

@@ -31,8 +31,9 @@ use crate::config::Account;
 pub use crate::password_hash::check_hash;
 use crate::password_hash::{self, HashShape};
 use crate::secret::Secret;
-pub use argon2_pool::{Argon2Pool, Argon2Stats, Busy};
-pub use throttle::{Attempt, Blocked, CHECKS_PER_SOURCE, FailureTracker, Source};
+use argon2_pool::Argon2Pool;
+pub use argon2_pool::Argon2Stats;
+pub use throttle::{Attempt, Blocked, CHECKS_PER_SOURCE, FailureTracker};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -98,10 +99,6 @@ pub enum Verdict {
 
 impl Credentials {
     pub fn new(accounts: &[Account]) -> Arc<Credentials> {
-        Credentials::with_pool(accounts, Argon2Pool::new())
-    }
-
-    pub fn with_pool(accounts: &[Account], pool: Argon2Pool) -> Arc<Credentials> {
         let mut logins = HashMap::new();
         for a in accounts {
             for l in &a.logins {
@@ -126,7 +123,7 @@ impl Credentials {
             logins,
             cache_key: Secret::new(key),
             dummy_hash: dummy_hash(&median_shape(shapes)),
-            pool,
+            pool: Argon2Pool::new(),
         })
     }
 
