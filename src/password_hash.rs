@@ -154,13 +154,12 @@ mod tests {
         );
     }
 
-    /// argon2id v=19 only, parameters in range; the default of `hash-password` passes.
+    /// argon2id v=19 only, parameters in range; the defaults (what `hash-password` makes) pass.
     #[test]
     fn only_argon2id_with_sane_parameters_is_accepted() {
         let ok = make(Algorithm::Argon2id, Version::V0x13, 19_456, 2, 1);
         let shape = parse(&ok).unwrap();
         assert_eq!((shape.params.m_cost(), shape.salt_len), (19_456, 16));
-        parse(&crate::auth::hash_password(b"x").unwrap()).unwrap();
         // PHP's PASSWORD_ARGON2ID default and RFC 9106's low-memory profile.
         check_hash(&make(Algorithm::Argon2id, Version::V0x13, 65_536, 4, 1)).unwrap();
         check_hash(&make(Algorithm::Argon2id, Version::V0x13, 65_536, 3, 4)).unwrap();

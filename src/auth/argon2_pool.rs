@@ -274,8 +274,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// argon2id of "pw" with the default parameters.
     fn hash() -> String {
-        crate::auth::hash_password(b"pw").unwrap()
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"sixteen byte slt").unwrap();
+        Argon2::default()
+            .hash_password(b"pw", &salt)
+            .unwrap()
+            .to_string()
     }
 
     /// Slots taken and then abandoned (the login's deadline passed) stay taken until their
