@@ -50,6 +50,8 @@ pub struct Running {
     /// Each listener's name and bound address (useful with port 0).
     pub addrs: Vec<(String, SocketAddr)>,
     pub tokens: Arc<TokenManager>,
+    /// The local credentials (their argon2 counters: tests, diagnostics).
+    pub credentials: Arc<Credentials>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -224,6 +226,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     Ok(Running {
         addrs,
         tokens,
+        credentials,
         done,
     })
 }

@@ -16,7 +16,8 @@
 //! buffered, the peak would grow by that much. The bound asserted is 32 MiB of growth for the
 //! peak and 16 MiB for the resident size at the end (measured: +0.2 MiB for both). Figures are
 //! printed (`--nocapture`); `HOSTILE_RSS=1` prints them after every case. This test found that
-//! each failed login's argon2 verification left ~19 MiB more resident (fixed in `auth.rs`).
+//! each failed login's argon2 verification left ~19 MiB more resident (fixed in
+//! `auth/argon2_pool.rs`).
 
 mod common;
 
@@ -971,9 +972,9 @@ async fn hostile_inputs_get_their_replies_and_leave_the_process_serving_in_flat_
         ..Default::default()
     })
     .await;
-    // Warm up: a healthy session per protocol (TLS, token) and failed logins in parallel, which
-    // fill the pool of argon2 working memory (19 MiB per verification, at most 4 at once, then
-    // reused). What is measured afterwards is growth caused by the hostile input.
+    // Warm up: a healthy session per protocol (TLS, token) and failed logins in parallel (argon2
+    // working memory: 19 MiB per verification, at most one per core and 4 at once, freed when
+    // nothing waits). What is measured afterwards is growth caused by the hostile input.
     for l in ["smtp", "imap", "pop3"] {
         healthy(&env, l).await.expect("warm-up login");
     }

@@ -225,11 +225,21 @@ async fn wrong_password_never_reaches_upstream_and_repeats_are_throttled() {
         c.cmd(&format!("AUTH PLAIN {blob}")).await,
         "535 5.7.8 Authentication credentials invalid"
     );
-    // Third failure from this address: 421 and close.
-    let r = c.cmd(&format!("AUTH PLAIN {blob}")).await;
+    // Third failure in this session (session_login_failures_max): 535, then 421 and close.
+    let wrong = b64(format!("\0{USER}\0wrong again").as_bytes());
+    let r = c.cmd(&format!("AUTH PLAIN {wrong}")).await;
+    assert_eq!(r, "535 5.7.8 Authentication credentials invalid");
+    let r = c.code().await;
     assert!(r.starts_with("421 4.7.0"), "{r}");
     assert!(c.closed().await);
-    // Now even the right password is refused from this source.
+    // The throttle counts per address and user name: the third failure for this user from this
+    // address is answered 421 and closes the session.
+    let mut c = LineClient::connect(addr).await;
+    c.code().await;
+    let r = c.cmd(&format!("AUTH PLAIN {wrong}")).await;
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    assert!(c.closed().await);
+    // Now even the right password (never verified) is refused for this user from this source.
     let mut c = LineClient::connect(addr).await;
     c.code().await;
     let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());

@@ -6,6 +6,7 @@ mod client;
 mod phases;
 mod procs;
 mod report;
+mod storm;
 mod systems;
 
 use std::path::PathBuf;
@@ -45,6 +46,12 @@ pub struct Opts {
     pub upstream_rtt_ms: u64,
     /// Which generated block of the results file to write.
     pub block: String,
+    /// Login storm: wrong-password logins, loopback source addresses (at most 250), when GLPI's
+    /// correct login goes, how long to wait before the memory is read again.
+    pub storm: usize,
+    pub storm_sources: usize,
+    pub storm_glpi_at_secs: u64,
+    pub storm_settle_secs: u64,
 }
 
 impl Opts {
@@ -69,6 +76,7 @@ impl Opts {
                 "transfer".into(),
                 "idle".into(),
                 "burst".into(),
+                "storm".into(),
             ],
             systems: None,
             sessions: if smoke { 20 } else { 1000 },
@@ -89,6 +97,10 @@ impl Opts {
             burst_timeout_secs: if smoke { 10 } else { 300 },
             upstream_rtt_ms: 0,
             block: "main".into(),
+            storm: if smoke { 40 } else { 2000 },
+            storm_sources: if smoke { 10 } else { 250 },
+            storm_glpi_at_secs: if smoke { 1 } else { 5 },
+            storm_settle_secs: if smoke { 2 } else { 60 },
         };
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
@@ -139,6 +151,10 @@ impl Opts {
                 "--burst-timeout" => o.burst_timeout_secs = num(v()?)? as u64,
                 "--upstream-rtt-ms" => o.upstream_rtt_ms = num(v()?)? as u64,
                 "--block" => o.block = v()?,
+                "--storm" => o.storm = num(v()?)?,
+                "--storm-sources" => o.storm_sources = num(v()?)?.clamp(1, 250),
+                "--storm-glpi-at" => o.storm_glpi_at_secs = num(v()?)? as u64,
+                "--storm-settle" => o.storm_settle_secs = num(v()?)? as u64,
                 "-h" | "--help" => return Err(String::new()),
                 _ => return Err(format!("unknown option {a:?}")),
             }
@@ -152,11 +168,11 @@ impl Opts {
 
 const USAGE: &str =
     "usage: authbridge-bench [--smoke] --authbridge BIN --sandbox BIN [--emailproxy BIN|none[:why]]
-  [--work DIR] [--results FILE] [--command TEXT] [--phases login,transfer,idle,burst]
+  [--work DIR] [--results FILE] [--command TEXT] [--phases login,transfer,idle,burst,storm]
   [--systems direct,authbridge,email-oauth2-proxy]
   [--sessions N] [--ep-sessions N] [--rounds N] [--fetch-mb N] [--data-mb N] [--transfer-rounds N]
   [--idle N,N,..] [--idle-budget SECS] [--burst N] [--burst-rounds N] [--ep-burst-rounds N]
-  [--burst-timeout SECS]
+  [--burst-timeout SECS] [--storm N] [--storm-sources N] [--storm-glpi-at SECS] [--storm-settle SECS]
        authbridge-bench relay [--delay-ms D] LISTEN=UPSTREAM...   (started by the former)
 Normally started by bench/run.sh.";
 

@@ -1,5 +1,7 @@
 //! The measurements. Each phase interleaves the systems round by round (the order rotates each
 //! round), so a burst of load from elsewhere on the machine lands on all of them alike.
+//! Over 600 lines: the four comparison phases share this interleaving and their bookkeeping;
+//! the login storm, which measures authbridge alone, is in storm.rs.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -212,6 +214,7 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
             "transfer" => transfers(&mut ctx).await,
             "idle" => idle(&mut ctx).await,
             "burst" => bursts(&mut ctx).await,
+            "storm" => crate::storm::storm(&mut ctx).await,
             other => Err(err(format!("unknown phase {other:?}"))),
         };
         ctx.load(&format!("after {phase}"));

@@ -1,5 +1,7 @@
 //! Results: percentiles, the Markdown report (the part of RESULTS.md between the markers) and
 //! the smoke-mode checks.
+//! Over 600 lines: one table writer per comparison phase, kept together so the report's layout
+//! reads in one place (the storm, which measures authbridge alone, renders itself in storm.rs).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +27,7 @@ pub struct Results {
     pub transfers: BTreeMap<(Transfer, System), Vec<TransferRun>>,
     pub idle: Vec<IdleRun>,
     pub bursts: Vec<BurstRun>,
+    pub storm: Option<crate::storm::StormRun>,
     pub loads: Vec<(String, String)>,
     pub notes: Vec<String>,
     pub fd_limit: u64,
@@ -102,6 +105,7 @@ impl Results {
             transfers: BTreeMap::new(),
             idle: Vec::new(),
             bursts: Vec::new(),
+            storm: None,
             loads: Vec::new(),
             notes: Vec::new(),
             fd_limit,
@@ -596,6 +600,8 @@ pub fn render(ctx: &Ctx) -> String {
             ctx.opts.upstream_rtt_ms / 2,
             ctx.opts.upstream_rtt_ms / 2
         );
+    } else if storm_only(ctx) {
+        let _ = writeln!(out, "## Login storm ({})\n", r.started);
     } else {
         let _ = writeln!(out, "## Results ({})\n", r.started);
     }
@@ -619,12 +625,17 @@ pub fn render(ctx: &Ctx) -> String {
         "| load average (1/5/15 min) | {} |\n",
         loads.join("; ")
     );
-    let _ = writeln!(
-        out,
-        "Systems: **direct** = the load generator itself does TLS and XOAUTH2 against the sandbox with a token it fetched (the physical limit); **relay** = the same direct client through `authbridge-bench relay`, a separate process that only copies bytes (the least any proxy process costs here); **authbridge** and **email-oauth2-proxy** are logged into with a local user and password over plaintext loopback, as GLPI does. Ratios are authbridge's value divided by the other system's: for latency, CPU and memory lower is better, for throughput higher is better.\n"
-    );
-    summary_table(ctx, &mut out);
-    details(ctx, &mut out);
+    if !storm_only(ctx) {
+        systems_note(&mut out);
+    }
+
+    if !storm_only(ctx) {
+        summary_table(ctx, &mut out);
+        details(ctx, &mut out);
+    }
+    if let Some(storm) = &r.storm {
+        crate::storm::render(storm, &mut out);
+    }
     if !r.notes.is_empty() {
         let _ = writeln!(out, "\n### Run notes\n");
         for n in &r.notes {
@@ -632,6 +643,18 @@ pub fn render(ctx: &Ctx) -> String {
         }
     }
     out
+}
+
+/// Only the login storm was run (`--phases storm`): its block has no comparison tables.
+fn storm_only(ctx: &Ctx) -> bool {
+    ctx.opts.phases.iter().all(|p| p == "storm")
+}
+
+fn systems_note(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "Systems: **direct** = the load generator itself does TLS and XOAUTH2 against the sandbox with a token it fetched (the physical limit); **relay** = the same direct client through `authbridge-bench relay`, a separate process that only copies bytes (the least any proxy process costs here); **authbridge** and **email-oauth2-proxy** are logged into with a local user and password over plaintext loopback, as GLPI does. Ratios are authbridge's value divided by the other system's: for latency, CPU and memory lower is better, for throughput higher is better.\n"
+    );
 }
 
 /// Put `generated` between the markers of `block` in `path` (keeping everything else); a new
@@ -656,7 +679,18 @@ pub fn write(path: &Path, block: &str, generated: &str) -> io::Result<()> {
 /// A short plain-text summary for the terminal.
 pub fn summary(ctx: &Ctx) -> String {
     let mut out = String::new();
-    summary_table(ctx, &mut out);
+    if !storm_only(ctx) {
+        summary_table(ctx, &mut out);
+    }
+    if let Some(r) = &ctx.res.storm {
+        for (what, value, ok) in crate::storm::verdicts(r) {
+            let _ = writeln!(
+                out,
+                "storm: {what}: {value} ({})",
+                if ok { "met" } else { "NOT met" }
+            );
+        }
+    }
     out
 }
 
@@ -702,6 +736,9 @@ pub fn smoke_problems(ctx: &Ctx) -> Vec<String> {
                 }
             }
         }
+    }
+    if ctx.opts.phases.iter().any(|x| x == "storm") {
+        p.extend(crate::storm::smoke_problems(ctx.res.storm.as_ref()));
     }
     if ctx.opts.phases.iter().any(|x| x == "burst") {
         for s in systems.iter().filter(|s| **s != System::Relay) {

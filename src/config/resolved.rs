@@ -78,9 +78,18 @@ pub enum SenderRule {
 }
 
 impl Relay {
-    /// May a client from `ip` send without logging in?
+    /// May a client from `ip` send without logging in? An IPv4-mapped IPv6 address (a client
+    /// of a dual-stack `[::]` listener) matches as its IPv4 form, and an IPv4 address matches
+    /// an entry written in the mapped form (`::ffff:10.0.0.0/104`).
     pub fn open_for(&self, ip: std::net::IpAddr) -> bool {
-        self.allow_from.iter().any(|net| net.contains(&ip))
+        let ip = ip.to_canonical();
+        let mapped = match ip {
+            std::net::IpAddr::V4(v4) => Some(std::net::IpAddr::V6(v4.to_ipv6_mapped())),
+            std::net::IpAddr::V6(_) => None,
+        };
+        self.allow_from
+            .iter()
+            .any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)))
     }
 
     /// Is `sender` (the MAIL FROM address, without brackets) allowed? An empty list allows all.
@@ -124,5 +133,34 @@ impl Account {
             mailbox: self.mailbox.clone(),
             provider: Arc::clone(&self.provider),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Relay;
+
+    fn relay(allow_from: &[&str]) -> Relay {
+        Relay {
+            require_login: false,
+            allow_from: allow_from.iter().map(|n| n.parse().unwrap()).collect(),
+            allowed_senders: vec![],
+        }
+    }
+
+    /// A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`: they match IPv4 entries,
+    /// and IPv4 clients match entries written in the mapped form.
+    #[test]
+    fn allow_from_matches_ipv4_mapped_addresses_as_ipv4() {
+        let r = relay(&["127.0.0.0/8", "2001:db8::/32"]);
+        for ip in ["127.0.0.1", "::ffff:127.0.0.1", "2001:db8::5"] {
+            assert!(r.open_for(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "::ffff:10.0.0.1", "::1", "::127.0.0.1"] {
+            assert!(!r.open_for(ip.parse().unwrap()), "{ip}");
+        }
+        let r = relay(&["::ffff:10.0.0.0/104"]);
+        assert!(r.open_for("10.1.2.3".parse().unwrap()));
+        assert!(!r.open_for("11.1.2.3".parse().unwrap()));
     }
 }

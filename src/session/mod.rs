@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Credentials, FailureTracker, Verdict};
+use crate::auth::{Blocked, Credentials, FailureTracker, LoggedName, Verdict};
 use crate::config::{ClientTlsMode, Listener, Protocol};
 use crate::limits::Limits;
 use crate::pipe::{PipeEnd, pipe};
@@ -352,35 +352,16 @@ impl Session {
     }
 
     async fn login(&mut self, req: LoginRequest) -> LoginOutcome {
-        let ip = self.peer.ip();
         let shared = Arc::clone(&self.shared);
-        if shared.failures.is_blocked(ip) {
-            warn!(user = ?req.username, "login refused: too many failures from this address");
-            return LoginOutcome::Throttled;
-        }
         let budget = shared.limits.timeouts.login_budget;
         let deadline = tokio::time::Instant::now() + budget;
-        let check = shared.credentials.verify(&req.username, &req.password);
-        let verdict = match tokio::time::timeout_at(deadline, check).await {
-            Ok(v) => v,
-            Err(_) => {
-                return LoginOutcome::Unavailable(
-                    "the local credential check timed out; try again".into(),
-                );
-            }
-        };
-        let account = match verdict {
-            Verdict::Account(a) => a,
-            Verdict::Invalid => {
-                let (delay, over) = shared.failures.record_failure(ip);
-                warn!(user = ?req.username, "login failed: unknown user or wrong password");
-                tokio::time::sleep(delay).await;
-                return if over {
-                    LoginOutcome::Throttled
-                } else {
-                    LoginOutcome::BadCredentials
-                };
-            }
+        // A credential verified before is never throttled, queued or refused.
+        let account = match shared.credentials.cached(&req.username, &req.password) {
+            Some(account) => account,
+            None => match self.check_password(&req, deadline).await {
+                Ok(account) => account,
+                Err(outcome) => return outcome,
+            },
         };
         if shared.listener.relay.is_some() {
             // Relay mode: the local login is all; nothing but the mail goes upstream.
@@ -413,6 +394,60 @@ impl Session {
                 );
                 warn!(account = %account, "login failed: {why}");
                 LoginOutcome::Unavailable(why)
+            }
+        }
+    }
+
+    /// The argon2 check of a credential not verified before, under the throttle: refused if its
+    /// (source, user) is over the failure limit, else counted when it starts, at most
+    /// `CHECKS_PER_SOURCE` at once per source, in the bounded argon2 queue, all within the
+    /// login's deadline.
+    async fn check_password(
+        &self,
+        req: &LoginRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, LoginOutcome> {
+        let shared = &self.shared;
+        let user = LoggedName(&req.username);
+        let checked = tokio::time::timeout_at(deadline, async {
+            let attempt = shared.failures.begin(self.peer.ip(), &req.username).await?;
+            let verdict = shared
+                .credentials
+                .verify(&req.username, &req.password)
+                .await;
+            Ok::<_, Blocked>((attempt, verdict))
+        })
+        .await;
+        let (mut attempt, verdict) = match checked {
+            Ok(Ok(checked)) => checked,
+            Ok(Err(Blocked)) => {
+                warn!(user = %user, "login refused: too many failures for this user from this address");
+                return Err(LoginOutcome::Throttled);
+            }
+            Err(_) => {
+                warn!(user = %user, "login refused: the password check did not finish in time");
+                return Err(LoginOutcome::Unavailable(
+                    "the local credential check timed out; try again".into(),
+                ));
+            }
+        };
+        match verdict {
+            Verdict::Account(account) => Ok(account),
+            Verdict::Busy => {
+                warn!(user = %user, "login refused: the password check queue is full");
+                Err(LoginOutcome::Unavailable(
+                    "too many logins are being checked; try again".into(),
+                ))
+            }
+            Verdict::Invalid => {
+                let (delay, over) = attempt.failed();
+                warn!(user = %user, "login failed: unknown user or wrong password");
+                tokio::time::sleep(delay).await;
+                Err(if over {
+                    LoginOutcome::Throttled
+                } else {
+                    LoginOutcome::BadCredentials
+                })
             }
         }
     }
