@@ -703,3 +703,27 @@ async fn keepalive_refreshes_only_idle_refresh_tokens() {
     assert_eq!(stored(&s), "SECRET-RT-1");
     assert_nothing_secret_logged();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_at_once_does_not_make_the_background_refresher_spin() {
+    // `expires_in: 0`: the cached token is due for renewal the moment it arrives. The background
+    // refresher must still wait between requests (at least 1 s), not loop on the endpoint.
+    let fake = start(|n, _| ok(n, 0)).await;
+    let s = setup(&fake.url);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let background = s.manager.spawn_background(
+        Duration::from_secs(3600),
+        Duration::from_secs(86_400),
+        shutdown.clone(),
+    );
+    s.manager.access_token("tickets").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let requests = fake.count();
+    shutdown.cancel();
+    background.await.unwrap();
+    assert!(
+        (2..=4).contains(&requests),
+        "{requests} token requests in 2.5 s"
+    );
+    assert_nothing_secret_logged();
+}

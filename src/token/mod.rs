@@ -14,7 +14,8 @@
 //!   rest, behind a backend contract ([`StoreBackend`]: load, versioned save, lock); today one file
 //!   per account, replaced atomically.
 //! - [`StatusFiles`] (`state_file.rs`): non-secret per-account status (last refresh, last error,
-//!   needs-login) written by the manager for `authbridge status` in another process.
+//!   needs-login) written by the manager for `authbridge status` in another process;
+//!   `unix_time.rs`: the seconds-since-epoch those files and the token files hold, read clamped.
 //! - [`ReauthHook`] (`hook.rs`): the `on_reauth_needed` command, run once per transition into
 //!   needs-login.
 //! - Plain data: `provider.rs` (providers and accounts), `settings.rs` ([`TokenSettings`]),
@@ -43,6 +44,7 @@ mod response;
 mod settings;
 mod state_file;
 mod store;
+mod unix_time;
 
 pub use endpoints::{
     MailHosts, default_scopes, google_endpoints, microsoft_endpoints, microsoft_mail_hosts,
@@ -58,7 +60,8 @@ pub use response::{
     DeviceAuthorization, TokenResponse, classify, classify_device_authorization, parse_retry_after,
 };
 pub use settings::TokenSettings;
-pub use state_file::{PersistedStatus, StatusFiles, from_unix_secs, unix_secs};
+pub use state_file::{PersistedStatus, StatusFiles};
 pub use store::{
     FileStore, MasterKey, StoreBackend, StoreError, StoreLock, StoredToken, TokenStore,
 };
+pub use unix_time::{MAX_UNIX_SECS, from_unix_secs, unix_secs};

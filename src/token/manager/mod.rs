@@ -57,8 +57,9 @@ use super::grant;
 use super::hook::ReauthHook;
 use super::provider::{AccountConfig, Flow};
 use super::settings::TokenSettings;
-use super::state_file::{StatusFiles, from_unix_secs};
+use super::state_file::StatusFiles;
 use super::store::TokenStore;
+use super::unix_time::from_unix_secs;
 
 /// What `authbridge status` and the admin page show per account.
 #[derive(Clone, Debug)]

@@ -15,7 +15,8 @@ use crate::token::failure::ErrorKind;
 use crate::token::provider::AccountConfig;
 use crate::token::response::TokenResponse;
 use crate::token::settings::TokenSettings;
-use crate::token::state_file::{PersistedStatus, StatusFiles, unix_secs};
+use crate::token::state_file::{PersistedStatus, StatusFiles};
+use crate::token::unix_time::unix_secs;
 
 /// Generations are unique and increasing across all managers of the process (config reloads).
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -34,6 +35,10 @@ const PERMANENT_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_PERMANENT_BACKOFF: Duration = Duration::from_secs(600);
 /// Access-token lifetimes above this are clamped (the value comes from the network).
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// A cached token is renewed in the background at the earliest this long after its request
+/// started, whatever lifetime the provider announced: `expires_in: 0` would otherwise make the
+/// refresher loop on the token endpoint. Shorter than any real lifetime (tests use 2 s).
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Background retries after transient failures back off up to this long.
 const MAX_BACKGROUND_BACKOFF: Duration = Duration::from_secs(300);
 /// Background retry after a failure only someone else can fix (no token stored, damaged store).
@@ -335,9 +340,15 @@ pub(super) fn make_cached(
 ) -> Cached {
     let lifetime = response.expires_in.min(MAX_LIFETIME);
     let margin = settings.refresh_margin.min(lifetime / 2);
-    let expires_at = started + lifetime;
-    let soft = expires_at - margin;
-    let hard = expires_at - margin / 2;
+    // `lifetime` is at most a day and `margin` at most half of it, so none of these can fail on
+    // a real clock; checked anyway, falling back to "due now".
+    let expires_at = started.checked_add(lifetime).unwrap_or(started);
+    let soft = expires_at.checked_sub(margin).unwrap_or(started);
+    let hard = expires_at.checked_sub(margin / 2).unwrap_or(started);
+    let jitter = hard
+        .saturating_duration_since(soft)
+        .mul_f64(0.25 * random_fraction());
+    let earliest = started.checked_add(MIN_REFRESH_INTERVAL).unwrap_or(started);
     Cached {
         token: AccessToken {
             token: response.access_token,
@@ -346,14 +357,15 @@ pub(super) fn make_cached(
         },
         soft,
         hard,
-        refresh_at: soft + (hard - soft).mul_f64(0.25 * random_fraction()),
+        refresh_at: soft.checked_add(jitter).unwrap_or(soft).max(earliest),
     }
 }
 
+/// The wall-clock time of `at`; saturates at `now_sys` if the clock cannot hold it.
 pub(super) fn to_system_time(at: Instant, now: Instant, now_sys: SystemTime) -> SystemTime {
     if at >= now {
-        now_sys + (at - now)
+        now_sys.checked_add(at - now).unwrap_or(now_sys)
     } else {
-        now_sys - (now - at)
+        now_sys.checked_sub(now - at).unwrap_or(now_sys)
     }
 }

@@ -20,7 +20,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -31,6 +31,7 @@ use super::backend::{StoreBackend, StoreLock, StoredToken};
 use super::crypto::{CIPHER, MasterKey, NONCE_LEN, SealError};
 use super::error::{StoreError, io_err};
 use crate::secret::SecretString;
+use crate::token::unix_time::{from_unix_secs, unix_secs};
 
 pub(super) const FILE_VERSION: u32 = 1;
 const MAX_ACCOUNT_NAME: usize = 128;
@@ -43,7 +44,7 @@ pub(super) struct TokenFile {
     /// The file format.
     pub(super) version: u32,
     pub(super) account: String,
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch (read clamped: the file may be damaged).
     pub(super) stored_at: u64,
     /// The store version ([`StoredToken::version`]); absent (0) in files written before it.
     #[serde(default)]
@@ -114,7 +115,7 @@ impl StoreBackend for FileStore {
         };
         Ok(Some(StoredToken {
             refresh_token,
-            stored_at: UNIX_EPOCH + Duration::from_secs(file.stored_at),
+            stored_at: from_unix_secs(file.stored_at),
             version: file.revision,
         }))
     }
@@ -157,9 +158,7 @@ impl StoreBackend for FileStore {
                     io_err("seal the token for", &path)(io::Error::other("AEAD failure"))
                 }
             })?;
-        let stored_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let stored_at = unix_secs(SystemTime::now());
         let file = TokenFile {
             version: FILE_VERSION,
             account: account.to_owned(),
@@ -185,7 +184,7 @@ impl StoreBackend for FileStore {
 
     fn stored_at(&self, account: &str) -> Result<Option<SystemTime>, StoreError> {
         let path = self.path(account)?;
-        Ok(read_token_file(&path, account)?.map(|f| UNIX_EPOCH + Duration::from_secs(f.stored_at)))
+        Ok(read_token_file(&path, account)?.map(|f| from_unix_secs(f.stored_at)))
     }
 
     fn location(&self, account: &str) -> Result<String, StoreError> {

@@ -429,3 +429,19 @@ fn files_from_before_versions_still_open_and_old_readers_read_new_files() {
         1
     );
 }
+
+#[test]
+fn stored_times_from_a_damaged_file_are_clamped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TokenStore::open(tmp.path(), key(11)).unwrap();
+    store.save("tickets", &SecretString::from(TOKEN)).unwrap();
+    let path = store.path("tickets").unwrap();
+    let mut file: TokenFile = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    file.stored_at = u64::MAX;
+    fs::write(&path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    let latest = crate::token::from_unix_secs(crate::token::MAX_UNIX_SECS);
+    assert_eq!(store.stored_at("tickets").unwrap(), Some(latest));
+    let loaded = store.load("tickets").unwrap().unwrap();
+    assert_eq!(loaded.stored_at, latest);
+    assert_eq!(loaded.refresh_token.expose(), TOKEN);
+}
