@@ -63,14 +63,16 @@ pub(crate) struct Target {
     pub path_and_query: String,
 }
 
-/// `http(s)://host[:port]/path?query` (no user info).
+/// `https://host[:port]/path?query` (no user info), or `http://` to a loopback host only: a
+/// token request carries the client secret and a refresh token, so plain HTTP is for tests and
+/// local stand-ins, never for a host across a network.
 pub(crate) fn parse_url(url: &str) -> Result<Target, HttpError> {
     let bad = |why: &str| HttpError::BadUrl(why.to_owned());
     let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
     let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(bad("the scheme must be https:// (or http:// for tests)")),
+        Some(s) if s.eq_ignore_ascii_case("https") => true,
+        Some(s) if s.eq_ignore_ascii_case("http") => false,
+        _ => return Err(bad("the scheme must be https://")),
     };
     let auth = uri.authority().ok_or_else(|| bad("no host"))?;
     if auth.as_str().contains('@') {
@@ -79,6 +81,12 @@ pub(crate) fn parse_url(url: &str) -> Result<Target, HttpError> {
     let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad("no host"));
+    }
+    if !https && !is_loopback_host(host) {
+        return Err(bad(
+            "plain http:// is only allowed to a loopback host (127.0.0.1, [::1], localhost), \
+             for tests: use https://",
+        ));
     }
     Ok(Target {
         https,
@@ -89,6 +97,24 @@ pub(crate) fn parse_url(url: &str) -> Result<Target, HttpError> {
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
     })
+}
+
+/// `localhost` or a loopback IP address (`127.0.0.0/8`, `::1`); `host` without IPv6 brackets.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `url` can serve as a provider endpoint (`token_url`, `authorize_url`,
+/// `device_code_url`): what [`parse_url`] accepts. The error says why, for the config loader.
+pub fn check_endpoint_url(url: &str) -> Result<(), String> {
+    match parse_url(url) {
+        Ok(_) => Ok(()),
+        Err(HttpError::BadUrl(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// POSTs `form` (already `application/x-www-form-urlencoded`) to `target`.
@@ -242,6 +268,32 @@ mod tests {
             "",
         ] {
             assert!(matches!(parse_url(bad), Err(HttpError::BadUrl(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for ok in [
+            "http://127.0.0.1:8080/token",
+            "http://127.1.2.3/token",
+            "http://[::1]:8080/token",
+            "http://localhost/token",
+            "http://LocalHost:1/token",
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+        ] {
+            assert!(check_endpoint_url(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://login.microsoftonline.com/t/oauth2/v2.0/token",
+            "http://10.1.2.3/token",
+            "http://[::ffff:127.0.0.1]/token",
+            "http://[2001:db8::1]/token",
+            "http://localhost.evil.example/token",
+            "http://127.0.0.1.nip.io/token",
+        ] {
+            let why = check_endpoint_url(refused).unwrap_err();
+            assert!(why.contains("use https://"), "{refused}: {why}");
+            assert!(matches!(parse_url(refused), Err(HttpError::BadUrl(_))));
         }
     }
 }

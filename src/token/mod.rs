@@ -53,6 +53,7 @@ pub use error::TokenError;
 pub use failure::{ErrorKind, Failure};
 pub use grant::{device_authorization, exchange};
 pub use hook::ReauthHook;
+pub use http::check_endpoint_url;
 pub use login::{DEVICE_CODE_GRANT_TYPE, Pkce, authorize_url, random_state};
 pub use manager::{AccessToken, AccountStatus, TokenManager};
 pub use provider::{AccountConfig, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
