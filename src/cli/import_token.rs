@@ -43,8 +43,10 @@ fn import_token(config: &Config, account: &str) -> Result<(), Failure> {
         )));
     }
     let store = crate::server::token_store(config).map_err(|e| Failure::Runtime(e.into()))?;
+    // Under the account's lock: a running authbridge rotating the old token finishes first
+    // (and this token then replaces the rotated one) or starts after (and uses this one).
     store
-        .save(account, &token)
+        .save_locked(account, &token)
         .map_err(|e| Failure::Runtime(anyhow!("cannot store the token: {e}")))?;
     println!(
         "stored the refresh token for {account} (encrypted) under {}; run `authbridge check` to try it",

@@ -44,6 +44,10 @@ pub struct PersistedStatus {
     pub needs_login_since: Option<u64>,
     /// A client logged in since the writer started (its access token is kept fresh).
     pub in_use: bool,
+    /// Set while a rotated refresh token is only in the writer's memory: why the store is
+    /// behind. Absent in files written before it existed.
+    #[serde(default)]
+    pub store_behind: Option<String>,
 }
 
 /// The status files of one state directory.
