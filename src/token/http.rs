@@ -2,6 +2,11 @@
 //! per request (token requests are rare). Every phase (connect, tls_handshake, http_handshake,
 //! request, response_body) runs under one overall deadline and a timeout names the phase it hit.
 //! The response body is read with a hard cap.
+//!
+//! Both bodies hold secrets (the request a client secret and a refresh token, the response the
+//! new tokens): the request body is handed to hyper as [`wiping_bytes`], and the response is
+//! gathered into one buffer that is zeroed on drop and grows without leaving copies. What hyper
+//! and rustls buffer internally on the way is out of our reach.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
-use crate::secret::{Secret, SecretString};
+use zeroize::Zeroizing;
+
+use crate::secret::{Secret, SecretString, wiping_bytes};
 
 const USER_AGENT: &str = concat!("authbridge/", env!("CARGO_PKG_VERSION"));
 
@@ -195,7 +202,7 @@ where
         .header(header::ACCEPT, "application/json")
         .header(header::USER_AGENT, USER_AGENT)
         .header(header::CONNECTION, "close")
-        .body(Full::new(Bytes::copy_from_slice(form.expose().as_bytes())))
+        .body(Full::new(wiping_bytes(form.expose().as_bytes().to_vec())))
         .map_err(|e| HttpError::BadUrl(e.to_string()))?;
 
     let response = timeout_at(deadline, sender.send_request(request))
@@ -216,24 +223,46 @@ where
     if declared.is_some_and(|n| n > max_body as u64) {
         return Err(HttpError::TooLarge(max_body));
     }
-    let collected = timeout_at(
-        deadline,
-        Limited::new(response.into_body(), max_body).collect(),
-    )
-    .await
-    .map_err(|_| HttpError::Timeout("response_body"))?
-    .map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            HttpError::TooLarge(max_body)
-        } else {
-            HttpError::Failed("response_body", e.to_string())
+    // Sized for the announced length (bounded above), so it usually never grows.
+    let mut body = Zeroizing::new(Vec::with_capacity(
+        declared.map_or(INITIAL_BODY, |n| n as usize).min(max_body),
+    ));
+    let mut incoming = Limited::new(response.into_body(), max_body);
+    loop {
+        let frame = match timeout_at(deadline, incoming.frame()).await {
+            Err(_) => return Err(HttpError::Timeout("response_body")),
+            Ok(None) => break,
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(HttpError::TooLarge(max_body));
+            }
+            Ok(Some(Err(e))) => return Err(HttpError::Failed("response_body", e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            append_zeroizing(&mut body, &data);
         }
-    })?;
+    }
     Ok(HttpResponse {
         status,
         retry_after,
-        body: Secret::new(Vec::from(collected.to_bytes())),
+        // Moved, not copied.
+        body: Secret::new(std::mem::take(&mut *body)),
     })
+}
+
+/// Response buffer size when no `Content-Length` is announced (token answers are a few KiB).
+const INITIAL_BODY: usize = 8 * 1024;
+
+/// Appends `data` to `buf`; when it must grow, into a new zeroizing buffer (the old one is zeroed
+/// as it is dropped), so a reallocation never leaves a copy of a secret in freed memory.
+fn append_zeroizing(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    let needed = buf.len().saturating_add(data.len());
+    if needed > buf.capacity() {
+        let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(buf.capacity() * 2)));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+    buf.extend_from_slice(data);
 }
 
 #[cfg(test)]
@@ -269,6 +298,21 @@ mod tests {
         ] {
             assert!(matches!(parse_url(bad), Err(HttpError::BadUrl(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn response_buffer_grows_without_reallocating_in_place() {
+        let mut buf = Zeroizing::new(Vec::with_capacity(4));
+        append_zeroizing(&mut buf, b"abc");
+        let before = buf.as_ptr();
+        append_zeroizing(&mut buf, b"d");
+        assert_eq!(buf.as_ptr(), before, "fits: appended in place");
+        append_zeroizing(&mut buf, b"efgh");
+        assert_eq!(&buf[..], b"abcdefgh");
+        assert!(buf.capacity() >= 8);
+        // The body handed out is the buffer itself, moved into a Secret.
+        let body: Secret<Vec<u8>> = Secret::new(std::mem::take(&mut *buf));
+        assert_eq!(body.expose(), b"abcdefgh");
     }
 
     #[test]
