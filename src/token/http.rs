@@ -115,7 +115,7 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Whether `url` can serve as a provider endpoint (`token_url`, `authorize_url`,
-/// `device_code_url`): what [`parse_url`] accepts. The error says why, for the config loader.
+/// `device_code_url`): what the token client accepts. The error says why, for the config loader.
 pub fn check_endpoint_url(url: &str) -> Result<(), String> {
     match parse_url(url) {
         Ok(_) => Ok(()),

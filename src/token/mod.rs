@@ -24,10 +24,14 @@
 //! This file only declares the modules and re-exports what the rest of authbridge uses; the
 //! modules import each other directly, never through here.
 //!
-//! Invariants: tokens, refresh tokens, client secrets and keys only ever live in [`Secret`]; none is
-//! ever formatted into a log line or an error. A rotated refresh token is persisted before the access
-//! token that came with it is handed out. A transient failure never touches the stored refresh token;
-//! a permanent one marks the account as needing a new login and keeps the stored token until replaced.
+//! Invariants: tokens, refresh tokens, client secrets and keys only ever live in [`Secret`] (or a
+//! zeroizing buffer on their way through HTTP and SASL); none is ever formatted into a log line or
+//! an error. A rotated refresh token is persisted before the access token that came with it is
+//! handed out, under the store's lock for the account (held from loading the old token); if the
+//! store refuses it, it is kept in memory, used for the next refresh and saved again, never
+//! dropped. A transient failure never touches the stored refresh token; a permanent one marks the
+//! account as needing a new login and keeps the stored token until replaced. Every duration and
+//! time from the network or from disk is clamped before it reaches a clock.
 //!
 //! [`Secret`]: crate::secret::Secret
 

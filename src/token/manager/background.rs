@@ -133,8 +133,9 @@ impl TokenManager {
             if let Some(why) = slot.lock().store_behind() {
                 tracing::error!(
                     account = slot.name(),
-                    "exiting with the newest refresh token only in memory: {why}. The store keeps \
-                     the one before it; if the provider refuses that one, run `authbridge login {}`",
+                    "exiting with the newest refresh token only in memory: {why}. The store \
+                     keeps the one before it; if the provider refuses that one, run \
+                     `authbridge login {}`",
                     slot.name()
                 );
             }

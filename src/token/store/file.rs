@@ -183,8 +183,8 @@ impl StoreBackend for FileStore {
         Ok(revision)
     }
 
-    /// An exclusive `flock` on `<account>.lock`, waiting up to [`LOCK_WAIT`] for another holder
-    /// (see the module documentation).
+    /// An exclusive `flock` on `<account>.lock`, waiting up to `LOCK_WAIT` (30 s) for another
+    /// holder (see the module documentation).
     #[cfg(unix)]
     fn lock(&self, account: &str) -> Result<StoreLock, StoreError> {
         use rustix::fs::{FlockOperation, flock};
