@@ -131,7 +131,9 @@ fn demo_picks_free_ports_carries_a_mail_and_stops_cleanly() {
         if Instant::now() > deadline {
             let _ = child.kill();
             for p in &pids {
-                let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.to_string()])
+                    .status();
             }
             panic!("the demo did not exit within 20 s of SIGTERM");
         }

@@ -703,3 +703,131 @@ async fn keepalive_refreshes_only_idle_refresh_tokens() {
     assert_eq!(stored(&s), "SECRET-RT-1");
     assert_nothing_secret_logged();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_at_once_does_not_make_the_background_refresher_spin() {
+    // `expires_in: 0`: the cached token is due for renewal the moment it arrives. The background
+    // refresher must still wait between requests (at least 1 s), not loop on the endpoint.
+    let fake = start(|n, _| ok(n, 0)).await;
+    let s = setup(&fake.url);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let background = s.manager.spawn_background(
+        Duration::from_secs(3600),
+        Duration::from_secs(86_400),
+        shutdown.clone(),
+    );
+    s.manager.access_token("tickets").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let requests = fake.count();
+    shutdown.cancel();
+    background.await.unwrap();
+    assert!(
+        (2..=4).contains(&requests),
+        "{requests} token requests in 2.5 s"
+    );
+    assert_nothing_secret_logged();
+}
+
+/// Makes the token file unwritable for anyone, root included: a non-empty directory takes its
+/// place (a rename onto it fails, and so does reading it). Returns where the file went.
+fn break_token_file(path: &std::path::Path) -> std::path::PathBuf {
+    let aside = path.with_extension("json.aside");
+    std::fs::rename(path, &aside).unwrap();
+    std::fs::create_dir(path).unwrap();
+    std::fs::write(path.join("in-the-way"), b"x").unwrap();
+    aside
+}
+
+fn repair_token_file(path: &std::path::Path, aside: &std::path::Path) {
+    std::fs::remove_dir_all(path).unwrap();
+    std::fs::rename(aside, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_the_store_refuses_is_used_from_memory_and_saved_later() {
+    // The store breaks while the first refresh is at the token endpoint (after the load, before
+    // the save of the rotated token).
+    let token_file: Arc<OnceLock<std::path::PathBuf>> = Arc::new(OnceLock::new());
+    let aside: Arc<Mutex<Option<std::path::PathBuf>>> = Arc::new(Mutex::new(None));
+    let (tf, a) = (token_file.clone(), aside.clone());
+    let fake = start(move |n, _| {
+        if n == 1 {
+            *a.lock().unwrap() = Some(break_token_file(tf.get().unwrap()));
+        }
+        ok(n, 3600)
+    })
+    .await;
+    let s = setup(&fake.url);
+    token_file.set(s.store.path("tickets").unwrap()).unwrap();
+
+    // The access token that came with the unsaveable rotation is served.
+    let first = s.manager.access_token("tickets").await.unwrap();
+    assert_eq!(first.token.expose(), "SECRET-AT-1");
+    let status = &s.manager.status()[0];
+    let behind = status
+        .store_behind
+        .as_deref()
+        .expect("the status says the store is behind");
+    assert!(behind.contains("not in the token store yet"), "{behind}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not in the token store yet")),
+        "{:?}",
+        status.last_error
+    );
+    assert!(status.needs_login.is_none(), "{:?}", status.needs_login);
+
+    // The next refresh sends the new refresh token, not the one the provider replaced.
+    let second = s.manager.refresh_now("tickets").await.unwrap();
+    assert_eq!(second.token.expose(), "SECRET-AT-2");
+    let sent = |i: usize| {
+        fake.form(i)
+            .into_iter()
+            .find(|(k, _)| k == "refresh_token")
+            .map(|(_, v)| v)
+    };
+    assert_eq!(sent(0).as_deref(), Some(SEED_RT));
+    assert_eq!(sent(1).as_deref(), Some("SECRET-RT-1"));
+
+    // The store works again (with the old token in place): the background saves the newest one.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let background = s.manager.spawn_background(
+        Duration::from_secs(3600),
+        Duration::from_secs(86_400),
+        shutdown.clone(),
+    );
+    let aside = aside.lock().unwrap().take().unwrap();
+    repair_token_file(token_file.get().unwrap(), &aside);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stored(&s) != "SECRET-RT-2" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the newest refresh token was not saved; stored {}",
+            stored(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..100 {
+        if s.manager.status()[0].store_behind.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = &s.manager.status()[0];
+    assert!(status.store_behind.is_none(), "{:?}", status.store_behind);
+    assert!(status.last_error.is_none(), "{:?}", status.last_error);
+    // And the refresh after that sends it.
+    s.manager.refresh_now("tickets").await.unwrap();
+    assert_eq!(sent(2).as_deref(), Some("SECRET-RT-2"));
+    assert_eq!(stored(&s), "SECRET-RT-3");
+    shutdown.cancel();
+    background.await.unwrap();
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    assert!(
+        text.contains("could not store the rotated refresh token"),
+        "the log says why"
+    );
+    assert_nothing_secret_logged();
+}

@@ -3,8 +3,14 @@
 //! A line ends at LF; a CR before it is dropped. An overlong line is never buffered: its bytes
 //! are discarded as they arrive and, once its LF comes, reported as [`Frame::TooLong`] so the
 //! machine can answer it in order with the other commands.
+//!
+//! Lines before login carry passwords: a framed line's bytes are zeroed when its last handle is
+//! dropped ([`wiping_bytes`]), and discarded bytes are zeroed before they are let go.
 
 use bytes::{Bytes, BytesMut};
+use zeroize::Zeroize;
+
+use crate::secret::wiping_bytes;
 
 /// One framing result.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +54,7 @@ impl LineFramer {
                 let mut line = buf.split_to(end + 1);
                 if self.discarding {
                     self.discarding = false;
+                    line[..].zeroize();
                     return Frame::TooLong;
                 }
                 line.truncate(end);
@@ -55,14 +62,16 @@ impl LineFramer {
                     line.truncate(end - 1);
                 }
                 if line.len() > self.max {
+                    line[..].zeroize();
                     return Frame::TooLong;
                 }
-                Frame::Line(line.freeze())
+                Frame::Line(wiping_bytes(line))
             }
             None => {
                 // Keep one byte more than the cap: it may be the CR of a CRLF split by a read.
                 if buf.len() > self.max + 1 {
                     self.discarding = true;
+                    buf[..].zeroize();
                     buf.clear();
                     self.scanned = 0;
                 } else {

@@ -1,8 +1,13 @@
 //! SASL pieces shared by SMTP, IMAP and POP3: PLAIN and LOGIN decoding (RFC 4616, the LOGIN
 //! draft) for local logins, and XOAUTH2 encoding for the upstream.
+//!
+//! Every intermediate buffer that holds a password or a token (the decoded PLAIN message, the
+//! clear XOAUTH2 string) is [`Zeroizing`] and allocated once at its final size, so no copy is
+//! left behind in freed memory.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use zeroize::Zeroizing;
 
 use crate::secret::{SecretBytes, SecretString};
 
@@ -25,17 +30,33 @@ pub enum SaslError {
 }
 
 /// Decode one base64 SASL response line. `*` is the client's cancel (RFC 4954 §4,
-/// RFC 3501 §6.2.2). Whitespace around the value is ignored.
+/// RFC 3501 §6.2.2). Whitespace around the value is ignored. The bytes are the caller's to
+/// protect: a password goes straight into a [`SecretBytes`] (moved, not copied).
 pub fn decode_response(line: &[u8]) -> Result<Vec<u8>, SaslError> {
+    decode_secret_response(line).map(|mut bytes| std::mem::take(&mut *bytes))
+}
+
+/// [`decode_response`] into a buffer that is zeroed on drop (decoded in one allocation).
+pub fn decode_secret_response(line: &[u8]) -> Result<Zeroizing<Vec<u8>>, SaslError> {
     let line = line.trim_ascii();
     if line == b"*" {
         return Err(SaslError::Cancelled);
     }
     if line == b"=" {
         // RFC 4954: "=" is an empty initial response.
-        return Ok(Vec::new());
+        return Ok(Zeroizing::new(Vec::new()));
     }
-    STANDARD.decode(line).map_err(|_| SaslError::BadBase64)
+    let mut out = Zeroizing::new(Vec::new());
+    STANDARD
+        .decode_vec(line, &mut out)
+        .map_err(|_| SaslError::BadBase64)?;
+    Ok(out)
+}
+
+/// A base64 PLAIN response line (RFC 4616 §2) decoded into credentials; the decoded message,
+/// which holds the password, is zeroed before this returns.
+pub fn decode_plain_response(line: &[u8]) -> Result<PlainCredentials, SaslError> {
+    decode_plain(&decode_secret_response(line)?)
 }
 
 /// A decoded PLAIN response.
@@ -68,11 +89,25 @@ pub fn decode_plain(decoded: &[u8]) -> Result<PlainCredentials, SaslError> {
 /// `user=<mailbox>\x01auth=Bearer <token>\x01\x01` (Microsoft Learn, "Authenticate an IMAP, POP or
 /// SMTP connection using OAuth").
 pub fn xoauth2(mailbox: &str, token: &SecretString) -> SecretString {
-    let raw = SecretString::new(format!(
-        "user={mailbox}\x01auth=Bearer {}\x01\x01",
-        token.expose()
-    ));
-    SecretString::new(STANDARD.encode(raw.expose().as_bytes()))
+    let mut raw = Zeroizing::new(Vec::with_capacity(xoauth2_raw_len(mailbox, token)));
+    raw.extend_from_slice(b"user=");
+    raw.extend_from_slice(mailbox.as_bytes());
+    raw.extend_from_slice(b"\x01auth=Bearer ");
+    raw.extend_from_slice(token.expose().as_bytes());
+    raw.extend_from_slice(b"\x01\x01");
+    debug_assert_eq!(raw.len(), raw.capacity(), "one allocation, never grown");
+    // `encode` sizes its output exactly: one allocation, moved into the secret.
+    SecretString::new(STANDARD.encode(&*raw))
+}
+
+/// The length of [`xoauth2`]'s base64 output, so that a buffer the line is written into can be
+/// allocated once at its final size (growing it would leave a copy behind in freed memory).
+pub fn xoauth2_len(mailbox: &str, token: &SecretString) -> usize {
+    xoauth2_raw_len(mailbox, token).div_ceil(3) * 4
+}
+
+fn xoauth2_raw_len(mailbox: &str, token: &SecretString) -> usize {
+    "user=\x01auth=Bearer \x01\x01".len() + mailbox.len() + token.expose().len()
 }
 
 /// Best-effort decode of an error challenge (Google and Dovecot send base64 JSON) for logs.
@@ -112,6 +147,34 @@ mod tests {
         assert_eq!(decode_plain(b"\0u\0p\0q").unwrap_err(), SaslError::BadPlain);
         // an empty password is syntactically fine; the credential check refuses it
         assert!(decode_plain(b"\0u\0").is_ok());
+    }
+
+    #[test]
+    fn buffers_that_hold_a_password_or_token_are_zeroizing() {
+        // The decoded PLAIN message (authzid NUL authcid NUL password) is zeroed on drop.
+        let blob: Zeroizing<Vec<u8>> = decode_secret_response(b"AGdscGkAaHVudGVyMg==").unwrap();
+        assert_eq!(&blob[..], b"\0glpi\0hunter2");
+        let c = decode_plain_response(b"AGdscGkAaHVudGVyMg==").unwrap();
+        assert_eq!(
+            (c.username.as_str(), &c.password.expose()[..]),
+            ("glpi", &b"hunter2"[..])
+        );
+        assert_eq!(
+            decode_plain_response(b"*").unwrap_err(),
+            SaslError::Cancelled
+        );
+        // The XOAUTH2 line's length is known before it is built (a buffer is sized once).
+        for (mailbox, token) in [
+            ("a@b", ""),
+            ("test@contoso.onmicrosoft.com", "EwB"),
+            ("", "x"),
+        ] {
+            let token = SecretString::from(token);
+            assert_eq!(
+                xoauth2(mailbox, &token).expose().len(),
+                xoauth2_len(mailbox, &token)
+            );
+        }
     }
 
     #[test]

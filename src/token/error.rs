@@ -124,6 +124,12 @@ impl TokenError {
                 "another token was stored meanwhile; authbridge uses it from the next refresh"
                     .to_owned(),
             ),
+            StoreError::Locked { .. } => (
+                ErrorKind::Transient,
+                "authbridge tries again; if it lasts, look for a hung `authbridge login` or \
+                 `import-token`"
+                    .to_owned(),
+            ),
             StoreError::BadKey { .. } | StoreError::InvalidAccount { .. } => (
                 ErrorKind::NotConfigured,
                 "fix the configuration (see the message)".to_owned(),

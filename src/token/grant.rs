@@ -115,24 +115,38 @@ async fn request(
     )
 }
 
-/// `client_id`, then `params`, then (if `with_secret` and configured) `client_secret`.
+/// `client_id`, then `params`, then (if `with_secret` and configured) `client_secret`. The form
+/// holds secrets: it is written into a buffer allocated once at its largest possible size (every
+/// byte percent-encoded), so no partial copy is left behind in freed memory.
 fn encode_form(
     provider: &ProviderConfig,
     params: &[(&str, &str)],
     with_secret: bool,
 ) -> SecretString {
-    let mut form = form_urlencoded::Serializer::new(String::new());
+    let secret = provider
+        .client_secret
+        .as_ref()
+        .filter(|_| with_secret && !params.iter().any(|(k, _)| *k == "client_secret"));
+    let pairs = params
+        .iter()
+        .copied()
+        .chain([("client_id", provider.client_id.as_str())])
+        .chain(secret.map(|s| ("client_secret", s.expose().as_str())));
+    let capacity = pairs.fold(0usize, |n, (k, v)| {
+        n.saturating_add(k.len().saturating_add(v.len()).saturating_mul(3))
+            .saturating_add(2)
+    });
+    let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
     form.append_pair("client_id", &provider.client_id);
     for (k, v) in params {
         form.append_pair(k, v);
     }
-    if with_secret
-        && let Some(secret) = &provider.client_secret
-        && !params.iter().any(|(k, _)| *k == "client_secret")
-    {
+    if let Some(secret) = secret {
         form.append_pair("client_secret", secret.expose());
     }
-    SecretString::new(form.finish())
+    let form = form.finish();
+    debug_assert!(form.len() <= capacity, "the form never outgrew its buffer");
+    SecretString::new(form)
 }
 
 /// POSTs a form to one of `provider`'s endpoints; transport problems become transient failures.

@@ -2,6 +2,11 @@
 //! per request (token requests are rare). Every phase (connect, tls_handshake, http_handshake,
 //! request, response_body) runs under one overall deadline and a timeout names the phase it hit.
 //! The response body is read with a hard cap.
+//!
+//! Both bodies hold secrets (the request a client secret and a refresh token, the response the
+//! new tokens): the request body is handed to hyper as [`wiping_bytes`], and the response is
+//! gathered into one buffer that is zeroed on drop and grows without leaving copies. What hyper
+//! and rustls buffer internally on the way is out of our reach.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
-use crate::secret::{Secret, SecretString};
+use zeroize::Zeroizing;
+
+use crate::secret::{Secret, SecretString, wiping_bytes};
 
 const USER_AGENT: &str = concat!("authbridge/", env!("CARGO_PKG_VERSION"));
 
@@ -63,14 +70,16 @@ pub(crate) struct Target {
     pub path_and_query: String,
 }
 
-/// `http(s)://host[:port]/path?query` (no user info).
+/// `https://host[:port]/path?query` (no user info), or `http://` to a loopback host only: a
+/// token request carries the client secret and a refresh token, so plain HTTP is for tests and
+/// local stand-ins, never for a host across a network.
 pub(crate) fn parse_url(url: &str) -> Result<Target, HttpError> {
     let bad = |why: &str| HttpError::BadUrl(why.to_owned());
     let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
     let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(bad("the scheme must be https:// (or http:// for tests)")),
+        Some(s) if s.eq_ignore_ascii_case("https") => true,
+        Some(s) if s.eq_ignore_ascii_case("http") => false,
+        _ => return Err(bad("the scheme must be https://")),
     };
     let auth = uri.authority().ok_or_else(|| bad("no host"))?;
     if auth.as_str().contains('@') {
@@ -79,6 +88,12 @@ pub(crate) fn parse_url(url: &str) -> Result<Target, HttpError> {
     let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad("no host"));
+    }
+    if !https && !is_loopback_host(host) {
+        return Err(bad(
+            "plain http:// is only allowed to a loopback host (127.0.0.1, [::1], localhost), \
+             for tests: use https://",
+        ));
     }
     Ok(Target {
         https,
@@ -89,6 +104,24 @@ pub(crate) fn parse_url(url: &str) -> Result<Target, HttpError> {
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
     })
+}
+
+/// `localhost` or a loopback IP address (`127.0.0.0/8`, `::1`); `host` without IPv6 brackets.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `url` can serve as a provider endpoint (`token_url`, `authorize_url`,
+/// `device_code_url`): what the token client accepts. The error says why, for the config loader.
+pub fn check_endpoint_url(url: &str) -> Result<(), String> {
+    match parse_url(url) {
+        Ok(_) => Ok(()),
+        Err(HttpError::BadUrl(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// POSTs `form` (already `application/x-www-form-urlencoded`) to `target`.
@@ -169,7 +202,7 @@ where
         .header(header::ACCEPT, "application/json")
         .header(header::USER_AGENT, USER_AGENT)
         .header(header::CONNECTION, "close")
-        .body(Full::new(Bytes::copy_from_slice(form.expose().as_bytes())))
+        .body(Full::new(wiping_bytes(form.expose().as_bytes().to_vec())))
         .map_err(|e| HttpError::BadUrl(e.to_string()))?;
 
     let response = timeout_at(deadline, sender.send_request(request))
@@ -190,24 +223,46 @@ where
     if declared.is_some_and(|n| n > max_body as u64) {
         return Err(HttpError::TooLarge(max_body));
     }
-    let collected = timeout_at(
-        deadline,
-        Limited::new(response.into_body(), max_body).collect(),
-    )
-    .await
-    .map_err(|_| HttpError::Timeout("response_body"))?
-    .map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            HttpError::TooLarge(max_body)
-        } else {
-            HttpError::Failed("response_body", e.to_string())
+    // Sized for the announced length (bounded above), so it usually never grows.
+    let mut body = Zeroizing::new(Vec::with_capacity(
+        declared.map_or(INITIAL_BODY, |n| n as usize).min(max_body),
+    ));
+    let mut incoming = Limited::new(response.into_body(), max_body);
+    loop {
+        let frame = match timeout_at(deadline, incoming.frame()).await {
+            Err(_) => return Err(HttpError::Timeout("response_body")),
+            Ok(None) => break,
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(HttpError::TooLarge(max_body));
+            }
+            Ok(Some(Err(e))) => return Err(HttpError::Failed("response_body", e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            append_zeroizing(&mut body, &data);
         }
-    })?;
+    }
     Ok(HttpResponse {
         status,
         retry_after,
-        body: Secret::new(Vec::from(collected.to_bytes())),
+        // Moved, not copied.
+        body: Secret::new(std::mem::take(&mut *body)),
     })
+}
+
+/// Response buffer size when no `Content-Length` is announced (token answers are a few KiB).
+const INITIAL_BODY: usize = 8 * 1024;
+
+/// Appends `data` to `buf`; when it must grow, into a new zeroizing buffer (the old one is zeroed
+/// as it is dropped), so a reallocation never leaves a copy of a secret in freed memory.
+fn append_zeroizing(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    let needed = buf.len().saturating_add(data.len());
+    if needed > buf.capacity() {
+        let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(buf.capacity() * 2)));
+        bigger.extend_from_slice(buf);
+        *buf = bigger;
+    }
+    buf.extend_from_slice(data);
 }
 
 #[cfg(test)]
@@ -242,6 +297,47 @@ mod tests {
             "",
         ] {
             assert!(matches!(parse_url(bad), Err(HttpError::BadUrl(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn response_buffer_grows_without_reallocating_in_place() {
+        let mut buf = Zeroizing::new(Vec::with_capacity(4));
+        append_zeroizing(&mut buf, b"abc");
+        let before = buf.as_ptr();
+        append_zeroizing(&mut buf, b"d");
+        assert_eq!(buf.as_ptr(), before, "fits: appended in place");
+        append_zeroizing(&mut buf, b"efgh");
+        assert_eq!(&buf[..], b"abcdefgh");
+        assert!(buf.capacity() >= 8);
+        // The body handed out is the buffer itself, moved into a Secret.
+        let body: Secret<Vec<u8>> = Secret::new(std::mem::take(&mut *buf));
+        assert_eq!(body.expose(), b"abcdefgh");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for ok in [
+            "http://127.0.0.1:8080/token",
+            "http://127.1.2.3/token",
+            "http://[::1]:8080/token",
+            "http://localhost/token",
+            "http://LocalHost:1/token",
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+        ] {
+            assert!(check_endpoint_url(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://login.microsoftonline.com/t/oauth2/v2.0/token",
+            "http://10.1.2.3/token",
+            "http://[::ffff:127.0.0.1]/token",
+            "http://[2001:db8::1]/token",
+            "http://localhost.evil.example/token",
+            "http://127.0.0.1.nip.io/token",
+        ] {
+            let why = check_endpoint_url(refused).unwrap_err();
+            assert!(why.contains("use https://"), "{refused}: {why}");
+            assert!(matches!(parse_url(refused), Err(HttpError::BadUrl(_))));
         }
     }
 }

@@ -14,7 +14,8 @@
 //!   rest, behind a backend contract ([`StoreBackend`]: load, versioned save, lock); today one file
 //!   per account, replaced atomically.
 //! - [`StatusFiles`] (`state_file.rs`): non-secret per-account status (last refresh, last error,
-//!   needs-login) written by the manager for `authbridge status` in another process.
+//!   needs-login) written by the manager for `authbridge status` in another process;
+//!   `unix_time.rs`: the seconds-since-epoch those files and the token files hold, read clamped.
 //! - [`ReauthHook`] (`hook.rs`): the `on_reauth_needed` command, run once per transition into
 //!   needs-login.
 //! - Plain data: `provider.rs` (providers and accounts), `settings.rs` ([`TokenSettings`]),
@@ -23,10 +24,14 @@
 //! This file only declares the modules and re-exports what the rest of authbridge uses; the
 //! modules import each other directly, never through here.
 //!
-//! Invariants: tokens, refresh tokens, client secrets and keys only ever live in [`Secret`]; none is
-//! ever formatted into a log line or an error. A rotated refresh token is persisted before the access
-//! token that came with it is handed out. A transient failure never touches the stored refresh token;
-//! a permanent one marks the account as needing a new login and keeps the stored token until replaced.
+//! Invariants: tokens, refresh tokens, client secrets and keys only ever live in [`Secret`] (or a
+//! zeroizing buffer on their way through HTTP and SASL); none is ever formatted into a log line or
+//! an error. A rotated refresh token is persisted before the access token that came with it is
+//! handed out, under the store's lock for the account (held from loading the old token); if the
+//! store refuses it, it is kept in memory, used for the next refresh and saved again, never
+//! dropped. A transient failure never touches the stored refresh token; a permanent one marks the
+//! account as needing a new login and keeps the stored token until replaced. Every duration and
+//! time from the network or from disk is clamped before it reaches a clock.
 //!
 //! [`Secret`]: crate::secret::Secret
 
@@ -43,6 +48,7 @@ mod response;
 mod settings;
 mod state_file;
 mod store;
+mod unix_time;
 
 pub use endpoints::{
     MailHosts, default_scopes, google_endpoints, microsoft_endpoints, microsoft_mail_hosts,
@@ -51,6 +57,7 @@ pub use error::TokenError;
 pub use failure::{ErrorKind, Failure};
 pub use grant::{device_authorization, exchange};
 pub use hook::ReauthHook;
+pub use http::check_endpoint_url;
 pub use login::{DEVICE_CODE_GRANT_TYPE, Pkce, authorize_url, random_state};
 pub use manager::{AccessToken, AccountStatus, TokenManager};
 pub use provider::{AccountConfig, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
@@ -58,7 +65,8 @@ pub use response::{
     DeviceAuthorization, TokenResponse, classify, classify_device_authorization, parse_retry_after,
 };
 pub use settings::TokenSettings;
-pub use state_file::{PersistedStatus, StatusFiles, from_unix_secs, unix_secs};
+pub use state_file::{PersistedStatus, StatusFiles};
 pub use store::{
     FileStore, MasterKey, StoreBackend, StoreError, StoreLock, StoredToken, TokenStore,
 };
+pub use unix_time::{MAX_UNIX_SECS, from_unix_secs, unix_secs};

@@ -19,6 +19,13 @@ use crate::secret::{Secret, SecretString};
 const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 /// `Retry-After` values above this are clamped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Access-token lifetimes (`expires_in`) above this are clamped.
+const MAX_EXPIRES_IN: Duration = Duration::from_secs(24 * 3600);
+/// Device codes living longer than this are taken to expire then (Entra ID: 900 s).
+const MAX_DEVICE_CODE_LIFETIME: Duration = Duration::from_secs(3600);
+/// The device-code polling interval is kept within these bounds (RFC 8628 §3.2 default 5 s).
+const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// Server text kept in [`Failure::description`] (first line only).
 const MAX_DESCRIPTION: usize = 200;
 
@@ -190,7 +197,7 @@ fn parse_success(body: &[u8]) -> Result<TokenResponse, &'static str> {
     }
     let expires_in = match &raw.expires_in {
         None | Some(serde_json::Value::Null) => DEFAULT_EXPIRES_IN,
-        Some(v) => Duration::from_secs(seconds(v).ok_or("expires_in is not a number")?),
+        Some(v) => seconds_at_most(v, MAX_EXPIRES_IN).ok_or("expires_in is not a number")?,
     };
     Ok(TokenResponse {
         access_token,
@@ -232,11 +239,15 @@ fn parse_device_authorization(body: &[u8]) -> Result<DeviceAuthorization, &'stat
         .ok_or("no verification_uri")?;
     let expires_in = match &raw.expires_in {
         None | Some(serde_json::Value::Null) => Duration::from_secs(900),
-        Some(v) => Duration::from_secs(seconds(v).ok_or("expires_in is not a number")?),
+        Some(v) => {
+            seconds_at_most(v, MAX_DEVICE_CODE_LIFETIME).ok_or("expires_in is not a number")?
+        }
     };
     let interval = match &raw.interval {
         None | Some(serde_json::Value::Null) => Duration::from_secs(5),
-        Some(v) => Duration::from_secs(seconds(v).ok_or("interval is not a number")?),
+        Some(v) => seconds_at_most(v, MAX_POLL_INTERVAL)
+            .ok_or("interval is not a number")?
+            .max(MIN_POLL_INTERVAL),
     };
     Ok(DeviceAuthorization {
         device_code,
@@ -249,11 +260,23 @@ fn parse_device_authorization(body: &[u8]) -> Result<DeviceAuthorization, &'stat
     })
 }
 
-/// A JSON number of seconds, or a string holding one.
-fn seconds(v: &serde_json::Value) -> Option<u64> {
-    v.as_u64()
+/// A JSON number of seconds, or a string holding one, clamped to `max` (values from the network
+/// never reach a clock unbounded). Digit strings too long for a `u64` count as `max`.
+fn seconds_at_most(v: &serde_json::Value, max: Duration) -> Option<Duration> {
+    let secs = v
+        .as_u64()
+        // `as` saturates: 1e300 becomes u64::MAX, then the cap.
         .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .or_else(|| v.as_str().and_then(|s| saturating_digits(s.trim())))?;
+    Some(Duration::from_secs(secs).min(max))
+}
+
+/// ASCII digits as a `u64`, `u64::MAX` when there are too many; `None` if not only digits.
+fn saturating_digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse().unwrap_or(u64::MAX))
 }
 
 fn first_code(v: &serde_json::Value) -> Option<u32> {
@@ -286,10 +309,11 @@ fn clean(text: &str, max: usize) -> String {
     out
 }
 
-/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an IMF-fixdate; clamped to one hour.
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds or an IMF-fixdate; clamped to one hour (a
+/// delay too long for a `u64` or a date in year 9999 included).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    let delay = if let Ok(secs) = value.parse::<u64>() {
+    let delay = if let Some(secs) = saturating_digits(value) {
         Duration::from_secs(secs)
     } else {
         let at = parse_imf_fixdate(value)?;
@@ -298,7 +322,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(delay.min(MAX_RETRY_AFTER))
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 §5.6.7; the year has four digits, so the result
+/// always fits a `SystemTime`; anything else is `None`).
 fn parse_imf_fixdate(s: &str) -> Option<SystemTime> {
     let rest = s.split_once(", ")?.1;
     let mut parts = rest.split(' ');
@@ -318,7 +343,11 @@ fn parse_imf_fixdate(s: &str) -> Option<SystemTime> {
         "Dec" => 12,
         _ => return None,
     };
-    let year: i64 = parts.next()?.parse().ok()?;
+    let year = parts.next()?;
+    if year.len() != 4 {
+        return None;
+    }
+    let year: i64 = year.parse().ok()?;
     let mut hms = parts.next()?.split(':');
     let h: u64 = hms.next()?.parse().ok()?;
     let m: u64 = hms.next()?.parse().ok()?;
@@ -326,9 +355,11 @@ fn parse_imf_fixdate(s: &str) -> Option<SystemTime> {
     if parts.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
         return None;
     }
-    let days = days_from_civil(year, month, day as i64);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
-    Some(UNIX_EPOCH + Duration::from_secs(secs))
+    let days = u64::try_from(days_from_civil(year, month, day as i64)).ok()?;
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(h * 3600 + m * 60 + sec)?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).

@@ -363,3 +363,76 @@ fn retry_after_forms() {
         None
     );
 }
+
+#[test]
+fn retry_after_extremes_are_clamped_not_panics() {
+    // delay-seconds beyond u64 and at u64::MAX: the longest wait we honour.
+    for huge in ["18446744073709551615", "99999999999999999999999999"] {
+        assert_eq!(
+            parse_retry_after(huge, now()),
+            Some(MAX_RETRY_AFTER),
+            "{huge}"
+        );
+    }
+    assert_eq!(parse_retry_after("0", now()), Some(Duration::ZERO));
+    // The last representable IMF-fixdate year: far future, clamped.
+    assert_eq!(
+        parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now()),
+        Some(MAX_RETRY_AFTER)
+    );
+    // Years no HTTP-date can hold (RFC 9110 §5.6.7: 4DIGIT) are not dates: ignored, no overflow.
+    for far in [
+        "Fri, 31 Dec 292277026596 23:59:59 GMT",
+        "Fri, 31 Dec 9223372036854775807 23:59:59 GMT",
+        "Fri, 31 Dec -9223372036854775808 23:59:59 GMT",
+        "Fri, 31 Dec 99999 23:59:59 GMT",
+    ] {
+        assert_eq!(parse_retry_after(far, now()), None, "{far}");
+    }
+    // Through the classifier too: a 429 with a far-future date waits at most the cap.
+    let f = classify(429, Some("Fri, 31 Dec 9999 23:59:59 GMT"), b"", now()).unwrap_err();
+    assert_eq!(f.retry_after, Some(MAX_RETRY_AFTER));
+}
+
+#[test]
+fn expires_in_extremes_are_clamped() {
+    let lifetime = |v: &str| {
+        classify(
+            200,
+            None,
+            format!(r#"{{"access_token":"a","expires_in":{v}}}"#).as_bytes(),
+            now(),
+        )
+        .unwrap()
+        .expires_in
+    };
+    assert_eq!(lifetime("18446744073709551615"), MAX_EXPIRES_IN);
+    assert_eq!(lifetime("1e300"), MAX_EXPIRES_IN);
+    assert_eq!(lifetime(r#""18446744073709551615""#), MAX_EXPIRES_IN);
+    assert_eq!(lifetime("0"), Duration::ZERO);
+    assert_eq!(lifetime("3599"), Duration::from_secs(3599));
+}
+
+#[test]
+fn device_authorization_extremes_are_clamped() {
+    let device = |expires_in: &str, interval: &str| {
+        let body = format!(
+            r#"{{"device_code":"d","user_code":"u","verification_uri":"https://x/device","expires_in":{expires_in},"interval":{interval}}}"#
+        );
+        let d = classify_device_authorization(200, None, body.as_bytes(), now()).unwrap();
+        (d.expires_in, d.interval)
+    };
+    let max = u64::MAX.to_string();
+    assert_eq!(
+        device(&max, &max),
+        (MAX_DEVICE_CODE_LIFETIME, MAX_POLL_INTERVAL)
+    );
+    assert_eq!(device("0", "0"), (Duration::ZERO, MIN_POLL_INTERVAL));
+    assert_eq!(
+        device("900", "5"),
+        (Duration::from_secs(900), Duration::from_secs(5))
+    );
+    // A lifetime past the cap can be added to any clock without overflow.
+    let (expires_in, _) = device(&max, "5");
+    assert!(std::time::Instant::now().checked_add(expires_in).is_some());
+}

@@ -9,18 +9,17 @@
 //!
 //! [`TokenManager`]: super::TokenManager
 
+use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde::{Deserialize, Serialize};
 
 const VERSION: u32 = 1;
 /// Status files larger than this are not read.
 const MAX_FILE: u64 = 64 * 1024;
 
-/// The persisted status of one account. Times are seconds since the Unix epoch.
+/// The persisted status of one account. Times are seconds since the Unix epoch (read them with
+/// [`from_unix_secs`](super::unix_time::from_unix_secs), which clamps what a damaged file holds).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedStatus {
     pub version: u32,
@@ -45,16 +44,10 @@ pub struct PersistedStatus {
     pub needs_login_since: Option<u64>,
     /// A client logged in since the writer started (its access token is kept fresh).
     pub in_use: bool,
-}
-
-/// Seconds since the Unix epoch (0 before it).
-pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The time `secs` seconds after the Unix epoch.
-pub fn from_unix_secs(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    /// Set while a rotated refresh token is only in the writer's memory: why the store is
+    /// behind. Absent in files written before it existed.
+    #[serde(default)]
+    pub store_behind: Option<String>,
 }
 
 /// The status files of one state directory.

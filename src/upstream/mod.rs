@@ -3,6 +3,9 @@
 //! I/O around the sans-I/O upstream machines (`crate::protocol::*Upstream`): TCP connect,
 //! implicit TLS or STARTTLS (certificate and name always verified), the greeting/capability
 //! dialogue, then SASL XOAUTH2 on request. Every phase runs under its named timeout.
+//!
+//! The buffers an XOAUTH2 line is written into hold the access token: they are allocated once
+//! at their final size (so no copy is left in freed memory) and zeroed when dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
+use zeroize::Zeroizing;
 
 use crate::config::{Protocol, Upstream, UpstreamTls};
 use crate::limits::Timeouts;
 use crate::protocol::imap::ImapUpstream;
 use crate::protocol::pop3::Pop3Upstream;
+use crate::protocol::sasl;
 use crate::protocol::smtp::SmtpUpstream;
 use crate::protocol::{UpStep, UpstreamProtocol};
 use crate::secret::SecretString;
@@ -24,6 +29,10 @@ use crate::tls::MaybeTls;
 
 /// Bytes read from the upstream per call during setup.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room for the protocol words around an XOAUTH2 blob (tag, command, CRLF).
+const AUTH_LINE_OVERHEAD: usize = 64;
+/// Output buffer of the setup dialogue (greeting, EHLO, STARTTLS, CAPABILITY: no secrets).
+const SETUP_OUT: usize = 1024;
 
 /// An upstream failure, with the phase it happened in.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -107,7 +116,7 @@ pub async fn connect(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let setup = async {
         loop {
-            match drive(&mut *conn_machine, &mut stream, &mut input).await? {
+            match drive(&mut *conn_machine, &mut stream, &mut input, SETUP_OUT).await? {
                 UpStep::StartTls => {
                     let MaybeTls::Plain(tcp) = stream else {
                         return Err(("setup", "upstream asked for STARTTLS twice".to_string()));
@@ -159,11 +168,21 @@ impl Connected {
         token: &SecretString,
         limit: Duration,
     ) -> Result<AuthResult, UpstreamError> {
-        let mut out = Vec::new();
+        // Holds the token: see the module docs.
+        let mut out = auth_out(mailbox, token);
+        let capacity = out.capacity();
         self.machine.authenticate(mailbox, token, &mut out);
         let exchange = async {
             write_all(&mut self.stream, &out).await?;
-            drive(&mut *self.machine, &mut self.stream, &mut self.input).await
+            // A machine may send the blob later, after a continuation (IMAP without SASL-IR,
+            // POP3): the same room then.
+            drive(
+                &mut *self.machine,
+                &mut self.stream,
+                &mut self.input,
+                capacity,
+            )
+            .await
         };
         let step = match timeout(limit, exchange).await {
             Ok(Ok(step)) => step,
@@ -186,6 +205,14 @@ impl Connected {
             message,
         }
     }
+}
+
+/// The buffer an XOAUTH2 line for `mailbox` and `token` is written into: zeroed on drop, and
+/// large enough that writing the line never grows it.
+fn auth_out(mailbox: &str, token: &SecretString) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(Vec::with_capacity(
+        sasl::xoauth2_len(mailbox, token) + AUTH_LINE_OVERHEAD,
+    ))
 }
 
 async fn tls_handshake(
@@ -220,13 +247,15 @@ async fn write_all(
     stream.flush().await.map_err(|e| ("write", e.to_string()))
 }
 
-/// Run the machine until it needs something other than more input or another step.
+/// Run the machine until it needs something other than more input or another step. Its output
+/// goes through a buffer of `out_capacity` bytes, zeroed when dropped.
 async fn drive(
     machine: &mut dyn UpstreamProtocol,
     stream: &mut MaybeTls<TcpStream>,
     input: &mut BytesMut,
+    out_capacity: usize,
 ) -> Result<UpStep, (&'static str, String)> {
-    let mut out = Vec::new();
+    let mut out = Zeroizing::new(Vec::with_capacity(out_capacity));
     loop {
         let step = machine.step(input, &mut out);
         write_all(stream, &out).await?;
@@ -242,6 +271,79 @@ async fn drive(
                 }
             }
             other => return Ok(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps `m` over `server` until it asks for something else than input or another step.
+    fn step_until(
+        m: &mut dyn UpstreamProtocol,
+        input: &mut BytesMut,
+        server: &[u8],
+        out: &mut Vec<u8>,
+    ) -> UpStep {
+        input.extend_from_slice(server);
+        loop {
+            match m.step(input, out) {
+                UpStep::Continue => {}
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn xoauth2_lines_fit_their_zeroizing_buffer_without_growing() {
+        let mailbox = "a-rather-long-shared-mailbox-name@tenant.onmicrosoft.com";
+        let token = SecretString::from("E".repeat(6000));
+        /// A machine, the server's bytes up to Ready, and those that ask for the blob after.
+        type Case = (Box<dyn UpstreamProtocol>, &'static [u8], &'static [u8]);
+        let cases: Vec<Case> = vec![
+            (
+                Box::new(SmtpUpstream::new(false, "proxy.local")),
+                b"220 mx ESMTP\r\n250-mx\r\n250 AUTH LOGIN XOAUTH2\r\n",
+                b"",
+            ),
+            (
+                Box::new(ImapUpstream::new(false)),
+                b"* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2] ready\r\n",
+                b"",
+            ),
+            (
+                Box::new(ImapUpstream::new(false)),
+                b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n",
+                b"+ \r\n",
+            ),
+            (
+                Box::new(Pop3Upstream::new(false)),
+                b"+OK ready\r\n+OK\r\nSASL XOAUTH2\r\n.\r\n",
+                b"+ \r\n",
+            ),
+        ];
+        for (i, (mut m, ready, challenge)) in cases.into_iter().enumerate() {
+            let mut input = BytesMut::new();
+            let mut setup = Vec::new();
+            let step = step_until(m.as_mut(), &mut input, ready, &mut setup);
+            assert!(matches!(step, UpStep::Ready { .. }), "case {i}: {step:?}");
+            let mut out: Zeroizing<Vec<u8>> = auth_out(mailbox, &token);
+            let (capacity, at) = (out.capacity(), out.as_ptr());
+            m.authenticate(mailbox, &token, &mut out);
+            if !challenge.is_empty() {
+                // The blob comes after the server's continuation, into the same room.
+                out.clear();
+                step_until(m.as_mut(), &mut input, challenge, &mut out);
+            }
+            let blob = sasl::xoauth2(mailbox, &token);
+            let sent = String::from_utf8_lossy(&out).into_owned();
+            assert!(sent.contains(blob.expose().as_str()), "case {i}");
+            assert_eq!(
+                (out.capacity(), out.as_ptr()),
+                (capacity, at),
+                "case {i}: the buffer grew (a copy of the token was left behind)"
+            );
         }
     }
 }

@@ -90,12 +90,14 @@ impl Resolver<'_> {
             ("authorize_url", &p.authorize_url),
             ("device_code_url", &p.device_code_url),
         ] {
+            // The same check the token client makes: https://, or http:// to loopback (tests).
             if let Some(u) = url {
-                if !(u.starts_with("https://") || u.starts_with("http://")) {
-                    return Err(
-                        self.err(format!("{at}.{key}"), "expected an http:// or https:// URL")
-                    );
-                }
+                token::check_endpoint_url(u).map_err(|why| {
+                    self.err(
+                        format!("{at}.{key}"),
+                        format!("expected an https:// URL: {why}"),
+                    )
+                })?;
             }
         }
         let ca = p.ca_file.as_deref().map(|c| self.path(c));
@@ -196,5 +198,60 @@ impl Resolver<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testkit::parse;
+
+    /// A custom provider with `key: url` (and an https token_url when `key` is another one).
+    fn provider(key: &str, url: &str) -> String {
+        let token_url = if key == "token_url" {
+            String::new()
+        } else {
+            "    token_url: https://idp.example.com/token\n".to_owned()
+        };
+        format!(
+            "providers:\n  idp:\n    type: custom\n    client_id: c\n    flow: authorization_code\n\
+             {token_url}    {key}: \"{url}\"\n"
+        )
+    }
+
+    #[test]
+    fn plain_http_endpoints_only_on_loopback() {
+        for key in ["token_url", "authorize_url", "device_code_url"] {
+            for url in [
+                "http://login.example.com/token",
+                "http://10.0.0.5:8080/token",
+                "http://[2001:db8::1]/token",
+                "http://localhost.example.com/token",
+                "HTTP://login.example.com/token",
+            ] {
+                let e = parse(&provider(key, url)).unwrap_err();
+                assert!(
+                    e.starts_with(&format!("/etc/authbridge/test.yaml: providers.idp.{key}: ")),
+                    "{key} {url}: {e}"
+                );
+                assert!(e.contains("https://"), "{key} {url}: {e}");
+            }
+            for url in [
+                "https://login.example.com/token",
+                "http://127.0.0.1:8080/token",
+                "http://127.0.0.2/token",
+                "http://[::1]:8080/token",
+                "http://localhost:8080/token",
+                "http://LOCALHOST/token",
+            ] {
+                parse(&provider(key, url)).unwrap_or_else(|e| panic!("{key} {url}: {e}"));
+            }
+            for bad in ["ftp://x/token", "not a url", "https://"] {
+                let e = parse(&provider(key, bad)).unwrap_err();
+                assert!(
+                    e.contains(&format!("providers.idp.{key}")),
+                    "{key} {bad}: {e}"
+                );
+            }
+        }
     }
 }

@@ -291,7 +291,7 @@ impl ImapClient {
     }
 
     fn plain_response(&mut self, tag: Tag, line: &[u8], out: &mut Vec<u8>) -> Step {
-        match sasl::decode_response(line).and_then(|d| sasl::decode_plain(&d)) {
+        match sasl::decode_plain_response(line) {
             Ok(creds) => self.login(tag, creds.username, creds.password),
             Err(e) => self.sasl_failure(&tag, e, out),
         }

@@ -10,7 +10,7 @@
 //! login (or STARTTLS) stay in the driver's buffer.
 
 use bytes::BytesMut;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::command::{LiteralAnnouncement, Tag, literal_at_end, parse_tag};
 use crate::protocol::line::{Frame, LineFramer};
@@ -76,8 +76,10 @@ impl CommandReader {
                 if n == 0 {
                     return ReadEvent::Incomplete;
                 }
-                let chunk = input.split_to(n);
+                let mut chunk = input.split_to(n);
                 self.partial.extend_from_slice(&chunk);
+                // A literal may be a password: zero the input bytes it came in.
+                chunk[..].zeroize();
                 self.literal_left -= n;
                 continue;
             }

@@ -251,7 +251,7 @@ impl Pop3Client {
     }
 
     fn plain_response(&mut self, line: &[u8], out: &mut Vec<u8>) -> Step {
-        match sasl::decode_response(line).and_then(|d| sasl::decode_plain(&d)) {
+        match sasl::decode_plain_response(line) {
             Ok(creds) => self.login(creds.username, creds.password),
             Err(e) => self.sasl_failure(e, out),
         }

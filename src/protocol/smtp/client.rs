@@ -260,7 +260,7 @@ impl SmtpClient {
     }
 
     fn plain_response(&mut self, line: &[u8], out: &mut Vec<u8>) -> Step {
-        match sasl::decode_response(line).and_then(|d| sasl::decode_plain(&d)) {
+        match sasl::decode_plain_response(line) {
             Ok(creds) => {
                 let password = creds.password.expose().clone();
                 self.login(creds.username, password)

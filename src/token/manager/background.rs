@@ -1,15 +1,20 @@
 //! What the [`TokenManager`] runs in the background until shutdown: the proactive refresher (each
 //! account in use gets a new access token at its jittered refresh point, with backoff after
-//! failures) and the refresh-token keep-alive (delegated refresh tokens expire after 90 days
-//! unused).
+//! failures), the save retries of rotated refresh tokens the store refused (with backoff, and
+//! once more at shutdown), and the refresh-token keep-alive (delegated refresh tokens expire
+//! after 90 days unused).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::TokenManager;
-use super::slot::jittered;
+use super::slot::{Slot, jittered};
+use super::{Ctx, TokenManager, fetch, persist_in_background, rotation};
+use crate::token::store::TokenStore;
+
+/// While a save retry runs, the next one is not scheduled before this (the retry reschedules).
+const SAVE_RETRY_RUNNING: Duration = Duration::from_secs(60);
 
 impl TokenManager {
     /// Delegated refresh tokens expire after 90 days unused: refreshes every account whose stored
@@ -74,13 +79,28 @@ impl TokenManager {
 
     /// Until `shutdown`: for every account in use, fetch a new access token when its cached one
     /// reaches its (jittered) refresh point, so no client login waits on the token endpoint; after
-    /// a failure retry with backoff (`Retry-After` honoured, see `finish`).
+    /// a failure retry with backoff (`Retry-After` honoured, see `finish`). Rotated refresh
+    /// tokens the store refused are saved again when due, and once more at shutdown.
     pub async fn refresh_in_background(&self, shutdown: CancellationToken) {
         loop {
             let now = Instant::now();
             let mut next = now + Duration::from_secs(3600);
             for slot in &self.slots {
                 let mut st = slot.lock();
+                // A fetch in flight settles the unsaved token itself.
+                let fetching = st.live_inflight().is_some();
+                if let Some(u) = st.unsaved.as_mut().filter(|_| !fetching) {
+                    if u.retry_at <= now {
+                        u.retry_at = now + SAVE_RETRY_RUNNING;
+                        tokio::spawn(save_unsaved(
+                            Arc::clone(slot),
+                            self.store.clone(),
+                            Arc::clone(&self.ctx),
+                        ));
+                    } else {
+                        next = next.min(u.retry_at);
+                    }
+                }
                 match st.refresh_due(now) {
                     Some(due) if due <= now => {
                         tracing::debug!(
@@ -95,10 +115,61 @@ impl TokenManager {
                 }
             }
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(next.into()) => {}
                 () = self.ctx.wake.notified() => {}
             }
         }
+        self.save_unsaved_before_exit().await;
     }
+
+    /// One last save of every rotated refresh token still only in memory; says which are lost.
+    async fn save_unsaved_before_exit(&self) {
+        for slot in &self.slots {
+            if slot.pending().is_none() {
+                continue;
+            }
+            save_unsaved(Arc::clone(slot), self.store.clone(), Arc::clone(&self.ctx)).await;
+            if let Some(why) = slot.lock().store_behind() {
+                tracing::error!(
+                    account = slot.name(),
+                    "exiting with the newest refresh token only in memory: {why}. The store \
+                     keeps the one before it; if the provider refuses that one, run \
+                     `authbridge login {}`",
+                    slot.name()
+                );
+            }
+        }
+    }
+}
+
+/// Saves `slot`'s unsaved rotated token if it still has one (under its turn and the store's lock,
+/// see `rotation::settle`), then updates its status file.
+async fn save_unsaved(slot: Arc<Slot>, store: TokenStore, ctx: Arc<Ctx>) {
+    {
+        let _turn = slot.turn.lock().await;
+        if slot.pending().is_none() {
+            return;
+        }
+        let failed = match fetch::store_lock(&store, slot.name()).await {
+            Ok(_lock) => {
+                let for_settle = Arc::clone(&slot);
+                store
+                    .blocking(move |s| rotation::settle(s, &for_settle).map(drop))
+                    .await
+                    .err()
+            }
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            let count = slot.save_failed_again(e.to_string());
+            tracing::warn!(
+                account = slot.name(),
+                failed_saves = count,
+                "cannot store the rotated refresh token yet (kept in memory, retried): {e}"
+            );
+        }
+    }
+    persist_in_background(&slot, &ctx).await;
+    ctx.wake.notify_one();
 }

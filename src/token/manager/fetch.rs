@@ -1,35 +1,28 @@
 //! One fetch of an account's access token, run in its own task by the manager: load the refresh
 //! token, ask the token endpoint (through `grant.rs`), persist a rotated refresh token before
-//! anyone sees the access token that came with it, and report the [`Outcome`] to the slot.
+//! anyone sees the access token that came with it (or keep it in memory if the store refuses it),
+//! and report the [`Outcome`] to the slot.
 //!
-//! Persisting a rotation is a read-modify-write of the stored token ([`persist_rotated`]): under
-//! the store's lock for the account, re-read the store, keep a token stored meanwhile by
-//! `authbridge login` / `import-token`, else replace the one this refresh started from
-//! (compare-and-set on its version).
+//! For a delegated account the whole fetch, from loading the refresh token to saving the rotated
+//! one, runs under the slot's `turn` and the store's lock for the account, so another process on
+//! the same store (`authbridge login`, a second `run`) never sends the same refresh token nor
+//! overwrites a newer one. The decisions about the stored token are in `rotation.rs`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-
+use super::rotation::{self, Persisted};
 use super::slot::{Outcome, Slot, make_cached};
-use crate::secret::SecretString;
 use crate::token::error::{ErrorContext, TokenError};
 use crate::token::failure::ErrorKind;
 use crate::token::grant;
 use crate::token::settings::TokenSettings;
-use crate::token::store::{StoreError, TokenStore};
-
-/// What became of a rotated refresh token.
-enum Persisted {
-    Stored,
-    /// Another token was stored while the refresh ran; it was kept.
-    Superseded,
-}
+use crate::token::store::{StoreError, StoreLock, TokenStore};
 
 /// One fetch: load the refresh token, ask the endpoint, persist a rotated refresh token, build the
 /// cache entry. Runs in its own task.
 pub(super) async fn fetch(
-    slot: &Slot,
+    slot: &Arc<Slot>,
     store: &TokenStore,
     settings: &TokenSettings,
     epoch: u64,
@@ -56,48 +49,61 @@ pub(super) async fn fetch(
         );
     }
     let ctx = ErrorContext::new(provider, account, "refresh_token");
-    let name = account.to_owned();
-    let stored = match store.blocking(move |s| s.load(&name)).await {
-        Ok(Some(s)) => s,
+    // Held until the rotated token is saved (or kept): see the module docs.
+    let _turn = slot.turn.lock().await;
+    let _lock = match store_lock(store, account).await {
+        Ok(lock) => lock,
+        Err(e) => return outcome(Err(TokenError::from_store(&e, &ctx)), None, false),
+    };
+    let for_settle = Arc::clone(slot);
+    let chosen = match store
+        .blocking(move |s| rotation::settle(s, &for_settle))
+        .await
+    {
+        Ok(Some(c)) => c,
         Ok(None) => return outcome(Err(TokenError::no_refresh_token(account)), None, false),
         Err(e) => return outcome(Err(TokenError::from_store(&e, &ctx)), None, false),
     };
-    let digest = sha256(&stored.refresh_token);
+    let digest = chosen.digest;
     if let Some(e) = slot.permanent_block(Some(digest), started) {
         return outcome(Err(e), Some(digest), false);
     }
-    let response = match grant::refresh(provider, account, &stored.refresh_token, settings).await {
+    let response = match grant::refresh(provider, account, &chosen.token, settings).await {
         Ok(r) => r,
         Err(e) => return outcome(Err(e), Some(digest), true),
     };
     if let Some(rotated) = &response.refresh_token
-        && rotated != &stored.refresh_token
+        && rotated != &chosen.token
     {
         // Persist before anyone sees the access token that came with it.
         let name = account.to_owned();
+        let lineage = chosen.lineage();
         let rotated = rotated.clone();
+        let to_store = rotated.clone();
         match store
-            .blocking(move |s| persist_rotated(s, &name, &digest, &rotated))
+            .blocking(move |s| rotation::persist_rotated(s, &name, &chosen, &to_store))
             .await
         {
-            Ok(Persisted::Stored) => tracing::debug!(account, "rotated refresh token stored"),
+            Ok(Persisted::Stored) => {
+                slot.forget_unsaved(None);
+                tracing::debug!(account, "rotated refresh token stored");
+            }
             // The access token just fetched is still good.
             Ok(Persisted::Superseded) => {
+                slot.forget_unsaved(None);
                 tracing::info!(
                     account,
                     "a new refresh token was stored while this refresh ran; keeping the new one"
                 );
             }
             Err(e) => {
-                let e = TokenError::new(
+                tracing::error!(
                     account,
-                    ErrorKind::Transient,
-                    format!("could not store the rotated refresh token: {e}"),
-                    "check that the state_dir is writable and the disk is not full; the previous \
-                     refresh token is kept",
+                    "could not store the rotated refresh token: {e} — it is kept in memory and \
+                     used for the next refresh, and the save is retried in the background; check \
+                     that the state_dir is writable and the disk is not full"
                 );
-                tracing::error!(account, "{e}");
-                return outcome(Err(e), Some(digest), true);
+                slot.keep_unsaved(rotated, lineage, e.to_string());
             }
         }
     }
@@ -108,33 +114,23 @@ pub(super) async fn fetch(
     )
 }
 
-/// Stores `rotated` for `account` unless a token other than the one the refresh started from
-/// (`started_from`, its SHA-256) was stored meanwhile (`authbridge login` / `import-token` may
-/// store one while the request runs: theirs is kept). Blocking; run on the blocking pool.
-fn persist_rotated(
+/// The store's lock for `account`, for a read-modify-write of its token. `Ok(None)` when the lock
+/// cannot be had for another reason than a holder (a read-only or full state_dir): the slot's
+/// turn still serialises this process, and a save then most likely fails and is kept in memory.
+pub(super) async fn store_lock(
     store: &TokenStore,
     account: &str,
-    started_from: &[u8; 32],
-    rotated: &SecretString,
-) -> Result<Persisted, StoreError> {
-    let _lock = store.lock(account)?;
-    let expected = match store.load(account) {
-        Ok(Some(now)) if sha256(&now.refresh_token) != *started_from => {
-            return Ok(Persisted::Superseded);
+) -> Result<Option<StoreLock>, StoreError> {
+    let name = account.to_owned();
+    match store.blocking(move |s| s.lock(&name)).await {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e @ StoreError::Locked { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                account,
+                "cannot take the token store's lock, going on without it: {e}"
+            );
+            Ok(None)
         }
-        Ok(Some(now)) => Some(now.version),
-        // Nothing readable is stored: the rotated token is the only good one, store it.
-        Ok(None) | Err(_) => None,
-    };
-    // A retry of a failed save belongs here, while the lock is still held.
-    match store.replace(account, rotated, expected) {
-        Ok(_) => Ok(Persisted::Stored),
-        // Stored meanwhile by a writer that did not hold the lock: theirs is the newer one.
-        Err(StoreError::Conflict { .. }) => Ok(Persisted::Superseded),
-        Err(e) => Err(e),
     }
-}
-
-fn sha256(token: &SecretString) -> [u8; 32] {
-    Sha256::digest(token.expose().as_bytes()).into()
 }

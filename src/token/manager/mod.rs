@@ -30,9 +30,15 @@
 //! `authbridge status`; the first transition into "needs login" runs the `on_reauth_needed` hook
 //! once (again only after a success or a new login).
 //!
+//! A rotated refresh token is saved before the access token that came with it is handed out; if
+//! the store refuses it, it is kept in memory, used for the next refresh and saved again in the
+//! background (status and log say the store is behind and why).
+//!
 //! Files: `slot.rs` (one account's cache entry, fetch in flight, backoff marks and transitions),
-//! `fetch.rs` (one fetch, and the read-modify-write of the stored token after a rotation),
-//! `background.rs` (proactive refresh and keep-alive). Token requests themselves are `grant.rs`.
+//! `fetch.rs` (one fetch, under the store's lock from load to save), `rotation.rs` (the
+//! read-modify-writes of the stored token: which token to send, saving a rotated one),
+//! `background.rs` (proactive refresh, save retries and keep-alive). Token requests themselves
+//! are `grant.rs`.
 
 // `TokenError` carries the public fields the callers branch on (~180 bytes); it is built rarely and
 // moved a handful of times per failure, so boxing it would only cost readability.
@@ -40,6 +46,7 @@
 
 mod background;
 mod fetch;
+mod rotation;
 mod slot;
 
 use std::collections::HashMap;
@@ -57,8 +64,9 @@ use super::grant;
 use super::hook::ReauthHook;
 use super::provider::{AccountConfig, Flow};
 use super::settings::TokenSettings;
-use super::state_file::{StatusFiles, from_unix_secs};
+use super::state_file::StatusFiles;
 use super::store::TokenStore;
+use super::unix_time::from_unix_secs;
 
 /// What `authbridge status` and the admin page show per account.
 #[derive(Clone, Debug)]
@@ -81,6 +89,9 @@ pub struct AccountStatus {
     pub in_use: bool,
     /// A token request is in flight.
     pub refreshing: bool,
+    /// Set while the newest (rotated) refresh token is only in memory because the store refused
+    /// it: why. It is used for the next refresh and its save is retried in the background.
+    pub store_behind: Option<String>,
     /// How many `access_token` calls had to wait for a token request (cold cache or expired
     /// token); background refresh keeps this at the first login's one.
     pub waited_fetches: u64,
@@ -135,6 +146,7 @@ impl TokenManager {
                 config,
                 state: Mutex::new(state),
                 persist: Mutex::new(false),
+                turn: tokio::sync::Mutex::new(()),
             }));
         }
         let ctx = Arc::new(Ctx {
@@ -312,10 +324,14 @@ impl TokenManager {
             let rt = grant::required_refresh_token(provider, account, grant_type, &response)?;
             let ctx = ErrorContext::new(provider, account, grant_type);
             let (name, rt) = (account.to_owned(), rt.clone());
+            // Under the store's lock: a rotation in flight elsewhere ends before or starts after.
+            let _turn = slot.turn.lock().await;
             self.store
-                .blocking(move |s| s.save(&name, &rt))
+                .blocking(move |s| s.save_locked(&name, &rt))
                 .await
                 .map_err(|e| TokenError::from_store(&e, &ctx))?;
+            // A rotated token still waiting to be saved belongs to the old login.
+            slot.forget_unsaved(None);
             tracing::info!(account, grant_type, "refresh token stored");
         }
         let cached = make_cached(response, started, &self.settings);
@@ -381,8 +397,10 @@ impl TokenManager {
                     last_error: st
                         .last_error
                         .as_ref()
-                        .or(store_error.as_ref())
-                        .map(ToString::to_string),
+                        .map(ToString::to_string)
+                        .or_else(|| st.store_behind())
+                        .or_else(|| store_error.as_ref().map(ToString::to_string)),
+                    store_behind: st.store_behind(),
                     needs_login,
                 }
             })

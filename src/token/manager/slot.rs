@@ -1,12 +1,14 @@
 //! One account's slot in the [`TokenManager`](super::TokenManager): the cached access token
 //! ([`AccessToken`]) with its refresh marks, the fetch in flight, the negative cache and the
 //! backoff marks after failures, and the transitions a fetch outcome causes (`Slot::finish`,
-//! `Slot::install`). Also what a slot writes to its status file. No I/O but that status write.
+//! `Slot::install`); a rotated refresh token the store could not take yet ([`Unsaved`], see
+//! `rotation.rs`). Also what a slot writes to its status file. No I/O but that status write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::secret::SecretString;
@@ -15,11 +17,15 @@ use crate::token::failure::ErrorKind;
 use crate::token::provider::AccountConfig;
 use crate::token::response::TokenResponse;
 use crate::token::settings::TokenSettings;
-use crate::token::state_file::{PersistedStatus, StatusFiles, unix_secs};
+use crate::token::state_file::{PersistedStatus, StatusFiles};
+use crate::token::unix_time::unix_secs;
 
 /// Generations are unique and increasing across all managers of the process (config reloads).
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// How many ancestors an unsaved token remembers (one per refresh whose save failed; a refresh
+/// runs about once an hour).
+pub(super) const MAX_ANCESTORS: usize = 64;
 /// A token closer than this to expiry is never handed out.
 pub(super) const MIN_VALIDITY: Duration = Duration::from_secs(30);
 /// Negative cache after one failure.
@@ -34,6 +40,10 @@ const PERMANENT_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_PERMANENT_BACKOFF: Duration = Duration::from_secs(600);
 /// Access-token lifetimes above this are clamped (the value comes from the network).
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// A cached token is renewed in the background at the earliest this long after its request
+/// started, whatever lifetime the provider announced: `expires_in: 0` would otherwise make the
+/// refresher loop on the token endpoint. Shorter than any real lifetime (tests use 2 s).
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Background retries after transient failures back off up to this long.
 const MAX_BACKGROUND_BACKOFF: Duration = Duration::from_secs(300);
 /// Background retry after a failure only someone else can fix (no token stored, damaged store).
@@ -57,6 +67,25 @@ pub(super) struct Slot {
     pub(super) state: Mutex<State>,
     /// Serialises status-file writes so a later snapshot is never overwritten by an earlier one.
     pub(super) persist: Mutex<bool>,
+    /// Held around every read-modify-write of the account's stored token in this process (a
+    /// refresh from load to save, a save retry, a login), with the store's lock when it can be
+    /// had: only its holder reads and changes [`State::unsaved`].
+    pub(super) turn: tokio::sync::Mutex<()>,
+}
+
+/// A rotated refresh token the store could not take: used for the next refresh instead of the
+/// stored one (which the provider has replaced) and saved again until the store has it.
+pub(super) struct Unsaved {
+    pub(super) token: SecretString,
+    /// SHA-256 of the tokens this one descends from since the store last took one, oldest first
+    /// (at most [`MAX_ANCESTORS`]): a save may replace any of them, and only them (another token
+    /// in the store is a new login, which wins).
+    pub(super) ancestors: Vec<[u8; 32]>,
+    /// Why the last save failed (a sentence, no secret).
+    pub(super) why: String,
+    pub(super) failed_saves: u32,
+    /// When the background refresher tries to save it again.
+    pub(super) retry_at: Instant,
 }
 
 #[derive(Default)]
@@ -81,6 +110,8 @@ pub(super) struct State {
     /// The hook ran for the current needs-login period.
     pub(super) reauth_notified: bool,
     pub(super) needs_login_since: Option<SystemTime>,
+    /// A rotated refresh token not in the store yet (only the holder of `Slot::turn` changes it).
+    pub(super) unsaved: Option<Unsaved>,
 }
 
 pub(super) struct Cached {
@@ -146,6 +177,28 @@ impl State {
         }
         let due = self.cached.as_ref().map_or(now, |c| c.refresh_at);
         Some(self.retry_at.map_or(due, |r| due.max(r)))
+    }
+
+    /// Why the store is behind: a sentence for `last_error` and the status page.
+    pub(super) fn store_behind(&self) -> Option<String> {
+        self.unsaved.as_ref().map(|u| {
+            format!(
+                "the rotated refresh token is not in the token store yet ({} failed save{}: {}); \
+                 authbridge uses it from memory and retries the save — check that the state_dir \
+                 is writable and the disk is not full",
+                u.failed_saves,
+                if u.failed_saves == 1 { "" } else { "s" },
+                u.why
+            )
+        })
+    }
+
+    /// The last error for the status: the last failure, else why the store is behind.
+    fn last_error_text(&self) -> Option<String> {
+        self.last_error
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| self.store_behind())
     }
 
     /// The hint when someone must act: a remembered refusal, or a last error that needs action.
@@ -259,6 +312,62 @@ impl Slot {
         (m.rt_digest == rt_digest && now < m.at + m.backoff).then(|| m.error.clone())
     }
 
+    /// The unsaved rotated token and what it may replace, if one is pending.
+    pub(super) fn pending(&self) -> Option<(SecretString, Vec<[u8; 32]>)> {
+        let st = self.lock();
+        st.unsaved
+            .as_ref()
+            .map(|u| (u.token.clone(), u.ancestors.clone()))
+    }
+
+    /// Forgets the unsaved token: the store has it or a newer one. With `only`, only if the
+    /// pending token is that one (by SHA-256).
+    pub(super) fn forget_unsaved(&self, only: Option<&[u8; 32]>) {
+        let mut st = self.lock();
+        let matches = match (&st.unsaved, only) {
+            (Some(u), Some(d)) => sha256(&u.token) == *d,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if matches {
+            st.unsaved = None;
+        }
+    }
+
+    /// Keeps `token` (just rotated, the store refused it) for the next refresh and a later save;
+    /// `ancestors` as in [`Unsaved::ancestors`] (the oldest beyond the cap are forgotten).
+    pub(super) fn keep_unsaved(
+        &self,
+        token: SecretString,
+        mut ancestors: Vec<[u8; 32]>,
+        why: String,
+    ) {
+        let excess = ancestors.len().saturating_sub(MAX_ANCESTORS);
+        ancestors.drain(..excess);
+        let mut st = self.lock();
+        st.unsaved = Some(Unsaved {
+            token,
+            ancestors,
+            why,
+            failed_saves: 1,
+            retry_at: Instant::now() + save_retry_backoff(1),
+        });
+    }
+
+    /// Another save of the pending token failed: note why and back off.
+    pub(super) fn save_failed_again(&self, why: String) -> u32 {
+        let mut st = self.lock();
+        match &mut st.unsaved {
+            Some(u) => {
+                u.failed_saves = u.failed_saves.saturating_add(1);
+                u.why = why;
+                u.retry_at = Instant::now() + save_retry_backoff(u.failed_saves);
+                u.failed_saves
+            }
+            None => 0,
+        }
+    }
+
     pub(super) fn install(&self, cached: Cached) -> AccessToken {
         let token = cached.token.clone();
         let mut st = self.lock();
@@ -285,8 +394,13 @@ impl Slot {
                 .map(|c| unix_secs(to_system_time(c.token.expires_at, now, now_sys))),
             last_refresh: st.last_refresh.map(unix_secs),
             refreshing_since: st.live_inflight().and(st.fetch_started).map(unix_secs),
-            last_error: st.last_error.as_ref().map(ToString::to_string),
-            last_error_kind: st.last_error.as_ref().map(|e| e.kind.as_str().to_owned()),
+            last_error: st.last_error_text(),
+            last_error_kind: match (&st.last_error, &st.unsaved) {
+                (Some(e), _) => Some(e.kind.as_str().to_owned()),
+                (None, Some(_)) => Some(ErrorKind::Transient.as_str().to_owned()),
+                (None, None) => None,
+            },
+            store_behind: st.store_behind(),
             needs_login: st.needs_login_hint(),
             needs_login_since: st
                 .needs_login_since
@@ -313,6 +427,18 @@ impl Slot {
     }
 }
 
+/// How long to wait before saving an unsaved token again after `failures` failed saves: 1 s,
+/// doubling, up to the background backoff cap, jittered.
+fn save_retry_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    jittered(Duration::from_secs(1u64 << doublings).min(MAX_BACKGROUND_BACKOFF))
+}
+
+/// SHA-256 of a refresh token: how the manager compares tokens without keeping more copies.
+pub(super) fn sha256(token: &SecretString) -> [u8; 32] {
+    Sha256::digest(token.expose().as_bytes()).into()
+}
+
 /// `d` plus or minus up to 10 %.
 pub(super) fn jittered(d: Duration) -> Duration {
     let tenth = d / 10;
@@ -335,9 +461,15 @@ pub(super) fn make_cached(
 ) -> Cached {
     let lifetime = response.expires_in.min(MAX_LIFETIME);
     let margin = settings.refresh_margin.min(lifetime / 2);
-    let expires_at = started + lifetime;
-    let soft = expires_at - margin;
-    let hard = expires_at - margin / 2;
+    // `lifetime` is at most a day and `margin` at most half of it, so none of these can fail on
+    // a real clock; checked anyway, falling back to "due now".
+    let expires_at = started.checked_add(lifetime).unwrap_or(started);
+    let soft = expires_at.checked_sub(margin).unwrap_or(started);
+    let hard = expires_at.checked_sub(margin / 2).unwrap_or(started);
+    let jitter = hard
+        .saturating_duration_since(soft)
+        .mul_f64(0.25 * random_fraction());
+    let earliest = started.checked_add(MIN_REFRESH_INTERVAL).unwrap_or(started);
     Cached {
         token: AccessToken {
             token: response.access_token,
@@ -346,14 +478,15 @@ pub(super) fn make_cached(
         },
         soft,
         hard,
-        refresh_at: soft + (hard - soft).mul_f64(0.25 * random_fraction()),
+        refresh_at: soft.checked_add(jitter).unwrap_or(soft).max(earliest),
     }
 }
 
+/// The wall-clock time of `at`; saturates at `now_sys` if the clock cannot hold it.
 pub(super) fn to_system_time(at: Instant, now: Instant, now_sys: SystemTime) -> SystemTime {
     if at >= now {
-        now_sys + (at - now)
+        now_sys.checked_add(at - now).unwrap_or(now_sys)
     } else {
-        now_sys - (now - at)
+        now_sys.checked_sub(now - at).unwrap_or(now_sys)
     }
 }

@@ -45,6 +45,16 @@ pub enum StoreError {
         expected: u64,
         found: Option<u64>,
     },
+    /// Another process (or store handle) held the account's lock for longer than we wait.
+    #[error(
+        "{} stayed locked for {waited:?}: another authbridge process (`login`, `import-token`, \
+         or a second `run` on the same state_dir) is changing the token",
+        path.display()
+    )]
+    Locked {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
 }
 
 /// Maps an I/O error of `action` on `path` into a [`StoreError::Io`].

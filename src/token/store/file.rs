@@ -11,16 +11,18 @@
 //! read as version 0, and older authbridge builds read new files (they ignore the field).
 //! Numbering restarts at 1 when the file is removed.
 //!
-//! Locking: [`FileStore::lock`] is a no-op guard for now, so the version check in
-//! [`save`](StoreBackend::save) and the write after it are not one step across processes. The
-//! next step makes `lock` an in-process mutex per account plus an advisory lock on a separate
-//! `<account>.lock` file, held by the caller around its read-modify-write (`save` must not take
-//! it again).
+//! Locking: [`lock`](StoreBackend::lock) takes an advisory, exclusive lock (`flock`) on
+//! `<state_dir>/tokens/<account>.lock`, an empty file created on first use and never removed
+//! (removing it would let two processes lock two different files). The lock is tied to the open
+//! file, so two handles in one process exclude each other like two processes do, and the kernel
+//! releases it when the holder exits, however it exits. The caller holds it around its
+//! read-modify-write (load, refresh, save); `save` never takes it. A holder that does not let go
+//! within [`LOCK_WAIT`] gets [`StoreError::Locked`]. Other platforms than Unix do not lock.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -31,11 +33,17 @@ use super::backend::{StoreBackend, StoreLock, StoredToken};
 use super::crypto::{CIPHER, MasterKey, NONCE_LEN, SealError};
 use super::error::{StoreError, io_err};
 use crate::secret::SecretString;
+use crate::token::unix_time::{from_unix_secs, unix_secs};
 
 pub(super) const FILE_VERSION: u32 = 1;
 const MAX_ACCOUNT_NAME: usize = 128;
 /// Temporary files older than this are leftovers of a killed writer.
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
+/// How long [`StoreBackend::lock`] waits for another holder (a token request under the lock
+/// takes at most its timeout, 5 s by default, plus a file write).
+pub(super) const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// The pause between two attempts while the lock is held elsewhere.
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// What a token file holds. Only `sealed_refresh_token` is secret, and it is encrypted.
 #[derive(Serialize, Deserialize)]
@@ -43,7 +51,7 @@ pub(super) struct TokenFile {
     /// The file format.
     pub(super) version: u32,
     pub(super) account: String,
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch (read clamped: the file may be damaged).
     pub(super) stored_at: u64,
     /// The store version ([`StoredToken::version`]); absent (0) in files written before it.
     #[serde(default)]
@@ -114,7 +122,7 @@ impl StoreBackend for FileStore {
         };
         Ok(Some(StoredToken {
             refresh_token,
-            stored_at: UNIX_EPOCH + Duration::from_secs(file.stored_at),
+            stored_at: from_unix_secs(file.stored_at),
             version: file.revision,
         }))
     }
@@ -157,9 +165,7 @@ impl StoreBackend for FileStore {
                     io_err("seal the token for", &path)(io::Error::other("AEAD failure"))
                 }
             })?;
-        let stored_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let stored_at = unix_secs(SystemTime::now());
         let file = TokenFile {
             version: FILE_VERSION,
             account: account.to_owned(),
@@ -177,7 +183,41 @@ impl StoreBackend for FileStore {
         Ok(revision)
     }
 
-    /// No-op for now (see the module documentation).
+    /// An exclusive `flock` on `<account>.lock`, waiting up to `LOCK_WAIT` (30 s) for another
+    /// holder (see the module documentation).
+    #[cfg(unix)]
+    fn lock(&self, account: &str) -> Result<StoreLock, StoreError> {
+        use rustix::fs::{FlockOperation, flock};
+        use rustix::io::Errno;
+
+        check_account_name(account)?;
+        let path = self.tokens_dir.join(format!("{account}.lock"));
+        let mut o = fs::OpenOptions::new();
+        o.read(true).write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let file = o.open(&path).map_err(io_err("open the lock file", &path))?;
+        let started = Instant::now();
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                // Closing the file (dropping the guard) releases the lock.
+                Ok(()) => return Ok(StoreLock::holding(file)),
+                Err(Errno::WOULDBLOCK) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err(Errno::WOULDBLOCK) => {
+                    return Err(StoreError::Locked {
+                        path,
+                        waited: LOCK_WAIT,
+                    });
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(io_err("lock", &path)(e.into())),
+            }
+        }
+    }
+
+    /// Not locked outside Unix (see the module documentation).
+    #[cfg(not(unix))]
     fn lock(&self, account: &str) -> Result<StoreLock, StoreError> {
         check_account_name(account)?;
         Ok(StoreLock::unlocked())
@@ -185,7 +225,7 @@ impl StoreBackend for FileStore {
 
     fn stored_at(&self, account: &str) -> Result<Option<SystemTime>, StoreError> {
         let path = self.path(account)?;
-        Ok(read_token_file(&path, account)?.map(|f| UNIX_EPOCH + Duration::from_secs(f.stored_at)))
+        Ok(read_token_file(&path, account)?.map(|f| from_unix_secs(f.stored_at)))
     }
 
     fn location(&self, account: &str) -> Result<String, StoreError> {

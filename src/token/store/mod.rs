@@ -17,9 +17,12 @@
 //! async methods (which would make the trait not object-safe or need boxed futures). Async callers
 //! go through [`TokenStore::blocking`].
 //!
-//! Where the next steps go: the file lock is [`StoreBackend::lock`] in `file.rs` (held by the
-//! caller around its read-modify-write); the retry of a failed save is at the one save of a
-//! rotated token, in `manager/fetch.rs`.
+//! Locking: [`TokenStore::lock`] is the account's exclusive lock across processes (a `flock` in
+//! the file backend), held by the caller around its read-modify-write: the token manager holds
+//! it from loading a refresh token to saving the rotated one, so `authbridge login` or a second
+//! `run` never refresh with the same token nor overwrite a newer one. A new token from a login or
+//! an import goes through [`TokenStore::save_locked`]. What the manager does when a save fails
+//! (keep the rotated token in memory, retry) is in `manager/rotation.rs`.
 
 mod atomic_write;
 mod backend;
@@ -93,9 +96,23 @@ impl TokenStore {
     }
 
     /// Seals and stores `refresh_token` for `account`, replacing whatever is stored (a new
-    /// login, an imported token); returns its version.
+    /// login, an imported token); returns its version. Does not lock: the caller holds
+    /// [`lock`](Self::lock), or nothing else can write (tests); else use
+    /// [`save_locked`](Self::save_locked).
     pub fn save(&self, account: &str, refresh_token: &SecretString) -> Result<u64, StoreError> {
         self.backend().save(account, refresh_token, None)
+    }
+
+    /// [`save`](Self::save) under the account's lock, for a new login or an imported token while
+    /// a running authbridge may be rotating the old one: its rotation then either ends before
+    /// (and this token replaces it) or starts after (and uses this token).
+    pub fn save_locked(
+        &self,
+        account: &str,
+        refresh_token: &SecretString,
+    ) -> Result<u64, StoreError> {
+        let _lock = self.lock(account)?;
+        self.save(account, refresh_token)
     }
 
     /// [`save`](Self::save), but with `Some(version)` only if that version is still the stored
@@ -110,7 +127,8 @@ impl TokenStore {
             .save(account, refresh_token, expected_version)
     }
 
-    /// The exclusive right to change `account`'s stored token (see [`StoreBackend::lock`]).
+    /// The exclusive right to change `account`'s stored token (see [`StoreBackend::lock`]);
+    /// blocks while another process or handle holds it, up to a bound.
     pub fn lock(&self, account: &str) -> Result<StoreLock, StoreError> {
         self.backend().lock(account)
     }

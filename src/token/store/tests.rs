@@ -429,3 +429,50 @@ fn files_from_before_versions_still_open_and_old_readers_read_new_files() {
         1
     );
 }
+
+#[test]
+fn stored_times_from_a_damaged_file_are_clamped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TokenStore::open(tmp.path(), key(11)).unwrap();
+    store.save("tickets", &SecretString::from(TOKEN)).unwrap();
+    let path = store.path("tickets").unwrap();
+    let mut file: TokenFile = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    file.stored_at = u64::MAX;
+    fs::write(&path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    let latest = crate::token::from_unix_secs(crate::token::MAX_UNIX_SECS);
+    assert_eq!(store.stored_at("tickets").unwrap(), Some(latest));
+    let loaded = store.load("tickets").unwrap().unwrap();
+    assert_eq!(loaded.stored_at, latest);
+    assert_eq!(loaded.refresh_token.expose(), TOKEN);
+}
+
+#[test]
+fn lock_excludes_other_handles_until_released() {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let a = TokenStore::open(tmp.path(), key(12)).unwrap();
+    let b = TokenStore::open(tmp.path(), key(12)).unwrap();
+    let held = a.lock("tickets").unwrap();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _lock = b.lock("tickets").unwrap();
+        tx.send(Instant::now()).unwrap();
+        // Another account's lock is independent of this one.
+        drop(b.lock("other").unwrap());
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "a second handle waits for the lock");
+    // Another account is not blocked meanwhile.
+    drop(a.lock("other").unwrap());
+    let released = Instant::now();
+    drop(held);
+    let acquired = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(acquired >= released);
+    waiter.join().unwrap();
+    #[cfg(unix)]
+    assert_eq!(mode(&tmp.path().join("tokens/tickets.lock")), 0o600);
+    // The lock file is not a token: loading still finds none.
+    assert!(a.load("tickets").unwrap().is_none());
+}

@@ -1,0 +1,51 @@
+//! The real `authbridge` binary refuses a provider endpoint over plain `http://` to a host that is
+//! not loopback: the config does not load (exit 2) and the error names the file, the key path and
+//! says to use https. Loopback endpoints (tests, local stand-ins) still load.
+
+use std::process::Command;
+
+fn config(token_url: &str) -> String {
+    format!(
+        "providers:\n  idp:\n    type: custom\n    client_id: c\n    flow: authorization_code\n    \
+         token_url: \"{token_url}\"\n"
+    )
+}
+
+#[test]
+fn plain_http_token_url_to_a_remote_host_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("authbridge.yaml");
+    std::fs::write(&path, config("http://login.example.com/idp/token")).unwrap();
+    for command in ["check", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_authbridge"))
+            .args([command, "--config"])
+            .arg(&path)
+            .env_remove("AUTHBRIDGE_CONFIG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+        assert!(
+            err.contains("authbridge.yaml")
+                && err.contains("providers.idp.token_url")
+                && err.contains("use https://"),
+            "{command}: {err}"
+        );
+    }
+}
+
+#[test]
+fn plain_http_token_url_on_loopback_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("authbridge.yaml");
+    std::fs::write(&path, config("http://127.0.0.1:9/idp/token")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_authbridge"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("AUTHBRIDGE_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains("providers.idp.token_url"), "{err}");
+}
