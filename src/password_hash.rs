@@ -202,7 +202,7 @@ mod tests {
         let good = make(Algorithm::Argon2id, Version::V0x13, 19_456, 2, 1);
         let bad = make(Algorithm::Argon2i, Version::V0x13, 19_456, 2, 1);
         let yaml = format!(
-            "providers:\n  m365: {{ type: microsoft, tenant: contoso.onmicrosoft.com, client_id: x }}\n\
+            "providers:\n  m365: {{ type: microsoft, tenant: fabrikam.onmicrosoft.com, client_id: x }}\n\
              accounts:\n  - name: tickets\n    provider: m365\n    mailbox: tickets@contoso.com\n    logins:\n\
              \x20     - {{ username: glpi, password_hash: \"{good}\" }}\n\
              \x20     - {{ username: cron, password_hash: \"{bad}\" }}\n"

@@ -4,10 +4,15 @@
 
 use std::process::Command;
 
+/// A config that loads but for the endpoint under test: one provider, one account, one listener.
 fn config(token_url: &str) -> String {
     format!(
         "providers:\n  idp:\n    type: custom\n    client_id: c\n    flow: authorization_code\n    \
-         token_url: \"{token_url}\"\n"
+         token_url: \"{token_url}\"\n\
+         accounts:\n  - name: a\n    provider: idp\n    mailbox: a@example.com\n    logins:\n      \
+         - {{ username: u, password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$AuGa1YnsI06GYhr/ypvKfw$Xm/fhKB4HSQGuBBvWzB5TaNmtt0W102jA72mjJd9pos\" }}\n\
+         listeners:\n  - name: smtp\n    protocol: smtp\n    listen: 127.0.0.1:0\n    \
+         upstream: {{ host: 127.0.0.1, port: 9, tls: implicit }}\n"
     )
 }
 
