@@ -9,8 +9,8 @@
 use bytes::BytesMut;
 
 use super::command::{Command, parse_command};
+use super::extensions::{KEPT_EXTENSIONS, RELAY_DROPPED};
 use super::reply::write_reply;
-use super::{KEPT_EXTENSIONS, RELAY_DROPPED};
 use crate::protocol::line::{Frame, LineFramer};
 use crate::protocol::sasl::{self, LOGIN_PASSWORD_PROMPT, LOGIN_USERNAME_PROMPT, SaslError};
 use crate::protocol::{
