@@ -421,9 +421,11 @@ impl TokenManager {
             persist_in_background(&slot, &ctx).await;
             let outcome = fetch::fetch(&slot, &store, &settings, epoch).await;
             let (result, transition) = slot.finish(outcome);
+            // The status file first: a short-lived process (`check`) that exits as soon as it has
+            // its answer must leave the outcome recorded for `status`.
+            persist_in_background(&slot, &ctx).await;
             let _ = tx.send(Some(result));
             ctx.wake.notify_one();
-            persist_in_background(&slot, &ctx).await;
             if let Some(e) = transition {
                 tracing::warn!(
                     account = slot.name(),
