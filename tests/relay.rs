@@ -214,20 +214,56 @@ async fn allow_listed_source_sends_without_login() {
     assert_eq!(r.sandbox.messages().len(), 1);
 }
 
-/// A source outside allow_from must log in: 530, and nothing reaches the connector.
+/// allow_from narrows who may connect; it never waives the login while `require_login` is true
+/// (the default): a listed source still gets 530, and nothing reaches the connector.
 #[tokio::test]
-async fn non_allowed_source_without_login_gets_530() {
+async fn allow_listed_source_still_logs_in_unless_require_login_is_false() {
+    let r = start(RelayOptions {
+        sandbox: SandboxOptions {
+            connector_allowed_ips: vec!["127.0.0.1".parse().unwrap()],
+            ..Default::default()
+        },
+        listener: "    allow_from: [127.0.0.0/8]\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut c = LineClient::connect(r.addr()).await;
+    assert!(c.code().await.starts_with("220"));
+    let ehlo = {
+        c.send("EHLO app").await;
+        c.reply().await
+    };
+    assert!(
+        ehlo.iter().any(|l| l.ends_with("AUTH PLAIN LOGIN")),
+        "{ehlo:?}"
+    );
+    assert_eq!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await,
+        "530 5.7.0 Authentication required"
+    );
+    assert_eq!(r.sandbox.connector_counters().connector_mail, 0);
+    // After a local login the same source relays.
+    let mut c = LineClient::connect(r.addr()).await;
+    login(&mut c).await;
+    let reply = send_message(&mut c, MAILBOX, "listed and logged in").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(r.sandbox.messages().len(), 1);
+}
+
+/// A source outside allow_from is refused at connect (554 5.7.1), before any login and before
+/// anything is opened toward the connector.
+#[tokio::test]
+async fn source_outside_allow_from_is_refused_at_connect() {
     let r = start(RelayOptions {
         listener: "    allow_from: [10.0.0.0/8]\n".into(),
         ..Default::default()
     })
     .await;
     let mut c = LineClient::connect(r.addr()).await;
-    assert!(c.code().await.starts_with("220"));
-    assert!(c.cmd("EHLO app").await.starts_with("250"));
-    assert_eq!(
-        c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await,
-        "530 5.7.0 Authentication required"
+    let greeting = c.line().await.unwrap_or_default();
+    assert!(
+        greeting.starts_with("554 5.7.1") && greeting.contains("allow_from"),
+        "{greeting}"
     );
     assert_eq!(r.sandbox.connector_counters().connector_accepted, 0);
     assert_eq!(r.sandbox.connector_counters().connector_mail, 0);
@@ -495,5 +531,16 @@ fn relay_config_is_validated() {
     assert!(e.contains("allowed_senders[0]"), "{e}");
     let e = write("    mode: relay\n    client_cert: x.pem\n").unwrap_err();
     assert!(e.contains("client_key"), "{e}");
+    let e = write(
+        "    mode: relay\n    require_login: false\n    allow_from: [10.0.0.0/8, 0.0.0.0/0]\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("listeners[0].allow_from[1]") && e.contains("open relay"),
+        "{e}"
+    );
+    let e = write("    mode: relay\n    require_login: false\n    allow_from: [\"::/0\"]\n")
+        .unwrap_err();
+    assert!(e.contains("listeners[0].allow_from[0]"), "{e}");
     write("    mode: relay\n    require_login: false\n    allow_from: [192.0.2.0/24]\n    allowed_senders: [\"@contoso.com\"]\n").unwrap();
 }

@@ -78,7 +78,19 @@ pub enum SenderRule {
 }
 
 impl Relay {
-    /// May a client from `ip` send without logging in? An IPv4-mapped IPv6 address (a client
+    /// May a client from `ip` connect at all? `allow_from`, when given, narrows who may; an
+    /// empty list admits every source (each must then log in: `require_login` is true).
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        self.allow_from.is_empty() || self.open_for(ip)
+    }
+
+    /// May an admitted client send without logging in? Only when `require_login: false` — the
+    /// stricter reading wins: `allow_from` alone never waives the login.
+    pub fn login_waived(&self) -> bool {
+        !self.require_login
+    }
+
+    /// Is `ip` inside `allow_from`? An IPv4-mapped IPv6 address (a client
     /// of a dual-stack `[::]` listener) matches as its IPv4 form, and an IPv4 address matches
     /// an entry written in the mapped form (`::ffff:10.0.0.0/104`).
     pub fn open_for(&self, ip: std::net::IpAddr) -> bool {

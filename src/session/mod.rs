@@ -96,6 +96,39 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Answer a relay client from outside `allow_from` with `554 5.7.1` and close (RFC 5321 §3.1:
+/// a server may refuse service with 554 in place of the greeting). Implicit-TLS listeners
+/// complete the handshake first so the client can read the reply.
+async fn refuse_relay_source<S>(shared: &Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    warn!(peer = %peer.ip(), "relay: source not in allow_from, connection refused");
+    let session = Session {
+        shared: Arc::clone(shared),
+        peer,
+        upstream: UpstreamSlot::Taken,
+        caps_asked: false,
+    };
+    let mut client = MaybeTls::Plain(stream);
+    if shared.listener.tls == ClientTlsMode::Implicit {
+        client = match session.accept_tls(client).await {
+            Some(c) => c,
+            None => return,
+        };
+    }
+    let reply = format!(
+        "554 5.7.1 {} does not relay for {}: this address is not in the listener's allow_from\r\n",
+        shared.hostname,
+        peer.ip()
+    );
+    let write = async {
+        client.write_all(reply.as_bytes()).await?;
+        client.shutdown().await
+    };
+    let _ = timeout(shared.limits.timeouts.client_write, write).await;
+}
+
 /// Serve one client connection to its end.
 pub async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, stop: Stop)
 where
@@ -103,6 +136,14 @@ where
 {
     let started = Instant::now();
     let l = &shared.listener;
+    // A relay listener's allow_from narrows who may connect: others are refused before anything
+    // is opened upstream.
+    if let Some(relay) = &l.relay
+        && !relay.admits(peer.ip())
+    {
+        refuse_relay_source(&shared, stream, peer).await;
+        return;
+    }
     let upstream_task = {
         let upstream = l.upstream.clone();
         let protocol = l.protocol;
@@ -137,7 +178,7 @@ where
     };
     let machine: Box<dyn ClientProtocol> = match l.protocol {
         Protocol::Smtp => match &l.relay {
-            Some(relay) => Box::new(SmtpClient::new(ctx).relay(relay.open_for(peer.ip()))),
+            Some(relay) => Box::new(SmtpClient::new(ctx).relay(relay.login_waived())),
             None => Box::new(SmtpClient::new(ctx)),
         },
         Protocol::Imap => Box::new(ImapClient::new(ctx)),

@@ -177,6 +177,15 @@ impl Resolver<'_> {
                 "require_login: false without allow_from would make an open relay; list the sending hosts under allow_from",
             ));
         }
+        if !require_login && let Some(i) = l.allow_from.iter().position(|n| n.prefix_len() == 0) {
+            return Err(self.err(
+                format!("{at}.allow_from[{i}]"),
+                format!(
+                    "{} with require_login: false relays for every address there is (an open relay); list the sending hosts, or drop require_login: false so clients log in",
+                    l.allow_from[i]
+                ),
+            ));
+        }
         let mut allowed_senders = Vec::new();
         for (i, s) in l.allowed_senders.iter().enumerate() {
             let s = s.trim().to_ascii_lowercase();
