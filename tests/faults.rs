@@ -709,20 +709,6 @@ async fn upstream_faults_on_every_protocol() {
 // ---------------------------------------------------------------------------------------------
 // No secret in any log line, on the failure paths.
 
-/// Collects every formatted log line of this process.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The failure paths at trace level (tests/cli.rs covers the successful ones with the real
 /// binary): wrong passwords, passwords sent inside bad commands and cancelled SASL exchanges,
 /// token endpoint errors (500, garbage, invalid_grant), an access token the upstream refuses
@@ -733,13 +719,7 @@ async fn failure_paths_at_trace_level_log_no_secret() {
     if run_isolated("failure_paths_at_trace_level_log_no_secret", &[]) {
         return;
     }
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = LogCapture::install(tracing::Level::TRACE);
 
     let mut extra = String::new();
     let mut fakes = Vec::new();
@@ -852,7 +832,7 @@ async fn failure_paths_at_trace_level_log_no_secret() {
         .load("tickets")
         .unwrap()
         .unwrap();
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(logs.contains("login failed"), "the capture looks empty");
     assert!(logs.contains("TRACE"), "not at trace level");
     let forbidden = [

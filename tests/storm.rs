@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -336,20 +336,6 @@ async fn another_users_failures_on_loopback_do_not_lock_glpi_out() {
     );
 }
 
-/// Collects every formatted log line of this process.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Item 9: a 5,000-character user name with control characters is logged as its first 64
 /// characters, escaped, with its length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,18 +343,12 @@ async fn user_names_are_logged_bounded_and_escaped() {
     if run_isolated("user_names_are_logged_bounded_and_escaped", &[]) {
         return;
     }
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = LogCapture::install(tracing::Level::INFO);
     let env = Env::start_with(limits(10)).await;
     let name = format!("\u{1b}[2J{}\r\nforged line", "n".repeat(5_000));
     let r = auth_plain(lo(), env.addr("smtp"), &name, "wrong", false).await;
     assert!(r.starts_with("535 "), "{r}");
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     let line = logs
         .lines()
         .find(|l| l.contains("login failed: unknown user or wrong password"))
