@@ -12,6 +12,8 @@
 #   - Postfix: submission (STARTTLS required, SASL through Dovecot, so XOAUTH2 only) delivering
 #     into Dovecot's mailboxes over LMTP, and a port-25 style listener (STARTTLS, no AUTH);
 #   - authbridge in front of them.
+#   - a second Postfix in front of authbridge with deploy/postfix/main.cf (the relay client GLPI
+#     submits to; its own config, queue and log, retry timers shortened), for the outage cases.
 # Then every client (PHPMailer as GLPI 9.5/10, Symfony Mailer as GLPI 11, laminas-mail's bytes,
 # swaks, curl, Python smtplib/imaplib/poplib) sends through authbridge and reads back through
 # authbridge, plus the negative cases. One PASS/FAIL line per case, then "N passed, M failed".
@@ -39,7 +41,7 @@ die() { # a setup failure: counts as one failed case
 dump_logs() { # the tail of every server's log, for a failed run
 	local f
 	[ -n "$T" ] && [ -d "$T" ] || return 0
-	for f in authbridge.log dovecot.log postfix.log sandbox.log; do
+	for f in authbridge.log dovecot.log postfix.log postfix-front.log sandbox.log; do
 		[ -s "$T/$f" ] || continue
 		say "---- last lines of $f"
 		tail -n 40 "$T/$f" | cut -c1-400
@@ -47,7 +49,8 @@ dump_logs() { # the tail of every server's log, for a failed run
 }
 
 # ---------------------------------------------------------------- packages
-PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix php-cli libphp-phpmailer
+# libsasl2-modules: PLAIN and LOGIN for the SASL client of the Postfix in front (a Recommends only).
+PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix libsasl2-modules php-cli libphp-phpmailer
 	php-symfony-mailer swaks libnet-ssleay-perl curl python3 openssl ca-certificates)
 install_packages() {
 	local missing=() p
@@ -299,13 +302,14 @@ HELPDESK=helpdesk@contoso.com
 GLPI_PASSWORD='gl"pi \interop pass'
 HELPDESK_PASSWORD='helpdesk-pass'
 GLPI_LF_PASSWORD=$'first line\nsecond line'
+FRONT_PASSWORD='postfix relay pass'
 
 read -r POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
 	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
-	AB_RELAY AB_RELAY_OPEN <<<"$(free_ports 16)"
+	AB_RELAY AB_RELAY_OPEN FRONT_SMTP <<<"$(free_ports 17)"
 export POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
 	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
-	AB_RELAY AB_RELAY_OPEN
+	AB_RELAY AB_RELAY_OPEN FRONT_SMTP
 AB_PORTS=($AB_SMTP $AB_SMTP_TLS $AB_IMAP $AB_IMAP_UP_ST $AB_IMAP_TLS $AB_IMAPS $AB_POP3 $AB_POP3_UP_ST
 	$AB_RELAY $AB_RELAY_OPEN)
 
@@ -360,7 +364,8 @@ fi
 postfix -c "$T/postfix/etc" check >"$T/postfix.check" 2>&1 ||
 	die "postfix check failed: $(cat "$T/postfix.check" "$T/postfix.log" 2>/dev/null)"
 /usr/lib/postfix/sbin/master -c "$T/postfix/etc" >"$T/postfix.stdout" 2>&1 &
-PIDS+=($!)
+POSTFIX_PID=$!
+PIDS+=($POSTFIX_PID)
 for p in $POSTFIX_SUBMISSION $POSTFIX_RELAY; do
 	wait_port "$p" || die "Postfix did not listen on $p: $(cat "$T/postfix.stdout" "$T/postfix.log" 2>/dev/null)"
 done
@@ -369,7 +374,8 @@ step "authbridge"
 GLPI_HASH=$(printf '%s' "$GLPI_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
 HELPDESK_HASH=$(printf '%s' "$HELPDESK_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
 GLPI_LF_HASH=$(printf '%s' "$GLPI_LF_PASSWORD" | "$AUTHBRIDGE" hash-password --allow-line-breaks) || die "hash-password failed"
-export GLPI_HASH HELPDESK_HASH GLPI_LF_HASH
+FRONT_HASH=$(printf '%s' "$FRONT_PASSWORD" | "$AUTHBRIDGE" hash-password) || die "hash-password failed"
+export GLPI_HASH HELPDESK_HASH GLPI_LF_HASH FRONT_HASH
 render "$HERE/authbridge.yaml.in" "$T/authbridge.yaml" || die "render failed"
 HELPDESK_RT=$(sandbox_post refresh_token "{\"client_id\":\"$CLIENT_ID\",\"mailbox\":\"$HELPDESK\"}" |
 	"$PY" -c 'import json,sys; print(json.load(sys.stdin)["refresh_token"])') || die "no helpdesk refresh token"
@@ -636,6 +642,196 @@ run_case wrong-password-imap-laminas "wrong local password: NO [AUTHENTICATIONFA
 run_case wrong-password-pop3-poplib "wrong local password: -ERR [AUTH], nothing upstream (poplib)" \
 	wrong_password_case '^RESULT refused -ERR \[AUTH\]' read_py pop3 "$AB_POP3"
 GLPI_PASSWORD=$GOOD_PASSWORD
+
+# 6. Postfix in front of authbridge (deploy/postfix/main.cf, README "Queue mail through outages"):
+#    GLPI hands mail to a local Postfix, which relays it to authbridge with a SASL login. An
+#    outage of the token service must only delay mail (authbridge answers 4xx, Postfix defers and
+#    retries); permanent refusals must bounce with a text an admin understands. This Postfix is a
+#    second instance with its own config, queue and log; only its retry timers are shortened.
+FRONT="$T/postfix-front"
+FRONT_LOG="$T/postfix-front.log"
+front_setup() {
+	mkdir -p "$FRONT/etc" "$FRONT/queue" "$FRONT/data" && chown postfix "$FRONT/data" &&
+		cp "$ROOT/deploy/postfix/main.cf" "$FRONT/etc/main.cf" &&
+		render "$HERE/postfix-front-master.cf.in" "$FRONT/etc/master.cf" &&
+		front_password "$FRONT_PASSWORD" &&
+		postconf -c "$FRONT/etc" -e \
+			"queue_directory = $FRONT/queue" "data_directory = $FRONT/data" \
+			"mail_owner = postfix" "setgid_group = postdrop" \
+			"maillog_file = $FRONT_LOG" "maillog_file_prefixes = $T" "syslog_name = postfix-front" \
+			"myhostname = glpi.interop.test" "inet_interfaces = 127.0.0.1" "inet_protocols = ipv4" \
+			"mynetworks = 127.0.0.0/8" "relayhost = [127.0.0.1]:$AB_SMTP" \
+			"smtp_sasl_password_maps = texthash:$FRONT/etc/sasl_passwd" \
+			"queue_run_delay = 5s" "minimal_backoff_time = 5s" "maximal_backoff_time = 15s" &&
+		postfix -c "$FRONT/etc" check || return 1
+	/usr/lib/postfix/sbin/master -c "$FRONT/etc" >"$T/postfix-front.stdout" 2>&1 &
+	FRONT_PID=$!
+	PIDS+=($FRONT_PID)
+	wait_port "$FRONT_SMTP" || { cat "$T/postfix-front.stdout" "$FRONT_LOG"; return 1; }
+}
+front_password() { # PASSWORD: the login the front Postfix uses at authbridge (reload it after)
+	printf '[127.0.0.1]:%s postfix:%s\n' "$AB_SMTP" "$1" >"$FRONT/etc/sasl_passwd" && chmod 600 "$FRONT/etc/sasl_passwd"
+}
+front_reload() { # a changed sasl_passwd reaches new smtp processes; cached sessions expire in 2 s
+	kill -HUP "$FRONT_PID" && sleep 3
+}
+front_send() { # FROM PREFIX COUNT: COUNT messages in one SMTP session to the front Postfix (as GLPI)
+	timeout 120 "$PY" - "$FRONT_SMTP" "$1" "$MBX" "$2" "$3" <<'PYEOF'
+import smtplib, sys
+port, sender, rcpt, prefix, count = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+    for n in range(1, count + 1):
+        s.sendmail(sender, [rcpt], (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {prefix} {n}\r\n"
+                                    f"Message-ID: <{prefix.replace(' ', '.')}.{n}@glpi.interop.test>\r\n\r\nbody {prefix} {n}\r\n"))
+print(f"submitted {count} messages")
+PYEOF
+}
+subject_counts() { # PREFIX -> "COUNT SUBJECT" lines, one per distinct subject in $MBX's Maildir
+	find "$T/mail/$MBX/Maildir/new" "$T/mail/$MBX/Maildir/cur" -type f -exec grep -h "^Subject: $1 " {} + 2>/dev/null |
+		tr -d '\r' | sort | uniq -c
+}
+front_new() { new_lines "$FRONT_LOG" "$1"; } # OLD_LINE_COUNT
+deferred_twice() { # OLD_LINE_COUNT -> number of queue ids deferred at least twice since then
+	front_new "$1" | sed -n 's/.*\]: \([0-9A-F]\{6,\}\): to=.*status=deferred.*/\1/p' | sort | uniq -c |
+		awk '$1 >= 2' | wc -l
+}
+front_queue_empty() { postqueue -c "$FRONT/etc" -p 2>&1 | grep -q 'Mail queue is empty'; }
+run_case front-postfix-setup "Postfix in front: deploy/postfix/main.cf, own queue, relayhost = authbridge smtp" front_setup
+front_relays() {
+	local pf0 prefix="pfone-$RUN"
+	pf0=$(lines "$FRONT_LOG")
+	front_send "$MBX" "$prefix" 1 || return 1
+	for _ in $(seq 300); do [ "$(subject_counts "$prefix" | wc -l)" = 1 ] && break; sleep 0.1; done
+	front_new "$pf0" | grep -E 'status=' | cut -c1-300
+	expect "delivered through authbridge" test "$(subject_counts "$prefix" | wc -l)" = 1 &&
+		expect "the front Postfix logged status=sent via authbridge's port" \
+			grep -q "relay=127.0.0.1\[127.0.0.1\]:$AB_SMTP,.*status=sent" <(front_new "$pf0")
+}
+run_case front-postfix-relays "GLPI -> Postfix (loopback, no auth) -> authbridge (SASL PLAIN) -> Postfix submission" front_relays
+
+FRONT_MESSAGES=${FRONT_MESSAGES:-200}
+front_outage() {
+	local pf0 prefix="pfq-$RUN" i twice delivered counts
+	pf0=$(lines "$FRONT_LOG")
+	say "token service down (HTTP 500 on every token request) and every access token expired"
+	sandbox_post fail '{"mode":"http500"}' && sandbox_post expire_access_tokens '{}' && say || return 1
+	front_send "$MBX" "$prefix" "$FRONT_MESSAGES" || { sandbox_post clear '{}'; return 1; }
+	for i in $(seq 120); do
+		twice=$(deferred_twice "$pf0")
+		((twice >= FRONT_MESSAGES)) && break
+		sleep 1
+	done
+	delivered=$(subject_counts "$prefix" | wc -l)
+	say "after ${i} s of outage: $twice of $FRONT_MESSAGES messages deferred at least twice, $delivered delivered"
+	front_new "$pf0" | grep 'status=deferred' | sed 's/.*status=deferred //' | sort | uniq -c | sort -rn | head -n 5 | cut -c1-300
+	say "token service back; flushing the queue"
+	sandbox_post clear '{}' && say || return 1
+	for i in $(seq 90); do
+		((i % 5 == 1)) && postqueue -c "$FRONT/etc" -f
+		front_queue_empty && (($(subject_counts "$prefix" | wc -l) >= FRONT_MESSAGES)) && break
+		sleep 1
+	done
+	sleep 1
+	counts=$(subject_counts "$prefix")
+	say "after ${i} s: $(wc -l <<<"$counts") distinct subjects delivered; $(front_new "$pf0" | grep -c 'status=sent') sent"
+	postqueue -c "$FRONT/etc" -p | tail -n 3
+	expect "every message deferred at least twice during the outage" test "$twice" -ge "$FRONT_MESSAGES" &&
+		expect "nothing delivered during the outage" test "$delivered" = 0 &&
+		expect "the deferrals were authbridge's 454 4.7.0" grep -q 'said: 454 4\.7\.0 ' <(front_new "$pf0") &&
+		expect "every deferral was a 4xx from authbridge" \
+			not grep -v 'said: 4[0-9][0-9] 4\.[0-9]*\.[0-9]* ' <(front_new "$pf0" | grep 'status=deferred') &&
+		expect "all $FRONT_MESSAGES arrived" test "$(grep -c . <<<"$counts")" = "$FRONT_MESSAGES" &&
+		expect "each exactly once" test "$(awk '$1 != 1' <<<"$counts" | wc -l)" = 0 &&
+		expect "nothing bounced" not grep -q 'status=bounced' <(front_new "$pf0") &&
+		expect "the front queue is empty" front_queue_empty
+}
+run_case front-postfix-token-outage "token service down: $FRONT_MESSAGES messages deferred (454) >= 2 times, then each delivered once, none bounced" front_outage
+
+# The upstream down instead: Postfix submission (the stand-in for smtp.office365.com) stopped.
+upstream_postfix_stop() {
+	local i
+	kill -TERM "$POSTFIX_PID" || return 1
+	for i in $(seq 100); do
+		kill -0 "$POSTFIX_PID" 2>/dev/null && ! ps -o stat= -p "$POSTFIX_PID" | grep -q Z || break
+		sleep 0.1
+	done
+	wait "$POSTFIX_PID" 2>/dev/null
+	! (exec 3<>"/dev/tcp/127.0.0.1/$POSTFIX_SUBMISSION") 2>/dev/null
+}
+upstream_postfix_start() {
+	/usr/lib/postfix/sbin/master -c "$T/postfix/etc" >>"$T/postfix.stdout" 2>&1 &
+	POSTFIX_PID=$!
+	PIDS+=($POSTFIX_PID)
+	wait_port "$POSTFIX_SUBMISSION"
+}
+FRONT_DOWN_MESSAGES=${FRONT_DOWN_MESSAGES:-20}
+front_upstream_down() {
+	local pf0 prefix="pfdown-$RUN" i twice delivered counts n=$FRONT_DOWN_MESSAGES
+	pf0=$(lines "$FRONT_LOG")
+	say "upstream Postfix (submission) stopped"
+	upstream_postfix_stop || { say "could not stop the upstream Postfix"; upstream_postfix_start; return 1; }
+	front_send "$MBX" "$prefix" "$n"
+	for i in $(seq 90); do
+		twice=$(deferred_twice "$pf0")
+		((twice >= n)) && break
+		sleep 1
+	done
+	delivered=$(subject_counts "$prefix" | wc -l)
+	say "after ${i} s: $twice of $n messages deferred at least twice, $delivered delivered"
+	front_new "$pf0" | grep 'status=deferred' | sed 's/.*status=deferred //' | sort | uniq -c | sort -rn | head -n 5 | cut -c1-300
+	say "upstream Postfix started again; flushing the queue"
+	upstream_postfix_start || return 1
+	for i in $(seq 90); do
+		((i % 5 == 1)) && postqueue -c "$FRONT/etc" -f
+		front_queue_empty && (($(subject_counts "$prefix" | wc -l) >= n)) && break
+		sleep 1
+	done
+	sleep 1
+	counts=$(subject_counts "$prefix")
+	say "after ${i} s: $(grep -c . <<<"$counts") distinct subjects delivered"
+	expect "every message deferred at least twice while the upstream was down" test "$twice" -ge "$n" &&
+		expect "nothing delivered meanwhile" test "$delivered" = 0 &&
+		expect "every deferral was a 4xx from authbridge" \
+			not grep -v 'said: 4[0-9][0-9] 4\.[0-9]*\.[0-9]* ' <(front_new "$pf0" | grep 'status=deferred') &&
+		expect "all $n arrived" test "$(grep -c . <<<"$counts")" = "$n" &&
+		expect "each exactly once" test "$(awk '$1 != 1' <<<"$counts" | wc -l)" = 0 &&
+		expect "nothing bounced" not grep -q 'status=bounced' <(front_new "$pf0") &&
+		expect "the front queue is empty" front_queue_empty
+}
+run_case front-postfix-upstream-down "upstream down: $FRONT_DOWN_MESSAGES messages deferred (4xx) >= 2 times, then each delivered once, none bounced" front_upstream_down
+
+front_wrong_password() {
+	local pf0 prefix="pfwrong-$RUN"
+	front_password "wrong $FRONT_PASSWORD" && front_reload || return 1
+	pf0=$(lines "$FRONT_LOG")
+	front_send "$MBX" "$prefix" 1
+	for _ in $(seq 300); do grep -q 'status=bounced' <(front_new "$pf0") && break; sleep 0.1; done
+	front_new "$pf0" | grep 'status=' | cut -c1-400
+	front_password "$FRONT_PASSWORD" && front_reload
+	expect "bounced with authbridge's 535 5.7.8 in the reason" \
+		grep -q 'status=bounced (SASL authentication failed; server .* said: 535 5\.7\.8 Authentication credentials invalid' <(front_new "$pf0") &&
+		expect "never deferred" not grep -q 'status=deferred' <(front_new "$pf0") &&
+		expect "not delivered" test "$(subject_counts "$prefix" | wc -l)" = 0
+}
+run_case front-postfix-wrong-password "wrong password in sasl_passwd: bounced at once with 535 5.7.8" front_wrong_password
+
+front_sendas() {
+	local pf0 prefix="pfsendas-$RUN" dsn=""
+	pf0=$(lines "$FRONT_LOG")
+	front_send "$HELPDESK" "$prefix" 1
+	for _ in $(seq 300); do
+		dsn=$(grep -rlF "Subject: $prefix 1" "$T/mail/$HELPDESK/Maildir/new" "$T/mail/$HELPDESK/Maildir/cur" 2>/dev/null | head -n 1)
+		[ -n "$dsn" ] && break
+		sleep 0.1
+	done
+	front_new "$pf0" | grep 'status=' | cut -c1-400
+	[ -n "$dsn" ] && grep -E 'Final-Recipient|Status:|Diagnostic-Code|not owned' "$dsn"
+	expect "bounced with the upstream's 553 5.7.1 ... not owned by user" \
+		grep -q 'status=bounced (host .* said: 553 5\.7\.1 .*not owned by user' <(front_new "$pf0") &&
+		expect "the bounce reached the sender's mailbox with that text" grep -q 'not owned by user' "${dsn:-/dev/null}" &&
+		expect "not delivered" test "$(subject_counts "$prefix" | wc -l)" = 0
+}
+run_case front-postfix-sender-not-mailbox "From another mailbox (no SendAs): bounced with 553 5.7.1, bounce delivered to the sender" front_sendas
 
 # 5. Over the whole run, every upstream login happened inside TLS. Postfix enforces it itself
 #    (smtpd_tls_auth_only); Dovecot treats loopback as secure and would not refuse a plaintext

@@ -393,13 +393,41 @@ impl ClientProtocol for SmtpClient {
     }
 }
 
-/// `5.7.139 ...`: an enhanced status code (RFC 3463) leads the text.
+/// `5.7.139 ...`: a permanent enhanced status code (RFC 3463) leads the text. Only class 5 is
+/// kept under our `535`: RFC 3463 §2 wants the class to match the reply code, and a client that
+/// reads the enhanced code (Postfix does) must see a permanent failure here, not `4.x.x`/`2.x.x`.
 fn starts_with_enhanced_code(text: &str) -> bool {
     let first = text.split(' ').next().unwrap_or("");
     let parts: Vec<&str> = first.split('.').collect();
     parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
+        && parts[0] == "5"
         && parts[1..]
             .iter()
             .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_with_enhanced_code;
+
+    #[test]
+    fn only_a_permanent_enhanced_code_is_kept_under_535() {
+        for (text, kept) in [
+            (
+                "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled",
+                true,
+            ),
+            ("5.7.3 Authentication unsuccessful [host]", true),
+            ("5.7.8 Error: authentication failed", true),
+            ("4.7.0 Temporary authentication failure", false),
+            ("2.7.0 Authentication successful", false),
+            ("Authentication unsuccessful", false),
+            ("5.7 missing part", false),
+            ("5.7.1234 too long", false),
+            ("5..1 empty part", false),
+            ("", false),
+        ] {
+            assert_eq!(starts_with_enhanced_code(text), kept, "{text:?}");
+        }
+    }
 }
