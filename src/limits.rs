@@ -118,6 +118,10 @@ pub struct ConnectionLimits {
     /// Delay added to a failed login reply, growing with the failures of that source.
     pub failure_delay_base: Duration,
     pub failure_delay_max: Duration,
+    /// Upstream connections opened before login (at connect) from one source (an IPv4 address
+    /// or an IPv6 /64), and in total; past either, a session connects upstream after its login.
+    pub early_upstream_per_source: usize,
+    pub early_upstream_max: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -129,6 +133,8 @@ impl Default for ConnectionLimits {
             failure_window: Duration::from_secs(60),
             failure_delay_base: Duration::from_millis(250),
             failure_delay_max: Duration::from_secs(3),
+            early_upstream_per_source: 32,
+            early_upstream_max: 1024,
         }
     }
 }

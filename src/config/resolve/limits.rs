@@ -34,6 +34,24 @@ impl Resolver<'_> {
             c.max_sessions_per_source = v as usize;
         }
         if let Some(v) = range(
+            "early_upstream_per_source",
+            rl.early_upstream_per_source,
+            1,
+            1_000_000,
+            "connections",
+        )? {
+            c.early_upstream_per_source = v as usize;
+        }
+        if let Some(v) = range(
+            "early_upstream_max",
+            rl.early_upstream_max,
+            1,
+            1_000_000,
+            "connections",
+        )? {
+            c.early_upstream_max = v as usize;
+        }
+        if let Some(v) = range(
             "login_failures_per_source",
             rl.login_failures_per_source,
             1,
