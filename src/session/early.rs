@@ -112,7 +112,10 @@ mod tests {
         let e = EarlyUpstreams::new(2, 100);
         let a = e.try_take(ip("192.0.2.1")).unwrap();
         let _b = e.try_take(ip("192.0.2.1")).unwrap();
-        assert!(e.try_take(ip("192.0.2.1")).is_none(), "third from one source");
+        assert!(
+            e.try_take(ip("192.0.2.1")).is_none(),
+            "third from one source"
+        );
         // Another source is not affected.
         let _c = e.try_take(ip("192.0.2.2")).unwrap();
         assert_eq!(e.total(), 3);

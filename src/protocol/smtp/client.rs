@@ -459,7 +459,11 @@ mod tests {
         for script in [&unended, &ended] {
             for cut in [1, 4000, 12289, 12290, script.len() - 1] {
                 let (a, b) = script.as_bytes().split_at(cut);
-                let r = run(&mut super::SmtpClient::new(ctx(ClientTls::None)), &env, &[a, b]);
+                let r = run(
+                    &mut super::SmtpClient::new(ctx(ClientTls::None)),
+                    &env,
+                    &[a, b],
+                );
                 assert_eq!(
                     String::from_utf8_lossy(&r.out[greeting_len..]),
                     "500 5.5.6 Line too long, closing connection\r\n",
