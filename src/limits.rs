@@ -7,9 +7,10 @@
 //! accepted ranges).
 //!
 //! Invariants the rest of the code relies on:
-//! - no input is buffered past its cap: an overlong line is drained as it arrives and answered
-//!   once its end comes (`protocol::line`), a literal over `literal_max` is refused before its
-//!   payload is read;
+//! - no input is buffered past its cap: an overlong line is drained as it arrives
+//!   (`protocol::line`); before login it is answered as soon as the framer's cap is crossed and
+//!   the session closes, after login (relay mode) it is answered once its end comes; a literal
+//!   over `literal_max` is refused before its payload is read;
 //! - every await on the network has one of the deadlines below;
 //! - a client that never logs in is gone after `preauth_total` however it trickles its bytes.
 

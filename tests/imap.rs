@@ -857,8 +857,8 @@ async fn huge_literal_is_refused_without_continuation() {
     assert!(c.closed().await);
 }
 
-/// A 1 MB line before login: `* BAD`, the bytes are dropped as they come, the session goes
-/// on; a fresh session works too.
+/// A 1 MB line before login: `* BAD` and `* BYE` as soon as the line cap is crossed, then the
+/// close (the rest is not read); a fresh session works.
 #[tokio::test]
 async fn megabyte_line_is_answered_and_dropped() {
     let env = Env::start().await;
@@ -866,18 +866,18 @@ async fn megabyte_line_is_answered_and_dropped() {
     let mut line = b"a1 NOOP ".to_vec();
     line.resize(1024 * 1024, b'x');
     line.extend_from_slice(b"\r\n");
-    c.write(&line).await;
+    // The server may close before it has all of it: write errors are expected.
+    let _ = c.io.get_mut().write_all(&line).await;
     let reply = c.line().await.unwrap();
     assert!(
         reply.starts_with("* BAD") || reply.starts_with("a1 BAD"),
         "{reply}"
     );
-    let (_, ok) = c.imap("a2", "NOOP").await;
-    assert!(ok.starts_with("a2 OK"), "{ok}");
-    let (_, ok) = c
-        .imap("a3", &format!("LOGIN {USER} {}", laminas_quote(PASSWORD)))
-        .await;
-    assert!(ok.starts_with("a3 OK"), "{ok}");
+    assert_eq!(
+        c.line().await.as_deref(),
+        Some("* BYE Line too long, closing connection")
+    );
+    assert!(c.closed().await);
 
     let (mut c, _) = connect(&env, "imap").await;
     login_and_select(&mut c).await;
