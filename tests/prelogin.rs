@@ -245,11 +245,9 @@ async fn over_the_per_source_cap_the_client_is_told_why() {
     );
 }
 
-/// The upstream (sandbox) writes a forged response in plaintext right after its STARTTLS/STLS
-/// go-ahead, before the handshake. authbridge must discard it (RFC 3207 §4.2, RFC 2595 §3.1):
-/// the capabilities it shows are the real ones after TLS, and the login works.
-#[tokio::test]
-async fn a_response_injected_after_the_upstream_starttls_is_discarded() {
+/// authbridge with the sandbox forging a response in plaintext right after every STARTTLS/STLS
+/// go-ahead, before the handshake; the `imap` and `pop3` listeners' upstreams use STARTTLS too.
+async fn forging_env() -> Env {
     let env = Env::start_with_yaml(EnvOptions::default(), |sb, yaml| {
         let starttls = |port: u16| {
             format!(
@@ -261,8 +259,17 @@ async fn a_response_injected_after_the_upstream_starttls_is_discarded() {
     })
     .await;
     env.sandbox.set_forge_after_starttls(true);
+    env
+}
 
-    // SMTP (the `smtp` listener's upstream uses STARTTLS): the forged EHLO says SIZE 1234.
+// The upstream writes a forged response right after its STARTTLS/STLS go-ahead. authbridge must
+// discard it (RFC 3207 §4.2, RFC 2595 §3.1): the capabilities it shows are the real ones after
+// TLS, and the login works.
+
+/// SMTP (the `smtp` listener's upstream uses STARTTLS): the forged EHLO says `SIZE 1234`.
+#[tokio::test]
+async fn a_response_injected_after_the_upstream_starttls_is_discarded_smtp() {
+    let env = forging_env().await;
     let mut c = LineClient::connect(env.addr("smtp")).await;
     c.line().await.unwrap();
     c.send("EHLO prelogin.test").await;
@@ -276,12 +283,20 @@ async fn a_response_injected_after_the_upstream_starttls_is_discarded() {
     assert!(auth.starts_with("235 "), "{auth}");
     let mail = c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await;
     assert!(mail.starts_with("250"), "{mail}");
+}
 
-    // IMAP: the forged CAPABILITY says XFORGED.
+/// IMAP: the forged CAPABILITY (under the tag authbridge uses next) says `XFORGED`.
+#[tokio::test]
+async fn a_response_injected_after_the_upstream_starttls_is_discarded_imap() {
+    let env = forging_env().await;
     let mut c = LineClient::connect(env.addr("imap")).await;
     c.line().await.unwrap();
     c.send("a1 CAPABILITY").await;
     let caps = c.until("a1 ").await;
+    assert!(
+        caps.iter().any(|l| l.starts_with("* CAPABILITY")),
+        "{caps:?}"
+    );
     assert!(
         !caps.iter().any(|l| l.contains("XFORGED")),
         "the forged CAPABILITY was taken: {caps:?}"
@@ -293,8 +308,12 @@ async fn a_response_injected_after_the_upstream_starttls_is_discarded() {
     c.send("a3 SELECT INBOX").await;
     let l = c.until("a3 ").await;
     assert!(l.last().unwrap().starts_with("a3 OK"), "{l:?}");
+}
 
-    // POP3: the forged CAPA says XFORGED.
+/// POP3: the forged CAPA says `XFORGED`.
+#[tokio::test]
+async fn a_response_injected_after_the_upstream_starttls_is_discarded_pop3() {
+    let env = forging_env().await;
     let mut c = LineClient::connect(env.addr("pop3")).await;
     c.line().await.unwrap();
     c.send("CAPA").await;
@@ -310,5 +329,4 @@ async fn a_response_injected_after_the_upstream_starttls_is_discarded() {
     assert!(r.starts_with("+OK"), "{r}");
     c.send("STAT").await;
     assert!(c.line().await.unwrap().starts_with("+OK"));
-    assert_eq!(env.sandbox.mail_auth_attempts().ok(), 3);
 }
