@@ -5,8 +5,9 @@
 # fuzz/artifacts/<target>/ (`cargo +nightly fuzz run <target> <file>` replays it).
 #
 # Needs a nightly toolchain and cargo-fuzz; both are installed if missing (rustup and crates.io).
-# If nightly cannot be had, the run is skipped with a message (exit 0): the stable test suite
-# does not depend on it.
+# If either cannot be had: under CI=true the run FAILS (exit 1: a fuzz run that did not happen
+# must not pass); elsewhere it is skipped with one line (exit 0), as the stable test suite does
+# not depend on it.
 #
 # Environment: FUZZ_SECS (per target), FUZZ_TARGETS (space-separated subset),
 # FUZZ_SANITIZER (default none: authbridge forbids unsafe code; use `address` for long local
@@ -21,19 +22,27 @@ target_dir=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/authbridge-fuzz-ta
 targets=${FUZZ_TARGETS:-"smtp_client smtp_upstream sasl xoauth2 imap_client imap_upstream pop3 relay"}
 start=$(date +%s)
 
+# A missing tool: a failure in CI, a one-line skip elsewhere.
+missing() {
+  if [ "${CI:-}" = "true" ]; then
+    echo "fuzz smoke: FAILED: $1 (CI=true: a missing fuzz toolchain is a failure, not a skip)"
+    exit 1
+  fi
+  echo "fuzz smoke: SKIPPED: $1"
+  exit 0
+}
+
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz smoke: installing the nightly toolchain (rustup, minimal profile)"
   if ! rustup toolchain install nightly --profile minimal >/dev/null 2>&1 \
     || ! cargo +nightly --version >/dev/null 2>&1; then
-    echo "fuzz smoke: SKIPPED: no nightly toolchain could be installed (cargo-fuzz needs nightly for -Zsanitizer and sancov)"
-    exit 0
+    missing "no nightly toolchain could be installed (cargo-fuzz needs nightly for -Zsanitizer and sancov)"
   fi
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz smoke: installing cargo-fuzz (crates.io)"
   if ! cargo install --locked cargo-fuzz >/dev/null 2>&1; then
-    echo "fuzz smoke: SKIPPED: cargo-fuzz could not be installed"
-    exit 0
+    missing "cargo-fuzz could not be installed"
   fi
 fi
 echo "fuzz smoke: $(cargo +nightly --version), $(cargo fuzz --version)"

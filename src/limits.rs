@@ -7,9 +7,10 @@
 //! accepted ranges).
 //!
 //! Invariants the rest of the code relies on:
-//! - no input is buffered past its cap: an overlong line is drained as it arrives and answered
-//!   once its end comes (`protocol::line`), a literal over `literal_max` is refused before its
-//!   payload is read;
+//! - no input is buffered past its cap: an overlong line is drained as it arrives
+//!   (`protocol::line`); before login it is answered as soon as the framer's cap is crossed and
+//!   the session closes, after login (relay mode) it is answered once its end comes; a literal
+//!   over `literal_max` is refused before its payload is read;
 //! - every await on the network has one of the deadlines below;
 //! - a client that never logs in is gone after `preauth_total` however it trickles its bytes.
 
@@ -118,6 +119,10 @@ pub struct ConnectionLimits {
     /// Delay added to a failed login reply, growing with the failures of that source.
     pub failure_delay_base: Duration,
     pub failure_delay_max: Duration,
+    /// Upstream connections opened before login (at connect) from one source (an IPv4 address
+    /// or an IPv6 /64), and in total; past either, a session connects upstream after its login.
+    pub early_upstream_per_source: usize,
+    pub early_upstream_max: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -129,6 +134,8 @@ impl Default for ConnectionLimits {
             failure_window: Duration::from_secs(60),
             failure_delay_base: Duration::from_millis(250),
             failure_delay_max: Duration::from_secs(3),
+            early_upstream_per_source: 32,
+            early_upstream_max: 1024,
         }
     }
 }

@@ -18,6 +18,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::auth::{Credentials, FailureTracker};
 use crate::config::Config;
+use crate::session::early::EarlyUpstreams;
 use crate::session::{self, Shared, Stop};
 use crate::token::{MasterKey, TokenManager, TokenSettings, TokenStore};
 
@@ -158,6 +159,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     let keepalive = tokens.spawn_background(KEEPALIVE_EVERY, KEEPALIVE_MAX_IDLE, shutdown.clone());
     let credentials = Credentials::new(&config.accounts);
     let failures = FailureTracker::new(config.limits.connections.clone());
+    let early = EarlyUpstreams::new(
+        config.limits.connections.early_upstream_per_source,
+        config.limits.connections.early_upstream_max,
+    );
     let mailboxes: HashMap<String, String> = config
         .accounts
         .iter()
@@ -193,6 +198,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tokens: Arc::clone(&tokens),
             mailboxes: mailboxes.clone(),
             limits: config.limits.clone(),
+            early: Arc::clone(&early),
         });
         accept_loops.push(tokio::spawn(accept_loop(
             listener,
@@ -297,7 +303,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Stop, tra
             _ = stop.graceful.cancelled() => return,
         };
         let Some(slot) = per_source.take(peer.ip(), limits.max_sessions_per_source) else {
-            warn!(listener = %name, %peer, "too many sessions from this address; connection dropped");
+            warn!(listener = %name, %peer, max_sessions_per_source = limits.max_sessions_per_source, "too many sessions from this address; connection refused (raise limits.max_sessions_per_source if this source is legitimate)");
+            // The refusal holds its listener permit: a flood of refusals is bounded by
+            // max_sessions like any other connection.
+            let shared = Arc::clone(&shared);
+            tracker.spawn(async move {
+                session::refuse_over_cap(&shared, tcp).await;
+                drop(permit);
+            });
             continue;
         };
         let _ = tcp.set_nodelay(true);

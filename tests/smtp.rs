@@ -450,7 +450,8 @@ async fn rotated_refresh_token_is_stored_encrypted_and_survives_restart() {
 }
 
 /// Bytes pipelined after STARTTLS (before the handshake) close the session: nothing sent in
-/// plaintext after STARTTLS is trusted.
+/// plaintext after STARTTLS is trusted (RFC 3207 §4.2, CVE-2011-0411 class). The test completes
+/// the TLS handshake if the server lets it: the pipelined AUTH must not be answered over TLS.
 #[tokio::test]
 async fn data_pipelined_after_starttls_closes_the_session() {
     let env = Env::start().await;
@@ -472,8 +473,12 @@ async fn data_pipelined_after_starttls_closes_the_session() {
     c.write(format!("STARTTLS\r\nAUTH PLAIN {blob}\r\n").as_bytes())
         .await;
     assert!(c.code().await.starts_with("220"));
-    assert!(c.closed().await);
+    assert!(c.io.buffer().is_empty());
+    nothing_runs_after_starttls(&env, c.io.get_mut())
+        .await
+        .unwrap();
     assert_eq!(env.sandbox.mail_auth_attempts().total(), 0);
+    assert_eq!(env.sandbox.token_requests().total, 0);
 }
 
 trait ReplyAfter {

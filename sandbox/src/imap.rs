@@ -212,7 +212,18 @@ enum Next {
     Eof,
 }
 
+/// `A1` → `A2`: the tag after `tag` for a client that numbers its tags (else `tag` itself).
+fn next_tag(tag: &str) -> String {
+    let digits = tag.len() - tag.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (head, num) = tag.split_at(tag.len() - digits);
+    match num.parse::<u64>() {
+        Ok(n) => format!("{head}{}", n.saturating_add(1)),
+        Err(_) => tag.to_string(),
+    }
+}
+
 pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: bool) {
+    shared.count_mail_connection();
     let idle = shared.idle_timeout;
     let conn = if implicit_tls {
         match Conn::accept_tls(tcp, &shared.acceptor, idle).await {
@@ -381,6 +392,13 @@ impl Session {
                     self.tagged(&tag, "BAD Command received in Invalid state.");
                 } else {
                     self.tagged(&tag, "OK Begin TLS negotiation now.");
+                    if self.shared.forge_after_starttls() {
+                        // The answer to the CAPABILITY a client sends next, under the tag a
+                        // client that numbers its tags would give it.
+                        self.line("* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR XFORGED");
+                        let next = next_tag(&tag);
+                        self.tagged(&next, "OK CAPABILITY completed.");
+                    }
                     let acceptor = self.shared.acceptor.clone();
                     self.conn.starttls(&acceptor).await?;
                 }

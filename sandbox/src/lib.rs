@@ -33,6 +33,7 @@ mod util;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -266,6 +267,10 @@ pub(crate) struct Shared {
     mail_auth: Mutex<MailAuthCounters>,
     connector: Mutex<connector::Settings>,
     connector_counters: Mutex<ConnectorCounters>,
+    /// TCP connections accepted by the SMTP, IMAP and POP3 servers (not the connector).
+    mail_connections: AtomicU64,
+    /// Write a forged response right after each STARTTLS/STLS go-ahead, before the handshake.
+    forge_after_starttls: AtomicBool,
     host: String,
     idle_timeout: Duration,
     max_message_size: usize,
@@ -285,6 +290,16 @@ impl Shared {
 
     pub(crate) fn connector_settings(&self) -> connector::Settings {
         lock(&self.connector).clone()
+    }
+
+    /// Count one accepted SMTP, IMAP or POP3 connection.
+    pub(crate) fn count_mail_connection(&self) {
+        self.mail_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The forged plaintext to send after a STARTTLS go-ahead, when that mode is on.
+    pub(crate) fn forge_after_starttls(&self) -> bool {
+        self.forge_after_starttls.load(Ordering::Relaxed)
     }
 
     pub(crate) fn count_connector(&self, f: impl FnOnce(&mut ConnectorCounters)) {
@@ -368,6 +383,8 @@ impl Sandbox {
                 starttls: opts.connector_starttls,
             }),
             connector_counters: Mutex::new(ConnectorCounters::default()),
+            mail_connections: AtomicU64::new(0),
+            forge_after_starttls: AtomicBool::new(false),
             host: opts.host.clone(),
             idle_timeout: opts.idle_timeout,
             max_message_size: opts.max_message_size,
@@ -518,6 +535,23 @@ impl Sandbox {
     /// The IP allow-list now.
     pub fn connector_allowed_ips(&self) -> Vec<IpAddr> {
         lock(&self.shared.connector).allowed_ips.clone()
+    }
+
+    /// TCP connections the SMTP, IMAP and POP3 servers have accepted (any port, TLS or not;
+    /// the connector counts its own in [`Sandbox::connector_counters`]).
+    pub fn mail_connections(&self) -> u64 {
+        self.shared.mail_connections.load(Ordering::Relaxed)
+    }
+
+    /// When on, the SMTP, IMAP and POP3 servers write a forged response in plaintext right
+    /// after their STARTTLS/STLS go-ahead, in the same write, before the TLS handshake (the
+    /// CVE-2011-0411 class of injection, seen from the client): a client must discard it. The
+    /// forged response advertises `SIZE 1234` (SMTP EHLO) or `XFORGED` (IMAP CAPABILITY, POP3
+    /// CAPA), so a client that believes it shows it.
+    pub fn set_forge_after_starttls(&self, on: bool) {
+        self.shared
+            .forge_after_starttls
+            .store(on, Ordering::Relaxed);
     }
 
     pub fn connector_counters(&self) -> ConnectorCounters {

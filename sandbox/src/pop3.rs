@@ -33,6 +33,7 @@ struct Session {
 }
 
 pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: bool) {
+    shared.count_mail_connection();
     let idle = shared.idle_timeout;
     let conn = if implicit_tls {
         match Conn::accept_tls(tcp, &shared.acceptor, idle).await {
@@ -125,6 +126,9 @@ impl Session {
                         self.line("-ERR Command is not valid in this state.");
                     } else {
                         self.line("+OK Begin TLS negotiation.");
+                        if self.shared.forge_after_starttls() {
+                            self.line("+OK\r\nXFORGED\r\nSASL XOAUTH2\r\n.");
+                        }
                         let acceptor = self.shared.acceptor.clone();
                         self.conn.starttls(&acceptor).await?;
                     }

@@ -64,6 +64,7 @@ struct Session {
 }
 
 pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: bool) {
+    shared.count_mail_connection();
     let peer = tcp
         .peer_addr()
         .map(|a| a.ip().to_string())
@@ -224,6 +225,9 @@ impl Session {
                         continue;
                     }
                     self.reply("220 2.0.0 SMTP server ready");
+                    if self.connector.is_none() && self.shared.forge_after_starttls() {
+                        self.reply("250-forged.invalid Hello\r\n250-SIZE 1234\r\n250 AUTH XOAUTH2");
+                    }
                     let acceptor = if self.connector.is_some() {
                         self.shared.connector_acceptor.clone()
                     } else {

@@ -33,7 +33,7 @@ use crate::password_hash::{self, HashShape};
 use crate::secret::Secret;
 use argon2_pool::Argon2Pool;
 pub use argon2_pool::Argon2Stats;
-pub use throttle::{Attempt, Blocked, CHECKS_PER_SOURCE, FailureTracker};
+pub use throttle::{Attempt, Blocked, CHECKS_PER_SOURCE, FailureTracker, Source};
 
 type HmacSha256 = Hmac<Sha256>;
 

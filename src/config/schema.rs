@@ -200,6 +200,10 @@ pub(super) struct RawLimits {
     pub(super) failure_delay_base_ms: Option<u64>,
     #[serde(default)]
     pub(super) failure_delay_max_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) early_upstream_per_source: Option<u64>,
+    #[serde(default)]
+    pub(super) early_upstream_max: Option<u64>,
     // Sizes and counts before login.
     #[serde(default)]
     pub(super) line_max: Option<u64>,

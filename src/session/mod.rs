@@ -2,9 +2,11 @@
 //! the token, the upstream login, then the pipe.
 //!
 //! The upstream connection is opened as soon as the client connects, in its own task, so a
-//! login costs max(client dialogue, upstream setup) rather than their sum. Generic over the
-//! client stream, so tests can use in-memory duplex streams.
+//! login costs max(client dialogue, upstream setup) rather than their sum — within the caps on
+//! such early connections ([`early`]); a session over them connects after its local login.
+//! Generic over the client stream, so tests can use in-memory duplex streams.
 
+pub mod early;
 pub mod relay;
 
 use std::collections::HashMap;
@@ -33,6 +35,7 @@ use crate::protocol::{
 use crate::tls::MaybeTls;
 use crate::token::TokenManager;
 use crate::upstream::{self, AuthResult, Connected, UpstreamError};
+use early::{EarlySlot, EarlyUpstreams};
 
 /// Client bytes read per call before login.
 const READ_CHUNK: usize = 4096;
@@ -47,6 +50,8 @@ pub struct Shared {
     /// Account name → mailbox.
     pub mailboxes: HashMap<String, String>,
     pub limits: Limits,
+    /// Upstream connections opened before login, counted across every listener.
+    pub early: Arc<EarlyUpstreams>,
 }
 
 /// Stop signals: `graceful` asks pre-login sessions to say goodbye; `hard` ends piped sessions.
@@ -58,6 +63,8 @@ pub struct Stop {
 
 /// The upstream connection as the session sees it.
 enum UpstreamSlot {
+    /// Over the early-connection cap: not opened until the local login has succeeded.
+    Deferred,
     Pending(AbortOnDrop<Result<Connected, UpstreamError>>),
     Ready(Box<Connected>),
     Failed(String),
@@ -83,6 +90,7 @@ impl UpstreamSlot {
             UpstreamSlot::Pending(_) | UpstreamSlot::Taken => {
                 Err("the upstream did not finish connecting in time".into())
             }
+            UpstreamSlot::Deferred => Err("the upstream is opened after login".into()),
         }
     }
 }
@@ -109,6 +117,7 @@ where
         peer,
         upstream: UpstreamSlot::Taken,
         caps_asked: false,
+        early: None,
     };
     let mut client = MaybeTls::Plain(stream);
     if shared.listener.tls == ClientTlsMode::Implicit {
@@ -129,6 +138,57 @@ where
     let _ = timeout(shared.limits.timeouts.client_write, write).await;
 }
 
+/// How long a refused over-cap connection may take to be told why.
+const OVER_CAP_WRITE: Duration = Duration::from_secs(2);
+/// How long, and how many bytes, a refused over-cap connection is read (and discarded) after
+/// the reply, so that its close does not turn into a reset that destroys the reply.
+const OVER_CAP_LINGER: Duration = Duration::from_millis(500);
+const OVER_CAP_LINGER_BYTES: usize = 4096;
+
+/// The reply to a connection over `max_sessions_per_source`, in the listener's protocol
+/// (RFC 5321 §3.8 `421`, RFC 3501 §7.1.5 `* BYE`, RFC 3206 `[SYS/TEMP]`).
+pub fn over_cap_reply(protocol: Protocol, hostname: &str) -> String {
+    const WHY: &str = "Too many connections from your address, try again later";
+    match protocol {
+        Protocol::Smtp => format!("421 4.7.0 {hostname} {WHY}\r\n"),
+        Protocol::Imap => format!("* BYE {WHY}\r\n"),
+        Protocol::Pop3 => format!("-ERR [SYS/TEMP] {WHY}\r\n"),
+    }
+}
+
+/// Refuse a connection over the per-source session cap: on a plaintext or STARTTLS listener
+/// the protocol's "too many connections" reply, then close. On an implicit-TLS listener the
+/// connection is closed without a handshake: completing one per connection of a flood would
+/// spend the CPU the cap protects. Each step is short and bounded (`OVER_CAP_*`).
+pub async fn refuse_over_cap<S>(shared: &Shared, mut stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if shared.listener.tls == ClientTlsMode::Implicit {
+        return;
+    }
+    let reply = over_cap_reply(shared.listener.protocol, &shared.hostname);
+    let write = async {
+        stream.write_all(reply.as_bytes()).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    if !matches!(timeout(OVER_CAP_WRITE, write).await, Ok(Ok(()))) {
+        return;
+    }
+    let _ = timeout(OVER_CAP_LINGER, async {
+        let mut buf = [0u8; 1024];
+        let mut discarded = 0;
+        while discarded < OVER_CAP_LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
+}
+
 /// Serve one client connection to its end.
 pub async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, stop: Stop)
 where
@@ -144,21 +204,27 @@ where
         refuse_relay_source(&shared, stream, peer).await;
         return;
     }
-    let upstream_task = {
-        let upstream = l.upstream.clone();
-        let protocol = l.protocol;
-        let relay = l.relay.is_some();
-        let hostname = shared.hostname.clone();
-        let timeouts = shared.limits.timeouts.clone();
-        tokio::spawn(async move {
-            upstream::connect(&upstream, protocol, relay, &hostname, &timeouts).await
-        })
+    // Early connect, unless this source or the server holds as many pre-login upstream
+    // connections as allowed: then after the local login.
+    let early = shared.early.try_take(peer.ip());
+    let upstream = match early {
+        Some(_) => connect_upstream(&shared),
+        None => {
+            info!(
+                peer = %peer.ip(),
+                per_source = shared.limits.connections.early_upstream_per_source,
+                total = shared.limits.connections.early_upstream_max,
+                "pre-login upstream connections at their cap; this session connects upstream after its login"
+            );
+            UpstreamSlot::Deferred
+        }
     };
     let mut session = Session {
         shared: Arc::clone(&shared),
         peer,
-        upstream: UpstreamSlot::Pending(AbortOnDrop(upstream_task)),
+        upstream,
         caps_asked: false,
+        early,
     };
     let mut client = MaybeTls::Plain(stream);
     if l.tls == ClientTlsMode::Implicit {
@@ -191,6 +257,8 @@ where
         );
         return;
     };
+    // Logged in: the upstream connection is no longer a pre-login one.
+    session.early = None;
     let UpstreamSlot::Ready(conn) = std::mem::replace(&mut session.upstream, UpstreamSlot::Taken)
     else {
         return;
@@ -238,6 +306,22 @@ struct Session {
     upstream: UpstreamSlot,
     /// The machine asked for capabilities once already (they are only waited for once).
     caps_asked: bool,
+    /// Counts this session's upstream connection as a pre-login one until login.
+    early: Option<EarlySlot>,
+}
+
+/// Start the upstream setup of `shared`'s listener in its own task.
+fn connect_upstream(shared: &Shared) -> UpstreamSlot {
+    let l = &shared.listener;
+    let upstream = l.upstream.clone();
+    let protocol = l.protocol;
+    let relay = l.relay.is_some();
+    let hostname = shared.hostname.clone();
+    let timeouts = shared.limits.timeouts.clone();
+    let task = tokio::spawn(async move {
+        upstream::connect(&upstream, protocol, relay, &hostname, &timeouts).await
+    });
+    UpstreamSlot::Pending(AbortOnDrop(task))
 }
 
 enum Io {
@@ -246,6 +330,13 @@ enum Io {
 }
 
 impl Session {
+    /// The local login succeeded (or was waived): a deferred upstream connection starts now.
+    fn connect_if_deferred(&mut self) {
+        if matches!(self.upstream, UpstreamSlot::Deferred) {
+            self.upstream = connect_upstream(&self.shared);
+        }
+    }
+
     async fn accept_tls<S>(&self, client: MaybeTls<S>) -> Option<MaybeTls<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -334,7 +425,10 @@ impl Session {
                         t.capabilities_wait
                     };
                     self.caps_asked = true;
+                    let deferred = matches!(self.upstream, UpstreamSlot::Deferred);
                     let caps = match self.upstream.resolve(wait).await {
+                        // Deferred until login: answer from the default set, quietly.
+                        Err(_) if deferred => None,
                         Ok(c) => Some(c.capabilities.clone()),
                         Err(why) => {
                             warn!(reason = %why, "upstream not ready; answering with default capabilities");
@@ -371,6 +465,7 @@ impl Session {
                 }
                 Step::ProceedWithoutLogin => {
                     // Relay mode, allow-listed client: the connector must be there.
+                    self.connect_if_deferred();
                     let wait = self.shared.limits.timeouts.login_budget;
                     if let Err(why) = self.upstream.resolve(wait).await {
                         warn!(reason = %why, "relay connector unavailable");
@@ -404,6 +499,7 @@ impl Session {
                 Err(outcome) => return outcome,
             },
         };
+        self.connect_if_deferred();
         if shared.listener.relay.is_some() {
             // Relay mode: the local login is all; nothing but the mail goes upstream.
             return match tokio::time::timeout_at(deadline, self.upstream.resolve(budget)).await {

@@ -670,13 +670,57 @@ pub fn run_isolated(test: &str, envs: &[(&str, &str)]) -> bool {
     true
 }
 
-/// `python3`, when installed (it is on CI: .ci/run installs it).
-pub fn python3() -> Option<&'static str> {
+/// `python3`, when installed (it is on CI: .ci/run installs it). When it is missing: under
+/// `CI=true` the test fails (a missing tool must not pass as a skipped test); elsewhere one line
+/// says the test is skipped. `test` names the calling test for that line.
+pub fn python3(test: &str) -> Option<&'static str> {
     let ok = std::process::Command::new("python3")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    ok.then_some("python3")
+    if ok {
+        return Some("python3");
+    }
+    missing_tool("python3", test);
+    None
+}
+
+/// A tool a test needs is missing: panic under `CI=true`, else print one line (skip).
+pub fn missing_tool(tool: &str, test: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{tool} is missing and CI=true: {test} cannot run (install it: .ci/run's apt-get line has it)"
+        );
+    }
+    eprintln!("{test}: SKIPPED: {tool} is not installed");
+}
+
+/// Complete a TLS handshake on `tcp` after the server's STARTTLS/STLS go-ahead, to see what a
+/// command the client pipelined before the handshake did. `Ok` when the server closed instead
+/// of completing the handshake, or completed it and then sent nothing (closing, or waiting
+/// for a command) within 3 s; `Err` with the line when the server answered something after
+/// TLS: the pipelined plaintext was executed as if it had come over TLS.
+pub async fn nothing_runs_after_starttls(
+    env: &Env,
+    tcp: &mut TcpStream,
+) -> Result<&'static str, String> {
+    use tokio::io::AsyncReadExt;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connect = tokio_rustls::TlsConnector::from(env.client_tls()).connect(name, tcp);
+    let mut tls = match tokio::time::timeout(Duration::from_secs(15), connect).await {
+        Err(_) => return Err("the TLS handshake neither completed nor failed in 15 s".into()),
+        Ok(Err(_)) => return Ok("closed before the handshake"),
+        Ok(Ok(tls)) => tls,
+    };
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await {
+        Err(_) => Ok("handshake completed, nothing executed"),
+        Ok(Ok(0)) | Ok(Err(_)) => Ok("handshake completed, then closed"),
+        Ok(Ok(n)) => Err(format!(
+            "the command pipelined before the TLS handshake was executed after it: got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        )),
+    }
 }
 
 /// Run a Python script with `env` set; returns its stdout. Fails the test on a non-zero exit

@@ -34,6 +34,24 @@ impl Resolver<'_> {
             c.max_sessions_per_source = v as usize;
         }
         if let Some(v) = range(
+            "early_upstream_per_source",
+            rl.early_upstream_per_source,
+            1,
+            1_000_000,
+            "connections",
+        )? {
+            c.early_upstream_per_source = v as usize;
+        }
+        if let Some(v) = range(
+            "early_upstream_max",
+            rl.early_upstream_max,
+            1,
+            1_000_000,
+            "connections",
+        )? {
+            c.early_upstream_max = v as usize;
+        }
+        if let Some(v) = range(
             "login_failures_per_source",
             rl.login_failures_per_source,
             1,
@@ -257,7 +275,7 @@ mod tests {
         assert!(d.timeouts.login_budget < std::time::Duration::from_secs(10));
 
         let c = parse(
-            "limits:\n  line_max: 1000\n  auth_line_max: 2000\n  literal_max: 100\n  preauth_commands_max: 5\n  bad_commands_max: 2\n  session_login_failures_max: 1\n  max_sessions: 7\n  max_sessions_per_source: 3\n  login_failures_per_source: 4\n  failure_window_secs: 30\n  failure_delay_base_ms: 10\n  failure_delay_max_ms: 20\n  token_response_max: 8192\n  client_tls_handshake_secs: 2\n  preauth_idle_secs: 3\n  preauth_total_secs: 4\n  client_write_secs: 5\n  upstream_connect_secs: 6\n  upstream_tls_handshake_secs: 7\n  upstream_setup_secs: 8\n  upstream_auth_secs: 9\n  token_request_secs: 10\n  capabilities_wait_secs: 0\n  login_budget_secs: 11\n  pipe_idle_secs: 12\n  shutdown_grace_secs: 13\n  relay_reply_secs: 14\n",
+            "limits:\n  line_max: 1000\n  auth_line_max: 2000\n  literal_max: 100\n  preauth_commands_max: 5\n  bad_commands_max: 2\n  session_login_failures_max: 1\n  max_sessions: 7\n  max_sessions_per_source: 3\n  login_failures_per_source: 4\n  failure_window_secs: 30\n  failure_delay_base_ms: 10\n  failure_delay_max_ms: 20\n  token_response_max: 8192\n  client_tls_handshake_secs: 2\n  preauth_idle_secs: 3\n  preauth_total_secs: 4\n  client_write_secs: 5\n  upstream_connect_secs: 6\n  upstream_tls_handshake_secs: 7\n  upstream_setup_secs: 8\n  upstream_auth_secs: 9\n  token_request_secs: 10\n  capabilities_wait_secs: 0\n  login_budget_secs: 11\n  pipe_idle_secs: 12\n  shutdown_grace_secs: 13\n  relay_reply_secs: 14\n  early_upstream_per_source: 6\n  early_upstream_max: 60\n",
         )
         .unwrap();
         let l = &c.limits;
@@ -287,6 +305,15 @@ mod tests {
             (7, 3, 4)
         );
         assert_eq!(l.connections.failure_window, s(30));
+        assert_eq!(
+            (
+                l.connections.early_upstream_per_source,
+                l.connections.early_upstream_max
+            ),
+            (6, 60)
+        );
+        assert_eq!(d.connections.early_upstream_per_source, 32);
+        assert_eq!(d.connections.early_upstream_max, 1024);
         assert_eq!(
             l.connections.failure_delay_max,
             std::time::Duration::from_millis(20)
@@ -320,6 +347,14 @@ mod tests {
                 "limits.line_max: expected 512 to 65536 octets, got 0",
             ),
             ("max_sessions: 0", "limits.max_sessions: expected 1 to"),
+            (
+                "early_upstream_per_source: 0",
+                "limits.early_upstream_per_source: expected 1 to 1000000 connections, got 0",
+            ),
+            (
+                "early_upstream_max: 0",
+                "limits.early_upstream_max: expected 1 to 1000000 connections, got 0",
+            ),
             (
                 "preauth_idle_secs: 0",
                 "limits.preauth_idle_secs: expected 1 to 3600 seconds",

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 
 use super::capability::{Leg, client_capabilities};
 use super::command::{
-    Command, LiteralAnnouncement, ParseError, Tag, Tagged, parse_command, parse_head,
+    Command, LiteralAnnouncement, ParseError, Tag, Tagged, parse_command, parse_head, parse_tag,
 };
 use super::reader::{CommandReader, ReadEvent};
 use crate::protocol::line::Frame;
@@ -117,6 +117,19 @@ impl ImapClient {
             return Step::Close;
         }
         Step::Continue
+    }
+
+    /// A line over the framer's cap: answered as soon as the cap is crossed, whether or not its
+    /// end has come, then `* BYE` and close (as Dovecot does). Waiting for the end would leave
+    /// the client without an answer until the idle timeout.
+    fn too_long(&mut self, tag: Option<&Tag>, out: &mut Vec<u8>) -> Step {
+        match tag {
+            Some(tag) => reply(out, tag, "BAD Line too long"),
+            None => out.extend_from_slice(b"* BAD Line too long\r\n"),
+        }
+        out.extend_from_slice(b"* BYE Line too long, closing connection\r\n");
+        self.state = State::Done;
+        Step::Close
     }
 
     /// Decide on a literal before its payload is read (RFC 3501 §7.5: a server may refuse a
@@ -334,15 +347,15 @@ impl ImapClient {
     /// A SASL response line for a pending AUTHENTICATE.
     fn sasl_step(&mut self, input: &mut BytesMut, out: &mut Vec<u8>) -> Step {
         let line = match self.reader.next_line(input) {
-            Frame::Incomplete => return Step::NeedInput,
-            Frame::TooLong => {
+            Frame::Incomplete if !self.reader.is_discarding() => return Step::NeedInput,
+            Frame::Incomplete | Frame::TooLong => {
                 let tag = match std::mem::replace(&mut self.state, State::Command) {
                     State::PlainResponse { tag }
                     | State::LoginUsername { tag }
                     | State::LoginPassword { tag, .. } => Some(tag),
                     _ => None,
                 };
-                return self.bad(tag.as_ref(), "Line too long", out);
+                return self.too_long(tag.as_ref(), out);
             }
             Frame::Line(line) => line,
         };
@@ -394,13 +407,12 @@ impl ClientProtocol for ImapClient {
         }
         loop {
             match self.reader.next(input) {
-                ReadEvent::Incomplete => return Step::NeedInput,
-                ReadEvent::TooLong { tag } => {
-                    if let Some(step) = self.count_command(out) {
-                        return step;
-                    }
-                    return self.bad(tag.as_ref(), "Line too long", out);
+                ReadEvent::Incomplete if self.reader.is_discarding() => {
+                    let tag = parse_tag(self.reader.partial());
+                    return self.too_long(tag.as_ref(), out);
                 }
+                ReadEvent::Incomplete => return Step::NeedInput,
+                ReadEvent::TooLong { tag } => return self.too_long(tag.as_ref(), out),
                 ReadEvent::Literal {
                     announcement,
                     count,

@@ -534,7 +534,8 @@ fn long_authenticate_lines_are_allowed_up_to_the_auth_limit() {
         &r,
         &format!("{PLAIN_GREETING}A1 BAD Line too long\r\nA2 OK NOOP completed\r\n"),
     );
-    // beyond auth_line_max the line is dropped unread: no tag
+    // beyond auth_line_max the line is dropped unread (no tag), answered as soon as the cap is
+    // crossed, and the session closes: the same whatever the read boundaries
     let script = format!("A1 LOGIN glpi {}\r\nA2 NOOP\r\n", "p".repeat(13000));
     let whole = play(
         machine(ClientTls::None)().as_mut(),
@@ -543,8 +544,18 @@ fn long_authenticate_lines_are_allowed_up_to_the_auth_limit() {
     );
     assert_out(
         &whole,
-        &format!("{PLAIN_GREETING}* BAD Line too long\r\nA2 OK NOOP completed\r\n"),
+        &format!(
+            "{PLAIN_GREETING}* BAD Line too long\r\n* BYE Line too long, closing connection\r\n"
+        ),
     );
+    // no newline at all: the answer comes once the cap is crossed
+    let unended = "A1 LOGIN glpi ".to_string() + &"p".repeat(12300);
+    let run = play(
+        machine(ClientTls::None)().as_mut(),
+        &env(&exchange_ok),
+        &[unended.as_bytes()],
+    );
+    assert_eq!(run.out, whole.out);
     for cut in [1, 5000, 12289, 12290, 13014, 13015, 13016] {
         let (a, b) = script.as_bytes().split_at(cut);
         let split = play(
@@ -566,7 +577,9 @@ fn long_authenticate_lines_are_allowed_up_to_the_auth_limit() {
     );
     assert_out(
         &run,
-        &format!("{PLAIN_GREETING}+ \r\nA1 BAD Line too long\r\nA2 OK NOOP completed\r\n"),
+        &format!(
+            "{PLAIN_GREETING}+ \r\nA1 BAD Line too long\r\n* BYE Line too long, closing connection\r\n"
+        ),
     );
 }
 

@@ -111,6 +111,12 @@ impl CommandReader {
         }
     }
 
+    /// True while the rest of an overlong line is being dropped: the line crossed the cap
+    /// and its end has not come yet.
+    pub fn is_discarding(&self) -> bool {
+        self.framer.is_discarding()
+    }
+
     /// The command read so far (for its tag and name while a literal waits for a decision).
     pub fn partial(&self) -> &[u8] {
         &self.partial

@@ -309,12 +309,13 @@ impl ClientProtocol for Pop3Client {
             _ => {}
         }
         let line = match self.framer.next(input) {
-            Frame::Incomplete => return Step::NeedInput,
-            Frame::TooLong => {
-                if matches!(self.state, State::Command) {
-                    self.commands = self.commands.saturating_add(1);
-                }
-                return self.bad("Line too long", out);
+            // A line over the framer's cap is answered as soon as the cap is crossed, whether
+            // or not its end has come, and the session closes (as Dovecot does).
+            Frame::Incomplete if !self.framer.is_discarding() => return Step::NeedInput,
+            Frame::Incomplete | Frame::TooLong => {
+                out.extend_from_slice(b"-ERR Line too long, closing connection\r\n");
+                self.state = State::Done;
+                return Step::Close;
             }
             Frame::Line(line) => line,
         };

@@ -325,8 +325,20 @@ fn limits() {
     );
     assert_out(
         &run,
-        &format!("{GREETING}+ \r\n-ERR Line too long\r\n+OK Bye\r\n"),
+        &format!("{GREETING}+ \r\n-ERR Line too long, closing connection\r\n"),
     );
+    // No newline at all: answered as soon as the cap (auth_line_max) is crossed, then closed.
+    let unended = format!("USER {}", "u".repeat(12300));
+    let run = play(
+        machine(ClientTls::None)().as_mut(),
+        &env(&exchange_ok),
+        &[unended.as_bytes()],
+    );
+    assert_out(
+        &run,
+        &format!("{GREETING}-ERR Line too long, closing connection\r\n"),
+    );
+    assert_eq!(run.end, End::Closed);
 }
 
 #[test]

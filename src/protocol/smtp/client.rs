@@ -55,6 +55,9 @@ struct Relay {
     open: bool,
 }
 
+/// The reply to a line over the framer's cap (`auth_line_max`), before the close.
+const LINE_TOO_LONG_CLOSING: &[u8] = b"500 5.5.6 Line too long, closing connection\r\n";
+
 impl SmtpClient {
     pub fn new(ctx: ClientContext) -> Self {
         let framer = LineFramer::new(ctx.limits.auth_line_max);
@@ -306,10 +309,14 @@ impl ClientProtocol for SmtpClient {
             _ => {}
         }
         let line = match self.framer.next(input) {
-            Frame::Incomplete => return Step::NeedInput,
-            Frame::TooLong => {
-                self.state = State::Command;
-                return self.bad(out, "500 5.5.6 Line too long\r\n");
+            // A line over the framer's cap is answered as soon as the cap is crossed, whether
+            // or not its end has come, and the session closes (as Postfix and Dovecot do): a
+            // client that sends one is broken or hostile, and waiting for its end would leave
+            // it without an answer until the idle timeout.
+            Frame::Incomplete if !self.framer.is_discarding() => return Step::NeedInput,
+            Frame::Incomplete | Frame::TooLong => {
+                out.extend_from_slice(LINE_TOO_LONG_CLOSING);
+                return Step::Close;
             }
             Frame::Line(line) => line,
         };
@@ -428,6 +435,42 @@ mod tests {
             ("", false),
         ] {
             assert_eq!(starts_with_enhanced_code(text), kept, "{text:?}");
+        }
+    }
+
+    /// A line over the framer's cap (auth_line_max) is answered as soon as the cap is crossed,
+    /// with or without its end, and the session closes; whatever the read boundaries.
+    #[test]
+    fn a_line_over_the_cap_is_answered_at_once_and_closes() {
+        use crate::protocol::imap::testkit::{End, Env, ctx, run};
+        use crate::protocol::{ClientTls, LoginOutcome};
+        let env = Env {
+            caps: None,
+            outcomes: &|_| LoginOutcome::BadCredentials,
+        };
+        let greeting_len = {
+            let mut out = Vec::new();
+            use crate::protocol::ClientProtocol;
+            super::SmtpClient::new(ctx(ClientTls::None)).greeting(&mut out);
+            out.len()
+        };
+        let unended = format!("NOOP {}", "x".repeat(12300));
+        let ended = format!("{unended}\r\nNOOP\r\n");
+        for script in [&unended, &ended] {
+            for cut in [1, 4000, 12289, 12290, script.len() - 1] {
+                let (a, b) = script.as_bytes().split_at(cut);
+                let r = run(
+                    &mut super::SmtpClient::new(ctx(ClientTls::None)),
+                    &env,
+                    &[a, b],
+                );
+                assert_eq!(
+                    String::from_utf8_lossy(&r.out[greeting_len..]),
+                    "500 5.5.6 Line too long, closing connection\r\n",
+                    "cut at {cut}"
+                );
+                assert_eq!(r.end, End::Closed);
+            }
         }
     }
 }
