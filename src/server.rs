@@ -21,9 +21,9 @@ use crate::config::Config;
 use crate::session::{self, Shared, Stop};
 
 mod reload;
-pub use reload::{ReloadCounts, ReloadError, ReloadReport};
-use reload::{Background, Control, Counts, State};
 use crate::token::{MasterKey, TokenManager, TokenSettings, TokenStore};
+use reload::{Background, Control, Counts, State};
+pub use reload::{ReloadCounts, ReloadError, ReloadReport};
 
 /// After the grace period, how long ended sessions get to unwind before the server returns.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);

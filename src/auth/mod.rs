@@ -128,7 +128,11 @@ impl Credentials {
         next
     }
 
-    fn build(accounts: &[Account], cache_key: Secret<Vec<u8>>, pool: Arc<Argon2Pool>) -> Arc<Credentials> {
+    fn build(
+        accounts: &[Account],
+        cache_key: Secret<Vec<u8>>,
+        pool: Arc<Argon2Pool>,
+    ) -> Arc<Credentials> {
         let mut logins = HashMap::new();
         for a in accounts {
             for l in &a.logins {

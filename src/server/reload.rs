@@ -404,7 +404,12 @@ impl Control {
                     prev.accepting.cancel();
                     let (name, sessions, hard) = (prev.name.clone(), prev.sessions, prev.hard);
                     let _ = prev.task.await;
-                    self.drain(name, sessions, hard, state.config.limits.timeouts.shutdown_grace);
+                    self.drain(
+                        name,
+                        sessions,
+                        hard,
+                        state.config.limits.timeouts.shutdown_grace,
+                    );
                     let started = self.spawn_listener(l, socket, &common);
                     report.added.push((started.name.clone(), started.addr));
                     live.push(started);
