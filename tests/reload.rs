@@ -262,11 +262,16 @@ fn load(
         let mut i = 0;
         while !stop.load(Ordering::Relaxed) {
             i += 1;
-            match run(i).await {
-                Ok(()) => {
+            // A client that times out panics: count it as a failure, not a crash of the loop.
+            match tokio::spawn(run(i)).await {
+                Ok(Ok(())) => {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => failures.lock().unwrap().push(e),
+                Ok(Err(e)) => failures.lock().unwrap().push(e),
+                Err(e) => failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("client panicked: {e}")),
             }
         }
     })
@@ -284,18 +289,29 @@ async fn twenty_reloads_under_load_on_every_protocol() {
     let pop3 = proc.addr("pop3").await;
 
     // A second `run` on the same state_dir is refused while this one lives.
-    let out = Command::new(env!("CARGO_BIN_EXE_authbridge"))
-        .args(["run", "--config"])
-        .arg(&env.config_path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let mut second = spawn_run(&env.config_path, &[], true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = second.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second run on the same state_dir was not refused:\n{}",
+            second.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = second
+        .wait_line("the refusal", |l| l.contains("already running"))
+        .await;
+    assert_eq!(status.code(), Some(1), "{text}");
     assert!(
         text.contains("another authbridge (pid")
             && text.contains("is already running with state_dir"),
         "{text}"
     );
+    drop(second);
 
     // Warm the token cache, then count token requests from here on.
     let mut c = smtp_login(smtp, PASSWORD).await.unwrap();
@@ -397,7 +413,8 @@ async fn twenty_reloads_under_load_on_every_protocol() {
     let failures = failures.lock().unwrap().clone();
     assert!(
         failures.is_empty(),
-        "failed logins or cut sessions: {failures:?}"
+        "failed logins or cut sessions: {failures:?}\n{}",
+        proc.output()
     );
     for (c, proto) in counts.iter().zip(["smtp", "imap", "pop3"]) {
         assert!(c.load(Ordering::Relaxed) >= 20, "{proto}: too few logins");
@@ -475,10 +492,11 @@ async fn listeners_added_removed_and_password_changed() {
     std::fs::write(&env.config_path, edited.replace(password_hash(), &new_hash)).unwrap();
     let (code, out) = reload(&env.config_path).await;
     assert_eq!(code, Some(0), "{out}");
-    let mut c = smtp_login(smtp, NEW_PASSWORD).await.unwrap();
-    smtp_transaction(&mut c, "new password").await.unwrap();
+    // The old one first: it was verified (and remembered) before the change.
     let err = smtp_login(smtp, PASSWORD).await.err().unwrap();
     assert!(err.contains("535"), "{err}");
+    let mut c = smtp_login(smtp, NEW_PASSWORD).await.unwrap();
+    smtp_transaction(&mut c, "new password").await.unwrap();
 
     // A setting that needs a restart is refused by name; nothing changes.
     let moved = edited
