@@ -498,6 +498,31 @@ async fn listeners_added_removed_and_password_changed() {
     let mut c = smtp_login(smtp, NEW_PASSWORD).await.unwrap();
     smtp_transaction(&mut c, "new password").await.unwrap();
 
+    // A provider change that alters the token's identity gives the account a fresh cache: the
+    // next login fetches one token, the ones after it use it.
+    let renewed = edited.replace(password_hash(), &new_hash).replace(
+        "    ca_file: ca.pem\naccounts:",
+        "    ca_file: ca.pem\n    redirect_uri: http://localhost:8926/callback\naccounts:",
+    );
+    assert_ne!(renewed, edited.replace(password_hash(), &new_hash));
+    std::fs::write(&env.config_path, &renewed).unwrap();
+    let before = env.sandbox.token_requests().total;
+    let (code, out) = reload(&env.config_path).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("renewed (new token cache): tickets"), "{out}");
+    assert_eq!(
+        env.sandbox.token_requests().total,
+        before,
+        "the reload itself"
+    );
+    for i in 0..3 {
+        let mut c = smtp_login(smtp, NEW_PASSWORD).await.unwrap();
+        smtp_transaction(&mut c, &format!("renewed {i}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(env.sandbox.token_requests().total, before + 1);
+
     // A setting that needs a restart is refused by name; nothing changes.
     let moved = edited
         .replace(password_hash(), &new_hash)

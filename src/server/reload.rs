@@ -499,3 +499,53 @@ fn restart_changes(old: &Config, new: &Config) -> Vec<RestartChange> {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(
+            std::path::Path::new("/etc/authbridge/authbridge.yaml"),
+            text,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn restart_only_settings_are_named_with_old_and_new_values() {
+        let old = config("state_dir: state\nlog: { level: info }\n");
+        assert!(restart_changes(&old, &old.clone()).is_empty());
+        assert!(restart_changes(&old, &config("state_dir: state\nhostname: mx.test\n")).is_empty());
+        let new = config(
+            "state_dir: /var/lib/other\nkey_file: k.key\nlog: { level: debug, format: json }\n\
+             limits: { max_sessions: 7 }\n",
+        );
+        let changes = restart_changes(&old, &new);
+        let keys: Vec<_> = changes.iter().map(|c| c.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "state_dir",
+                "key_file",
+                "log.level",
+                "log.format",
+                "limits (connections)"
+            ]
+        );
+        assert_eq!(
+            changes[0].to_string(),
+            "state_dir: /etc/authbridge/state → /var/lib/other"
+        );
+        let e = ReloadError::NeedsRestart(changes[..2].to_vec()).to_string();
+        assert_eq!(
+            e,
+            "`state_dir`, `key_file` changed; this needs a restart (the running config stays in \
+             force): state_dir: /etc/authbridge/state → /var/lib/other; key_file: (none) → \
+             /etc/authbridge/k.key"
+        );
+        // Limits on sizes and timeouts apply on reload.
+        let timeouts = config("state_dir: state\nlimits: { pipe_idle_secs: 60, line_max: 1000 }\n");
+        assert!(restart_changes(&old, &timeouts).is_empty());
+    }
+}
