@@ -376,6 +376,10 @@ async fn twenty_reloads_under_load_on_every_protocol() {
                 "{out}"
             );
             assert!(out.contains("the running config stays in force"), "{out}");
+            proc.wait_line("the failed reload counted", |l| {
+                l.contains("reload finished") && l.contains("reloads_failed=1")
+            })
+            .await;
             proc.wait_line("the logged key path", |l| {
                 l.contains("config reload failed") && l.contains("protocol")
             })

@@ -103,6 +103,12 @@ async fn reload(running: &Running, path: &Path, state_dir: &Path, seq: u64) {
         }
     };
     let counts = running.reload_counts();
+    tracing::info!(
+        ok,
+        reloads_ok = counts.ok,
+        reloads_failed = counts.failed,
+        "reload finished"
+    );
     let status = ReloadStatus {
         pid: std::process::id(),
         seq,
