@@ -420,6 +420,12 @@ async fn twenty_reloads_under_load_on_every_protocol() {
         "failed logins or cut sessions: {failures:?}\n{}",
         proc.output()
     );
+    println!(
+        "logins during 20 reloads: smtp {}, imap {}, pop3 {}",
+        counts[0].load(Ordering::Relaxed),
+        counts[1].load(Ordering::Relaxed),
+        counts[2].load(Ordering::Relaxed)
+    );
     for (c, proto) in counts.iter().zip(["smtp", "imap", "pop3"]) {
         assert!(c.load(Ordering::Relaxed) >= 20, "{proto}: too few logins");
     }
