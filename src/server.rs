@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -20,7 +20,11 @@ use crate::auth::{Credentials, FailureTracker};
 use crate::config::Config;
 use crate::session::early::EarlyUpstreams;
 use crate::session::{self, Shared, Stop};
+
+mod reload;
 use crate::token::{MasterKey, TokenManager, TokenSettings, TokenStore};
+use reload::{Background, Control, Counts, State};
+pub use reload::{ReloadCounts, ReloadError, ReloadReport};
 
 /// After the grace period, how long ended sessions get to unwind before the server returns.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
@@ -48,11 +52,14 @@ pub enum RunError {
 
 /// A started server.
 pub struct Running {
-    /// Each listener's name and bound address (useful with port 0).
+    /// Each listener's name and bound address at start (useful with port 0); after a reload see
+    /// [`Running::listeners`].
     pub addrs: Vec<(String, SocketAddr)>,
+    /// The token manager at start (a reload may replace it: [`Running::current_tokens`]).
     pub tokens: Arc<TokenManager>,
-    /// The local credentials (their argon2 counters: tests, diagnostics).
+    /// The local credentials at start (their argon2 counters: tests, diagnostics).
     pub credentials: Arc<Credentials>,
+    control: Arc<Control>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -64,6 +71,37 @@ impl Running {
     /// Wait until the server has stopped (after `shutdown` was cancelled).
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+
+    /// Apply a new config to new sessions (see [`reload`] for what changes and what is refused).
+    /// On an error nothing changed. Reloads are serialised; each is counted.
+    pub async fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+        self.control.reload(config).await
+    }
+
+    /// Reload outcomes so far.
+    pub fn reload_counts(&self) -> ReloadCounts {
+        self.control.counts.snapshot()
+    }
+
+    /// Count a reload that failed before it reached the server (the new file did not load).
+    pub fn reload_failed_to_load(&self) {
+        self.control.counts.record(false);
+    }
+
+    /// Each listener's name and bound address now.
+    pub async fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        let state = self.control.state.lock().await;
+        state
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.addr))
+            .collect()
+    }
+
+    /// The token manager serving new sessions now.
+    pub async fn current_tokens(&self) -> Arc<TokenManager> {
+        Arc::clone(&self.control.state.lock().await.tokens)
     }
 }
 
@@ -147,27 +185,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if config.listeners.is_empty() {
         return Err(RunError::NoListeners);
     }
-    let tokens = token_manager_with(
-        &config,
-        TokenSettings {
-            on_reauth_needed: config.on_reauth_needed.clone(),
-            ..config.limits.token_settings()
-        },
-    )?;
-    // Access tokens of accounts in use are refreshed before they expire; delegated refresh tokens
-    // die after 90 days unused: refresh any older than a week.
-    let keepalive = tokens.spawn_background(KEEPALIVE_EVERY, KEEPALIVE_MAX_IDLE, shutdown.clone());
+    let tokens = token_manager_with(&config, server_token_settings(&config))?;
     let credentials = Credentials::new(&config.accounts);
     let failures = FailureTracker::new(config.limits.connections.clone());
     let early = EarlyUpstreams::new(
         config.limits.connections.early_upstream_per_source,
         config.limits.connections.early_upstream_max,
     );
-    let mailboxes: HashMap<String, String> = config
-        .accounts
-        .iter()
-        .map(|a| (a.name.clone(), a.mailbox.clone()))
-        .collect();
 
     let mut bound = Vec::new();
     for l in &config.listeners {
@@ -176,65 +200,79 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             addr: l.listen,
             source,
         })?;
-        let addr = listener.local_addr().unwrap_or(l.listen);
-        bound.push((l.clone(), listener, addr));
+        bound.push(Arc::new(listener));
     }
 
-    let stop = Stop {
-        graceful: shutdown.clone(),
-        hard: CancellationToken::new(),
-    };
-    let tracker = TaskTracker::new();
-    let mut addrs = Vec::new();
-    let mut accept_loops = Vec::new();
-    for (l, listener, addr) in bound {
-        info!(listener = %l.name, protocol = %l.protocol, %addr, upstream = %format!("{}:{}", l.upstream.host, l.upstream.port), "listening");
-        addrs.push((l.name.clone(), addr));
-        let shared = Arc::new(Shared {
-            listener: l,
-            hostname: config.hostname.clone(),
-            credentials: Arc::clone(&credentials),
-            failures: Arc::clone(&failures),
+    let control = Arc::new(Control {
+        state: tokio::sync::Mutex::new(State {
+            background: Background::start(&tokens, &shutdown),
             tokens: Arc::clone(&tokens),
-            mailboxes: mailboxes.clone(),
-            limits: config.limits.clone(),
-            early: Arc::clone(&early),
-        });
-        accept_loops.push(tokio::spawn(accept_loop(
-            listener,
-            shared,
-            stop.clone(),
-            tracker.clone(),
-        )));
+            credentials: Arc::clone(&credentials),
+            failures,
+            early,
+            listeners: Vec::new(),
+            config: config.clone(),
+        }),
+        shutdown: shutdown.clone(),
+        hard: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        counts: Counts::default(),
+    });
+    let mut addrs = Vec::new();
+    {
+        let mut state = control.state.lock().await;
+        let common = state.common();
+        for (l, socket) in config.listeners.iter().zip(bound) {
+            let live = control.spawn_listener(l.clone(), socket, &common);
+            addrs.push((live.name.clone(), live.addr));
+            state.listeners.push(live);
+        }
     }
     let grace = config.limits.timeouts.shutdown_grace;
-    let done = tokio::spawn(async move {
-        for l in accept_loops {
-            let _ = l.await;
-        }
-        tracker.close();
-        info!(
-            sessions = tracker.len(),
-            grace_secs = grace.as_secs(),
-            "stopped accepting; waiting for sessions to finish"
-        );
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            warn!(
+    let done = tokio::spawn({
+        let control = Arc::clone(&control);
+        async move {
+            shutdown.cancelled().await;
+            // A reload in progress finishes first; none starts after this.
+            let mut state = control.state.lock().await;
+            for l in state.listeners.drain(..) {
+                let _ = l.task.await;
+            }
+            let tracker = &control.tracker;
+            tracker.close();
+            info!(
                 sessions = tracker.len(),
-                "grace period over; closing the remaining sessions"
+                grace_secs = grace.as_secs(),
+                "stopped accepting; waiting for sessions to finish"
             );
-            stop.hard.cancel();
-            let _ = tokio::time::timeout(HARD_STOP_WAIT, tracker.wait()).await;
+            if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                warn!(
+                    sessions = tracker.len(),
+                    "grace period over; closing the remaining sessions"
+                );
+                control.hard.cancel();
+                let _ = tokio::time::timeout(HARD_STOP_WAIT, tracker.wait()).await;
+            }
+            state.background.abort();
+            info!("stopped");
         }
-        keepalive.abort();
-        info!("stopped");
     });
     Ok(Running {
         addrs,
         tokens,
         credentials,
+        control,
         done,
     })
+}
+
+/// The token settings of a serving process: the config's limits and its `on_reauth_needed`
+/// hook (only the server runs the hook).
+fn server_token_settings(config: &Config) -> TokenSettings {
+    TokenSettings {
+        on_reauth_needed: config.on_reauth_needed.clone(),
+        ..config.limits.token_settings()
+    }
 }
 
 /// Start and run until `shutdown` is cancelled and the sessions have drained.
@@ -279,19 +317,41 @@ impl Drop for SourceSlot {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Stop, tracker: TaskTracker) {
-    let limits = shared.limits.connections.clone();
+/// What one accept loop works with. `shared` is read at each accept, so a reload that keeps the
+/// socket changes the settings of the next session without a gap in accepting.
+struct AcceptLoop {
+    socket: Arc<TcpListener>,
+    shared: watch::Receiver<Arc<Shared>>,
+    /// Cancelled when the listener is removed or re-bound, and at shutdown.
+    accepting: CancellationToken,
+    stop: Stop,
+    /// Every session of the process (shutdown waits for them).
+    tracker: TaskTracker,
+    /// This listener's sessions (a removed listener drains them).
+    sessions: TaskTracker,
+}
+
+async fn accept_loop(a: AcceptLoop) {
+    let AcceptLoop {
+        socket,
+        shared,
+        accepting,
+        stop,
+        tracker,
+        sessions,
+    } = a;
+    let limits = shared.borrow().limits.connections.clone();
     let permits = Arc::new(Semaphore::new(limits.max_sessions));
     let per_source = Arc::new(PerSource::default());
-    let name = shared.listener.name.clone();
+    let name = shared.borrow().listener.name.clone();
     let mut next_id: u64 = 0;
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.graceful.cancelled() => return,
+            _ = accepting.cancelled() => return,
         };
         let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
+            r = socket.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -300,13 +360,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Stop, tra
                     continue;
                 }
             },
-            _ = stop.graceful.cancelled() => return,
+            _ = accepting.cancelled() => return,
         };
         let Some(slot) = per_source.take(peer.ip(), limits.max_sessions_per_source) else {
             warn!(listener = %name, %peer, max_sessions_per_source = limits.max_sessions_per_source, "too many sessions from this address; connection refused (raise limits.max_sessions_per_source if this source is legitimate)");
             // The refusal holds its listener permit: a flood of refusals is bounded by
             // max_sessions like any other connection.
-            let shared = Arc::clone(&shared);
+            let shared = Arc::clone(&*shared.borrow());
             tracker.spawn(async move {
                 session::refuse_over_cap(&shared, tcp).await;
                 drop(permit);
@@ -316,13 +376,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Stop, tra
         let _ = tcp.set_nodelay(true);
         next_id += 1;
         let span = info_span!("session", listener = %name, id = next_id, %peer);
-        let shared = Arc::clone(&shared);
+        let shared = Arc::clone(&*shared.borrow());
         let stop = stop.clone();
+        let mine = sessions.token();
         tracker.spawn(
             async move {
                 session::serve(shared, tcp, peer, stop).await;
                 drop(slot);
                 drop(permit);
+                drop(mine);
             }
             .instrument(span),
         );

@@ -714,6 +714,15 @@ async fn upstream_faults_on_every_protocol() {
 /// token endpoint errors (500, garbage, invalid_grant), an access token the upstream refuses
 /// (refresh and retry), an upstream that resets at AUTH after receiving the token, an upstream
 /// without XOAUTH2. The capture must hold none of the secrets and no token-like run.
+#[test]
+fn failure_paths_at_trace_level_log_no_secret_in_json_lines() {
+    // The same test in a child process whose capture writes JSON lines like `format: json`.
+    assert!(run_isolated(
+        "failure_paths_at_trace_level_log_no_secret",
+        &[(LogCapture::JSON_ENV, "1")]
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_paths_at_trace_level_log_no_secret() {
     if run_isolated("failure_paths_at_trace_level_log_no_secret", &[]) {

@@ -84,7 +84,8 @@ pub struct Credentials {
     cache_key: Secret<Vec<u8>>,
     /// Checked for unknown users: the median configured parameters, a hash nothing matches.
     dummy_hash: String,
-    pool: Argon2Pool,
+    /// Shared with the credentials a config reload replaces these with: one memory bound.
+    pool: Arc<Argon2Pool>,
 }
 
 /// The result of a credential check.
@@ -99,6 +100,39 @@ pub enum Verdict {
 
 impl Credentials {
     pub fn new(accounts: &[Account]) -> Arc<Credentials> {
+        let mut key = vec![0u8; 32];
+        // Without randomness the cache key is fixed; the cache still never holds a password.
+        let _ = getrandom::fill(&mut key);
+        Self::build(accounts, Secret::new(key), Arc::new(Argon2Pool::new()))
+    }
+
+    /// The credentials a config reload switches to: the logins of `accounts`, sharing this
+    /// one's argon2 pool and cache key. A login whose account and hash are unchanged keeps its
+    /// verified credential (no argon2 on its next login); a changed hash forgets it, so the old
+    /// password stops working at once.
+    pub fn reconfigured(&self, accounts: &[Account]) -> Arc<Credentials> {
+        let next = Self::build(
+            accounts,
+            Secret::new(self.cache_key.expose().clone()),
+            Arc::clone(&self.pool),
+        );
+        for (name, entry) in &next.logins {
+            if let Some(old) = self.logins.get(name)
+                && old.account == entry.account
+                && old.hash == entry.hash
+            {
+                let verified = *old.verified.lock().unwrap_or_else(|p| p.into_inner());
+                *entry.verified.lock().unwrap_or_else(|p| p.into_inner()) = verified;
+            }
+        }
+        next
+    }
+
+    fn build(
+        accounts: &[Account],
+        cache_key: Secret<Vec<u8>>,
+        pool: Arc<Argon2Pool>,
+    ) -> Arc<Credentials> {
         let mut logins = HashMap::new();
         for a in accounts {
             for l in &a.logins {
@@ -112,18 +146,15 @@ impl Credentials {
                 );
             }
         }
-        let mut key = vec![0u8; 32];
-        // Without randomness the cache key is fixed; the cache still never holds a password.
-        let _ = getrandom::fill(&mut key);
         let shapes: Vec<HashShape> = logins
             .values()
             .filter_map(|e| password_hash::parse(&e.hash).ok())
             .collect();
         Arc::new(Credentials {
             logins,
-            cache_key: Secret::new(key),
+            cache_key,
             dummy_hash: dummy_hash(&median_shape(shapes)),
-            pool: Argon2Pool::new(),
+            pool,
         })
     }
 

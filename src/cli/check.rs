@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 use super::failure::Failure;
-use super::setup::{load, runtime};
+use super::setup::{load, log_format, runtime};
 use crate::config::Config;
 use crate::token::StatusFiles;
 use crate::upstream::{self, AuthResult};
@@ -29,7 +29,11 @@ const STATUS_POLL: Duration = Duration::from_millis(20);
 pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
     let config = load(config)?;
     crate::config::refuse_example_passwords(&config).map_err(|e| Failure::Usage(e.into()))?;
-    crate::telemetry::init(Some("warn"), config.log_format);
+    crate::telemetry::init(
+        Some("warn"),
+        log_format(config.log_format)?,
+        crate::telemetry::Sink::Stderr,
+    );
     let ok = runtime()?.block_on(check(&config, &mut std::io::stdout()));
     if ok {
         Ok(())

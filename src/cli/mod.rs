@@ -22,6 +22,7 @@ pub mod gen_cert;
 pub mod hash_password;
 pub mod import_token;
 pub mod login;
+pub mod reload;
 pub mod run;
 mod setup;
 pub mod status;
@@ -69,6 +70,19 @@ pub enum Command {
         timeout: u64,
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Re-read the config in the running `authbridge run` (SIGHUP to the pid in
+    /// state_dir/authbridge.pid) and print what changed, or why nothing did. Exits 1 when the
+    /// new config was refused (the running one stays in force) or no result came in time.
+    Reload {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How long to wait for the running process to report, in seconds.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        timeout: u64,
+        /// Exit as soon as the signal was delivered.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// One line per account: flow, access-token expiry, last refresh, refresh-token age, state.
     /// Exits 1 when an account needs a login, its last token request failed, or what is known of
@@ -119,6 +133,11 @@ pub fn dispatch(command: Command) -> Result<(), Failure> {
             config,
         } => login::run(&account, device_code, paste, timeout, config),
         Command::Status { config } => status::run(config),
+        Command::Reload {
+            config,
+            timeout,
+            no_wait,
+        } => reload::run(config, timeout, no_wait),
         Command::ImportToken { account, config } => import_token::run(&account, config),
         Command::HashPassword { allow_line_breaks } => hash_password::run(allow_line_breaks),
         Command::GenCert { out, hosts, force } => gen_cert::run(&out, &hosts, force),

@@ -28,3 +28,9 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .build()
         .map_err(|e| Failure::Runtime(anyhow!("cannot start the async runtime: {e}")))
 }
+
+/// The log format: `AUTHBRIDGE_LOG_FORMAT`, else the config's (an unknown value is a usage
+/// error).
+pub(super) fn log_format(configured: config::LogFormat) -> Result<config::LogFormat, Failure> {
+    crate::telemetry::format(configured).map_err(|e| Failure::Usage(anyhow!(e)))
+}

@@ -10,7 +10,7 @@ const CONFIG_ENV: &str = "AUTHBRIDGE_CONFIG";
 const CONFIG_PATH: &str = "config/authbridge.yaml";
 
 /// `state_dir`, relative to the config file's folder.
-pub(super) const STATE_DIR: &str = "state";
+pub(crate) const STATE_DIR: &str = "state";
 /// `hostname`: the name in greetings and EHLO replies.
 pub(super) const HOSTNAME: &str = "localhost";
 /// A Microsoft provider's `tenant` when it is left out (allowed only with `token_url`).

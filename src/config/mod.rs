@@ -22,6 +22,7 @@ mod secrets;
 #[cfg(test)]
 mod testkit;
 
+pub(crate) use defaults::STATE_DIR as DEFAULT_STATE_DIR;
 pub use defaults::default_path;
 pub use error::ConfigError;
 pub use keywords::{

@@ -59,7 +59,7 @@ pub use grant::{device_authorization, exchange};
 pub use hook::ReauthHook;
 pub use http::check_endpoint_url;
 pub use login::{DEVICE_CODE_GRANT_TYPE, Pkce, authorize_url, random_state};
-pub use manager::{AccessToken, AccountStatus, TokenManager};
+pub use manager::{AccessToken, AccountStatus, Reconfigured, TokenManager};
 pub use provider::{AccountConfig, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
 pub use response::{
     DeviceAuthorization, TokenResponse, classify, classify_device_authorization, parse_retry_after,

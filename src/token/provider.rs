@@ -117,3 +117,27 @@ pub struct AccountConfig {
     pub mailbox: String,
     pub provider: Arc<ProviderConfig>,
 }
+
+impl AccountConfig {
+    /// Would a token fetched for `self` be the one `other` asks for? Same name, mailbox, provider
+    /// kind, flow, client id and secret, endpoints, scopes and redirect URI. Transport settings
+    /// (the provider's TLS roots) do not change who a token is for.
+    pub fn same_tokens(&self, other: &AccountConfig) -> bool {
+        let (a, b) = (&*self.provider, &*other.provider);
+        let secret = match (&a.client_secret, &b.client_secret) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.expose() == y.expose(),
+            _ => false,
+        };
+        self.name == other.name
+            && self.mailbox == other.mailbox
+            && a.name == b.name
+            && a.kind == b.kind
+            && a.flow == b.flow
+            && a.client_id == b.client_id
+            && secret
+            && a.endpoints == b.endpoints
+            && a.scopes == b.scopes
+            && a.redirect_uri == b.redirect_uri
+    }
+}

@@ -781,21 +781,61 @@ pub fn assert_no_secrets(logs: &str, forbidden: &[String]) {
 pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl LogCapture {
-    /// Install a global subscriber at `level` writing into a new capture.
+    /// With this variable set to `1`, [`LogCapture::install`] captures JSON lines, as
+    /// `log: { format: json }` writes them.
+    pub const JSON_ENV: &str = "AUTHBRIDGE_TEST_LOG_JSON";
+
+    fn json() -> bool {
+        std::env::var(Self::JSON_ENV).as_deref() == Ok("1")
+    }
+
+    /// Install a global subscriber at `level` writing into a new capture (text, or JSON lines
+    /// like the server's when [`LogCapture::JSON_ENV`] is `1`).
     pub fn install(level: tracing::Level) -> LogCapture {
         let capture = LogCapture::default();
         let writer = capture.clone();
-        tracing_subscriber::fmt()
+        let builder = tracing_subscriber::fmt()
             .with_max_level(level)
             .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
+            .with_writer(move || writer.clone());
+        if Self::json() {
+            builder.json().flatten_event(true).init();
+        } else {
+            builder.init();
+        }
         capture
     }
 
-    /// Everything logged so far.
+    /// Everything logged so far. For JSON lines: the raw lines, then every string value of
+    /// every line unescaped (a secret with a quote or backslash is escaped in the raw JSON, so
+    /// a grep of the raw text alone would miss it). Fails the test on a line that is not JSON.
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        let raw = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        if !Self::json() {
+            return raw;
+        }
+        fn strings(v: &serde_json::Value, out: &mut String) {
+            match v {
+                serde_json::Value::String(s) => {
+                    out.push_str(s);
+                    out.push(' ');
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+                serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+                other => {
+                    out.push_str(&other.to_string());
+                    out.push(' ');
+                }
+            }
+        }
+        let mut decoded = String::new();
+        for line in raw.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            strings(&v, &mut decoded);
+            decoded.push('\n');
+        }
+        format!("{raw}\n{decoded}")
     }
 }
 

@@ -32,7 +32,7 @@ use anyhow::anyhow;
 use tokio::io::AsyncBufRead;
 
 use super::failure::Failure;
-use super::setup::{load, runtime};
+use super::setup::{load, log_format, runtime};
 use crate::config::Config;
 use crate::token::Flow;
 
@@ -83,7 +83,11 @@ pub fn run(
     config: Option<PathBuf>,
 ) -> Result<(), Failure> {
     let config = load(config)?;
-    crate::telemetry::init(Some("warn"), config.log_format);
+    crate::telemetry::init(
+        Some("warn"),
+        log_format(config.log_format)?,
+        crate::telemetry::Sink::Stderr,
+    );
     let opts = LoginOptions {
         mode: if device_code {
             Some(Mode::DeviceCode)

@@ -21,7 +21,7 @@ impl TokenManager {
     /// token is older than `max_idle`.
     pub async fn keepalive_once(&self, max_idle: Duration) {
         for slot in &self.slots {
-            if !slot.config.provider.flow.is_delegated() {
+            if !slot.config().provider.flow.is_delegated() {
                 continue;
             }
             let name = slot.name().to_owned();

@@ -27,7 +27,8 @@ pub(super) async fn fetch(
     settings: &TokenSettings,
     epoch: u64,
 ) -> Outcome {
-    let provider = &*slot.config.provider;
+    let config = slot.config();
+    let provider = &*config.provider;
     let account = slot.name();
     let started = Instant::now();
     let outcome = |result, rt_digest, requested| Outcome {

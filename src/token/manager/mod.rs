@@ -109,7 +109,8 @@ pub struct TokenManager {
 /// What a fetch task needs besides its slot.
 struct Ctx {
     status_files: StatusFiles,
-    hook: Option<ReauthHook>,
+    /// Replaced by a config reload.
+    hook: Mutex<Option<ReauthHook>>,
     /// Wakes the background refresher when a slot's schedule changed.
     wake: Notify,
 }
@@ -124,43 +125,29 @@ impl TokenManager {
         settings: TokenSettings,
     ) -> Arc<TokenManager> {
         let status_files = StatusFiles::new(store.state_dir());
-        let mut slots = Vec::with_capacity(accounts.len());
-        let mut by_name = HashMap::with_capacity(accounts.len());
-        for config in accounts {
-            let mut state = State::default();
-            if let Some(p) = status_files.load(&config.name)
-                && p.needs_login.is_some()
-            {
-                let since = p.needs_login_since.map(from_unix_secs);
-                let newer_token = match (store.stored_at(&config.name), since) {
-                    (Ok(Some(stored)), Some(since)) => stored > since,
-                    _ => false,
-                };
-                if !newer_token {
-                    state.reauth_notified = true;
-                    state.needs_login_since = since;
-                }
-            }
-            by_name.insert(config.name.clone(), slots.len());
-            slots.push(Arc::new(Slot {
-                config,
-                state: Mutex::new(state),
-                persist: Mutex::new(false),
-                turn: tokio::sync::Mutex::new(()),
-            }));
-        }
+        let slots = accounts
+            .into_iter()
+            .map(|config| new_slot(&store, &status_files, config))
+            .collect();
         let ctx = Arc::new(Ctx {
             status_files,
-            hook: settings
-                .on_reauth_needed
-                .clone()
-                .and_then(ReauthHook::new)
-                .map(|mut h| {
-                    h.timeout = settings.hook_timeout;
-                    h
-                }),
+            hook: Mutex::new(hook_of(&settings)),
             wake: Notify::new(),
         });
+        Self::with_slots(store, settings, slots, ctx)
+    }
+
+    fn with_slots(
+        store: TokenStore,
+        settings: TokenSettings,
+        slots: Vec<Arc<Slot>>,
+        ctx: Arc<Ctx>,
+    ) -> Arc<TokenManager> {
+        let by_name = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         Arc::new(TokenManager {
             store,
             settings,
@@ -168,6 +155,49 @@ impl TokenManager {
             by_name,
             ctx,
         })
+    }
+
+    /// The manager a config reload switches to: same store, new `accounts` and `settings`.
+    /// An account whose token identity is unchanged ([`AccountConfig::same_tokens`]: mailbox,
+    /// provider kind, flow, client, secret, endpoints, scopes) keeps its slot — cached access
+    /// token, fetch in flight, backoff marks — with the new settings swapped in for its next
+    /// request, so a reload causes no token request. Any other account starts with an empty
+    /// cache. Sessions of the old manager keep working: the kept slots are shared.
+    ///
+    /// The caller stops the old manager's background work and starts the new one's.
+    pub fn reconfigured(
+        &self,
+        accounts: Vec<AccountConfig>,
+        settings: TokenSettings,
+    ) -> (Arc<TokenManager>, Reconfigured) {
+        let mut report = Reconfigured::default();
+        let slots = accounts
+            .into_iter()
+            .map(|config| match self.by_name.get(&config.name) {
+                Some(&i) if self.slots[i].config().same_tokens(&config) => {
+                    let slot = Arc::clone(&self.slots[i]);
+                    report.kept.push(config.name.clone());
+                    *slot.config.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+                    slot
+                }
+                old => {
+                    if old.is_some() {
+                        report.renewed.push(config.name.clone());
+                    } else {
+                        report.added.push(config.name.clone());
+                    }
+                    new_slot(&self.store, &self.ctx.status_files, config)
+                }
+            })
+            .collect::<Vec<_>>();
+        for s in &self.slots {
+            if !slots.iter().any(|n| n.name == s.name) {
+                report.removed.push(s.name.clone());
+            }
+        }
+        *self.ctx.hook.lock().unwrap_or_else(|p| p.into_inner()) = hook_of(&settings);
+        let manager = Self::with_slots(self.store.clone(), settings, slots, Arc::clone(&self.ctx));
+        (manager, report)
     }
 
     pub fn store(&self) -> &TokenStore {
@@ -178,12 +208,14 @@ impl TokenManager {
         &self.settings
     }
 
-    pub fn account(&self, name: &str) -> Option<&AccountConfig> {
-        self.by_name.get(name).map(|&i| &self.slots[i].config)
+    /// An account's current settings.
+    pub fn account(&self, name: &str) -> Option<Arc<AccountConfig>> {
+        self.by_name.get(name).map(|&i| self.slots[i].config())
     }
 
-    pub fn accounts(&self) -> impl Iterator<Item = &AccountConfig> {
-        self.slots.iter().map(|s| &s.config)
+    /// Every account's current settings, in config order.
+    pub fn accounts(&self) -> Vec<Arc<AccountConfig>> {
+        self.slots.iter().map(|s| s.config()).collect()
     }
 
     fn slot(&self, account: &str) -> Result<&Arc<Slot>, TokenError> {
@@ -316,7 +348,8 @@ impl TokenManager {
         params: &[(&str, &str)],
     ) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
-        let provider = &slot.config.provider;
+        let config = slot.config();
+        let provider = &config.provider;
         let started = Instant::now();
         let response = grant::exchange(provider, account, params, &self.settings).await?;
         let grant_type = grant::grant_type_of(params);
@@ -347,7 +380,7 @@ impl TokenManager {
         self.slots
             .iter()
             .map(|slot| {
-                let cfg = &slot.config;
+                let cfg = &*slot.config();
                 let provider = &cfg.provider;
                 let delegated = provider.flow.is_delegated();
                 let stored = if delegated {
@@ -432,13 +465,61 @@ impl TokenManager {
                     "account needs attention: {}",
                     e.hint()
                 );
-                if let Some(hook) = &ctx.hook {
-                    hook.spawn(&slot.config, &e);
+                let hook = ctx.hook.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(hook) = hook {
+                    hook.spawn(&slot.config(), &e);
                 }
             }
         });
         rx
     }
+}
+
+/// Which accounts a [`TokenManager::reconfigured`] kept (cache and all), renewed (token identity
+/// changed: empty cache), added and removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    pub kept: Vec<String>,
+    pub renewed: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A slot for `config` with an empty cache. Reads the account's status file, so an account that
+/// already needed a login does not run the hook again for the same refusal.
+fn new_slot(store: &TokenStore, status_files: &StatusFiles, config: AccountConfig) -> Arc<Slot> {
+    let mut state = State::default();
+    if let Some(p) = status_files.load(&config.name)
+        && p.needs_login.is_some()
+    {
+        let since = p.needs_login_since.map(from_unix_secs);
+        let newer_token = match (store.stored_at(&config.name), since) {
+            (Ok(Some(stored)), Some(since)) => stored > since,
+            _ => false,
+        };
+        if !newer_token {
+            state.reauth_notified = true;
+            state.needs_login_since = since;
+        }
+    }
+    Arc::new(Slot {
+        name: config.name.clone(),
+        config: Mutex::new(Arc::new(config)),
+        state: Mutex::new(state),
+        persist: Mutex::new(false),
+        turn: tokio::sync::Mutex::new(()),
+    })
+}
+
+fn hook_of(settings: &TokenSettings) -> Option<ReauthHook> {
+    settings
+        .on_reauth_needed
+        .clone()
+        .and_then(ReauthHook::new)
+        .map(|mut h| {
+            h.timeout = settings.hook_timeout;
+            h
+        })
 }
 
 /// [`Slot::persist`] off the async threads.

@@ -5,7 +5,7 @@
 //! `rotation.rs`). Also what a slot writes to its status file. No I/O but that status write.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -63,7 +63,11 @@ pub struct AccessToken {
 }
 
 pub(super) struct Slot {
-    pub(super) config: AccountConfig,
+    /// The account's name (fixed: a renamed account is another slot).
+    pub(super) name: String,
+    /// The account's current settings; a config reload that keeps the token's identity (see
+    /// `TokenManager::reconfigured`) swaps in new transport settings without dropping the cache.
+    pub(super) config: Mutex<Arc<AccountConfig>>,
     pub(super) state: Mutex<State>,
     /// Serialises status-file writes so a later snapshot is never overwritten by an earlier one.
     pub(super) persist: Mutex<bool>,
@@ -230,7 +234,12 @@ impl Slot {
     }
 
     pub(super) fn name(&self) -> &str {
-        &self.config.name
+        &self.name
+    }
+
+    /// The account's current settings.
+    pub(super) fn config(&self) -> Arc<AccountConfig> {
+        Arc::clone(&self.config.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Records a fetch's outcome, clears the in-flight marker and returns what waiters get, and
@@ -384,10 +393,10 @@ impl Slot {
         let st = self.lock();
         PersistedStatus {
             version: 0,
-            account: self.config.name.clone(),
+            account: self.name.clone(),
             updated_at: unix_secs(now_sys),
             pid: std::process::id(),
-            flow: self.config.provider.flow.as_str().to_owned(),
+            flow: self.config().provider.flow.as_str().to_owned(),
             access_token_expires_at: st
                 .cached
                 .as_ref()
