@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::admin::{AdminState, ListenerState, View};
 use crate::auth::{Credentials, FailureTracker};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::session::{self, Shared, Stop};
 use crate::token::{MasterKey, TokenManager, TokenSettings, TokenStore};
 
@@ -49,6 +51,12 @@ pub enum RunError {
 pub struct Running {
     /// Each listener's name and bound address (useful with port 0).
     pub addrs: Vec<(String, SocketAddr)>,
+    /// The admin listener's bound address, when `admin.listen` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// What `/metrics` exposes; recorders for the whole server.
+    pub metrics: Arc<Metrics>,
+    /// What `/readyz` reports on (replace its view after a config change).
+    pub admin: Arc<AdminState>,
     pub tokens: Arc<TokenManager>,
     /// The local credentials (their argon2 counters: tests, diagnostics).
     pub credentials: Arc<Credentials>,
@@ -146,10 +154,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if config.listeners.is_empty() {
         return Err(RunError::NoListeners);
     }
+    let metrics = Metrics::new();
     let tokens = token_manager_with(
         &config,
         TokenSettings {
             on_reauth_needed: config.on_reauth_needed.clone(),
+            metrics: Some(Arc::clone(&metrics)),
             ..config.limits.token_settings()
         },
     )?;
@@ -174,6 +184,34 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         let addr = listener.local_addr().unwrap_or(l.listen);
         bound.push((l.clone(), listener, addr));
     }
+    let admin = AdminState::new(
+        Arc::clone(&metrics),
+        View {
+            config: config.clone(),
+            tokens: Arc::clone(&tokens),
+            listeners: bound
+                .iter()
+                .map(|(l, _, addr)| ListenerState {
+                    name: l.name.clone(),
+                    bound: Ok(*addr),
+                })
+                .collect(),
+        },
+        shutdown.clone(),
+    );
+    let admin_server = match config.admin_listen {
+        None => None,
+        Some(addr) => Some(
+            crate::admin::start(addr, Arc::clone(&admin))
+                .await
+                .map_err(|source| RunError::Bind {
+                    name: "admin".into(),
+                    addr,
+                    source,
+                })?,
+        ),
+    };
+    let admin_addr = admin_server.as_ref().map(|a| a.addr);
 
     let stop = Stop {
         graceful: shutdown.clone(),
@@ -193,6 +231,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             tokens: Arc::clone(&tokens),
             mailboxes: mailboxes.clone(),
             limits: config.limits.clone(),
+            metrics: Arc::clone(&metrics),
         });
         accept_loops.push(tokio::spawn(accept_loop(
             listener,
@@ -221,10 +260,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             let _ = tokio::time::timeout(HARD_STOP_WAIT, tracker.wait()).await;
         }
         keepalive.abort();
+        // Alive (and answering 503 on /readyz) until the sessions are gone.
+        if let Some(admin) = admin_server {
+            admin.stop().await;
+        }
         info!("stopped");
     });
     Ok(Running {
         addrs,
+        admin_addr,
+        metrics,
+        admin,
         tokens,
         credentials,
         done,
