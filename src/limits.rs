@@ -148,6 +148,8 @@ pub struct AdminLimits {
     pub connection_total: Duration,
     /// How long a stopping server waits for admin connections to finish their response.
     pub shutdown_wait: Duration,
+    /// `authbridge probe`: the whole request (connect, send, status and body).
+    pub probe: Duration,
 }
 
 impl Default for AdminLimits {
@@ -158,6 +160,7 @@ impl Default for AdminLimits {
             header_read: Duration::from_secs(5),
             connection_total: Duration::from_secs(60),
             shutdown_wait: Duration::from_secs(2),
+            probe: Duration::from_secs(5),
         }
     }
 }
