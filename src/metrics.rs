@@ -223,11 +223,15 @@ impl Metrics {
         );
         registry.register_with_unit(
             "upstream_login",
-            "Time of the upstream XOAUTH2 exchange (both attempts when the first token is refused)",
+            "Time of each upstream XOAUTH2 exchange (a refused token and its retry are two)",
             Unit::Seconds,
             upstream_login.clone(),
         );
         let config_reloads = Family::<ReloadLabels, Counter>::default();
+        // Both series from the start, so `increase()` sees the first reload.
+        for result in [ReloadResult::ok, ReloadResult::invalid] {
+            drop(config_reloads.get_or_create(&ReloadLabels { result }));
+        }
         registry.register(
             "config_reloads",
             "Config reloads by result (invalid: the old config kept serving)",

@@ -413,6 +413,32 @@ async fn admin_requests_are_bounded() {
     let (status, _) = http(admin, "GET", "/healthz", &big).await;
     assert_eq!(status, 431);
 
+    // Slowloris: a head trickled one line a second is cut by the header read timeout.
+    let mut slow = TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for i in 0..30 {
+        if slow
+            .write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut b = [0u8; 256];
+        match tokio::time::timeout(Duration::from_secs(1), slow.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {} // a 408 before the close
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a trickled request head was not cut");
+    assert!(started.elapsed() < Duration::from_secs(25));
     // The connection cap: 64 connections that send nothing hold every slot; a 65th request
     // waits until the header read timeout (5 s) frees them.
     let mut idle = Vec::new();
@@ -443,32 +469,6 @@ async fn admin_requests_are_bounded() {
         );
     }
 
-    // Slowloris: a head trickled one line a second is cut by the header read timeout.
-    let mut slow = TcpStream::connect(admin).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
-    let started = Instant::now();
-    let mut closed = false;
-    for i in 0..30 {
-        if slow
-            .write_all(format!("X-Slow-{i}: 1\r\n").as_bytes())
-            .await
-            .is_err()
-        {
-            closed = true;
-            break;
-        }
-        let mut b = [0u8; 256];
-        match tokio::time::timeout(Duration::from_secs(1), slow.read(&mut b)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            Ok(Ok(_)) => {} // a 408 before the close
-            Err(_) => {}
-        }
-    }
-    assert!(closed, "a trickled request head was not cut");
-    assert!(started.elapsed() < Duration::from_secs(25));
     // Still alive for everyone else.
     assert_eq!(get(admin, "/healthz").await.0, 200);
     drop(proxy);
