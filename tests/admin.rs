@@ -27,6 +27,8 @@ struct Proxy {
     child: Child,
     addrs: std::collections::HashMap<String, SocketAddr>,
     admin: SocketAddr,
+    /// The log lines up to the admin listener's.
+    startup: String,
     /// Keeps the log reader's channel open.
     _logs: Receiver<String>,
 }
@@ -51,13 +53,17 @@ fn field(line: &str, key: &str) -> String {
 /// The test environment's config with `state_dir` replaced and an admin listener on a free port
 /// (not 0: `probe --config` reads the address from the file).
 fn admin_config(env: &Env, state_dir: &str) -> PathBuf {
+    admin_config_on(env, state_dir, "127.0.0.1")
+}
+
+fn admin_config_on(env: &Env, state_dir: &str, ip: &str) -> PathBuf {
     let yaml = std::fs::read_to_string(&env.config_path)
         .unwrap()
         .replace("state_dir: ./state", &format!("state_dir: {state_dir}"));
     let path = env.dir.path().join("admin.yaml");
     std::fs::write(
         &path,
-        format!("admin: {{ listen: 127.0.0.1:{} }}\n{yaml}", dead_port()),
+        format!("admin: {{ listen: {ip}:{} }}\n{yaml}", dead_port()),
     )
     .unwrap();
     path
@@ -101,6 +107,7 @@ fn start(config: &Path) -> Proxy {
         child,
         addrs,
         admin,
+        startup: seen,
         _logs: rx,
     }
 }
@@ -473,4 +480,32 @@ async fn admin_requests_are_bounded() {
     assert_eq!(get(admin, "/healthz").await.0, 200);
     drop(proxy);
     drop(env);
+}
+
+/// Any address is allowed, but one that is not loopback is warned about at start; `probe` reaches
+/// an unspecified address on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_admin_address_is_warned_about() {
+    let env = Env::start().await;
+    let config = admin_config_on(&env, "./state", "0.0.0.0");
+    let proxy = start(&config);
+    assert!(
+        proxy
+            .startup
+            .contains("admin.listen is not a loopback address"),
+        "{}",
+        proxy.startup
+    );
+    let (code, out) = probe(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("http://127.0.0.1:"), "{out}");
+    drop(proxy);
+
+    let config = admin_config(&env, "./state");
+    let proxy = start(&config);
+    assert!(
+        !proxy.startup.contains("not a loopback"),
+        "{}",
+        proxy.startup
+    );
 }

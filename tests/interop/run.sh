@@ -877,8 +877,18 @@ prometheus_scrape() {
 }
 run_case prometheus-scrape "a real Prometheus scrapes the admin listener's /metrics (up == 1, login counters)" \
 	prometheus_scrape
-run_case probe-ready "authbridge probe --ready: /readyz 200 (every listener bound, every account has a token)" \
-	"$AUTHBRIDGE" probe --ready --config "$T/authbridge.yaml"
+# 7. authbridge probe: /healthz answers 200; /readyz answers 503 naming helpdesk, whose refresh
+#    token was revoked above, with the fix (exit 1).
+probe_case() {
+	local out rc
+	"$AUTHBRIDGE" probe --config "$T/authbridge.yaml" || return 1
+	out=$("$AUTHBRIDGE" probe --ready --config "$T/authbridge.yaml" 2>&1)
+	rc=$?
+	say "$out"
+	expect "probe --ready exits 1" test "$rc" = 1 &&
+		expect "the reason names helpdesk and its fix" grep -q '"name":"helpdesk","state":"needs login:.*authbridge login helpdesk' <<<"$out"
+}
+run_case probe "authbridge probe: /healthz 200 (exit 0); --ready: 503 naming the revoked account (exit 1)" probe_case
 
 # ================================================================ summary
 ((FAILED == 0)) || dump_logs
