@@ -5,10 +5,12 @@
 //! entry point, used by `main.rs` and by the integration tests.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod limits;
+pub mod metrics;
 pub mod notify;
 pub mod password_hash;
 pub mod pidfile;

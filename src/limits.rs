@@ -2,7 +2,7 @@
 //!
 //! Protocol machines get [`ProtocolLimits`] (sizes and counts); the session driver uses
 //! [`Timeouts`] (one named deadline per network phase); the server and the failure tracker use
-//! [`ConnectionLimits`]. The `limits:` section of the config overrides any of them (see
+//! [`ConnectionLimits`]; the admin listener uses [`AdminLimits`]. The `limits:` section of the config overrides any of them (see
 //! `RawLimits` in `config/schema.rs` for the key names, `config/resolve/limits.rs` for their
 //! accepted ranges).
 //!
@@ -136,6 +136,38 @@ impl Default for ConnectionLimits {
             failure_delay_max: Duration::from_secs(3),
             early_upstream_per_source: 32,
             early_upstream_max: 1024,
+        }
+    }
+}
+
+/// Bounds of the admin listener (`/healthz`, `/readyz`, `/metrics`). Requests are tiny and come
+/// from probes and scrapers, so these are fixed rather than configurable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Concurrent admin connections; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in octets; larger gets `431` and a
+    /// close. hyper's smallest allowed read buffer is 8 KiB.
+    pub max_header_bytes: usize,
+    /// How long a client may take to send a whole request head (the slowloris bound).
+    pub header_read: Duration,
+    /// Lifetime of one admin connection, keep-alive included; then it is closed.
+    pub connection_total: Duration,
+    /// How long a stopping server waits for admin connections to finish their response.
+    pub shutdown_wait: Duration,
+    /// `authbridge probe`: the whole request (connect, send, status and body).
+    pub probe: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: 64,
+            max_header_bytes: 8 * 1024,
+            header_read: Duration::from_secs(5),
+            connection_total: Duration::from_secs(60),
+            shutdown_wait: Duration::from_secs(2),
+            probe: Duration::from_secs(5),
         }
     }
 }

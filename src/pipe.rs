@@ -1,6 +1,6 @@
 //! After login: forward what each side already sent, then copy bytes both ways until either side
 //! closes or both are silent for the idle timeout. No per-line work happens here; the only cost
-//! per read is one relaxed atomic store that records activity.
+//! per read is a relaxed atomic store that records activity and two atomic adds that count bytes.
 //!
 //! Closing is asymmetric. A client that half-closes (shuts down its write side after QUIT) still
 //! gets the upstream's last replies: its EOF is passed on and the upstream→client direction goes
@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::counter::Counter;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -46,6 +47,35 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let uncounted = (Counter::default(), Counter::default());
+    pipe_counted(
+        client,
+        upstream,
+        client_leftover,
+        upstream_leftover,
+        idle,
+        uncounted,
+    )
+    .await
+}
+
+/// [`pipe`], adding the bytes read from each side to `counters` (client → upstream, upstream →
+/// client) as they pass, so a long session shows in the metrics before it ends.
+pub async fn pipe_counted<C, U>(
+    client: C,
+    upstream: U,
+    client_leftover: &[u8],
+    upstream_leftover: &[u8],
+    idle: Duration,
+    counters: (Counter, Counter),
+) -> PipeEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (up_total, down_total) = counters;
+    up_total.inc_by(client_leftover.len() as u64);
+    down_total.inc_by(upstream_leftover.len() as u64);
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let client_shut = Arc::new(Notify::new());
@@ -55,6 +85,7 @@ where
         start,
         last: Arc::clone(&last),
         read: Arc::clone(&from_client),
+        total: up_total,
         shut: Some(Arc::clone(&client_shut)),
     };
     let mut upstream = Activity {
@@ -62,6 +93,7 @@ where
         start,
         last: Arc::clone(&last),
         read: Arc::clone(&from_upstream),
+        total: down_total,
         shut: None,
     };
     if !client_leftover.is_empty() {
@@ -115,6 +147,8 @@ struct Activity<S> {
     start: Instant,
     last: Arc<AtomicU64>,
     read: Arc<AtomicU64>,
+    /// The metrics counter of this direction.
+    total: Counter,
     shut: Option<Arc<Notify>>,
 }
 
@@ -131,6 +165,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
             let now = self.start.elapsed().as_millis() as u64;
             self.last.store(now, Ordering::Relaxed);
             self.read.fetch_add(n as u64, Ordering::Relaxed);
+            self.total.inc_by(n as u64);
         }
         res
     }

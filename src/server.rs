@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::admin::{AdminState, ListenerState, View};
 use crate::auth::{Credentials, FailureTracker};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::session::early::EarlyUpstreams;
 use crate::session::{self, Shared, Stop};
 
@@ -55,6 +57,12 @@ pub struct Running {
     /// Each listener's name and bound address at start (useful with port 0); after a reload see
     /// [`Running::listeners`].
     pub addrs: Vec<(String, SocketAddr)>,
+    /// The admin listener's bound address, when `admin.listen` is configured.
+    pub admin_addr: Option<SocketAddr>,
+    /// What `/metrics` exposes; recorders for the whole server.
+    pub metrics: Arc<Metrics>,
+    /// What `/readyz` reports on (a reload replaces its view).
+    pub admin: Arc<AdminState>,
     /// The token manager at start (a reload may replace it: [`Running::current_tokens`]).
     pub tokens: Arc<TokenManager>,
     /// The local credentials at start (their argon2 counters: tests, diagnostics).
@@ -87,6 +95,7 @@ impl Running {
     /// Count a reload that failed before it reached the server (the new file did not load).
     pub fn reload_failed_to_load(&self) {
         self.control.counts.record(false);
+        self.control.metrics.config_reload(false);
     }
 
     /// Each listener's name and bound address now.
@@ -185,7 +194,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
     if config.listeners.is_empty() {
         return Err(RunError::NoListeners);
     }
-    let tokens = token_manager_with(&config, server_token_settings(&config))?;
+    let metrics = Metrics::new();
+    let tokens = token_manager_with(&config, server_token_settings(&config, &metrics))?;
     let credentials = Credentials::new(&config.accounts);
     let failures = FailureTracker::new(config.limits.connections.clone());
     let early = EarlyUpstreams::new(
@@ -202,6 +212,36 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         })?;
         bound.push(Arc::new(listener));
     }
+    let admin = AdminState::new(
+        Arc::clone(&metrics),
+        View {
+            config: config.clone(),
+            tokens: Arc::clone(&tokens),
+            listeners: config
+                .listeners
+                .iter()
+                .zip(&bound)
+                .map(|(l, socket)| ListenerState {
+                    name: l.name.clone(),
+                    bound: Ok(socket.local_addr().unwrap_or(l.listen)),
+                })
+                .collect(),
+        },
+        shutdown.clone(),
+    );
+    let admin_server = match config.admin_listen {
+        None => None,
+        Some(addr) => Some(
+            crate::admin::start(addr, Arc::clone(&admin))
+                .await
+                .map_err(|source| RunError::Bind {
+                    name: "admin".into(),
+                    addr,
+                    source,
+                })?,
+        ),
+    };
+    let admin_addr = admin_server.as_ref().map(|a| a.addr);
 
     let control = Arc::new(Control {
         state: tokio::sync::Mutex::new(State {
@@ -210,6 +250,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
             credentials: Arc::clone(&credentials),
             failures,
             early,
+            metrics: Arc::clone(&metrics),
+            admin: Arc::clone(&admin),
             listeners: Vec::new(),
             config: config.clone(),
         }),
@@ -217,6 +259,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
         hard: CancellationToken::new(),
         tracker: TaskTracker::new(),
         counts: Counts::default(),
+        metrics: Arc::clone(&metrics),
     });
     let mut addrs = Vec::new();
     {
@@ -254,11 +297,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
                 let _ = tokio::time::timeout(HARD_STOP_WAIT, tracker.wait()).await;
             }
             state.background.abort();
+            // Alive (and answering 503 on /readyz) until the sessions are gone.
+            if let Some(admin) = admin_server {
+                admin.stop().await;
+            }
             info!("stopped");
         }
     });
     Ok(Running {
         addrs,
+        admin_addr,
+        metrics,
+        admin,
         tokens,
         credentials,
         control,
@@ -268,9 +318,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Runnin
 
 /// The token settings of a serving process: the config's limits and its `on_reauth_needed`
 /// hook (only the server runs the hook).
-fn server_token_settings(config: &Config) -> TokenSettings {
+fn server_token_settings(config: &Config, metrics: &Arc<Metrics>) -> TokenSettings {
     TokenSettings {
         on_reauth_needed: config.on_reauth_needed.clone(),
+        metrics: Some(Arc::clone(metrics)),
         ..config.limits.token_settings()
     }
 }

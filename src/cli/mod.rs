@@ -3,10 +3,10 @@
 //! or config error.
 //!
 //! One module per subcommand: [`run`], [`check`], [`login`], [`status`], [`import_token`],
-//! [`hash_password`], [`gen_cert`]; `failure.rs` (how a subcommand fails) and `setup.rs` (config
+//! [`hash_password`], [`gen_cert`], [`probe`]; `failure.rs` (how a subcommand fails) and `setup.rs` (config
 //! loading, the async runtime) serve them all, `account_arg.rs` the ACCOUNT argument of `login`
-//! and `import-token`. Room for the planned ones, each a module of its own:
-//! `reload` (SIGHUP to the running process) and `probe` (a health probe for containers).
+//! and `import-token`. Room for the planned one, a module of its own:
+//! `reload` (SIGHUP to the running process).
 //!
 //! Library modules never use `crate::cli`; the CLI may use any of them. `src/main.rs` only parses,
 //! dispatches and turns the outcome into the exit code.
@@ -22,6 +22,7 @@ pub mod gen_cert;
 pub mod hash_password;
 pub mod import_token;
 pub mod login;
+pub mod probe;
 pub mod reload;
 pub mod run;
 mod setup;
@@ -118,6 +119,18 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Health probe for containers: GET /healthz (or /readyz with --ready) of the admin
+    /// listener; exit 0 on 200, else 1 with the reason. Needs no shell or curl.
+    Probe {
+        /// Address to probe, e.g. http://127.0.0.1:9925 (default: admin.listen of the config).
+        #[arg(long)]
+        url: Option<String>,
+        /// Probe /readyz (every listener bound, every account able to get a token) instead.
+        #[arg(long)]
+        ready: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Runs one subcommand.
@@ -141,6 +154,7 @@ pub fn dispatch(command: Command) -> Result<(), Failure> {
         Command::ImportToken { account, config } => import_token::run(&account, config),
         Command::HashPassword { allow_line_breaks } => hash_password::run(allow_line_breaks),
         Command::GenCert { out, hosts, force } => gen_cert::run(&out, &hosts, force),
+        Command::Probe { url, ready, config } => probe::run(url, ready, config),
     }
 }
 

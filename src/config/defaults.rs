@@ -2,6 +2,7 @@
 //! provider and relay keys with a fixed default. (The `limits:` defaults live with
 //! [`crate::limits::Limits`]; keyword defaults are the `#[default]` variants in `schema`.)
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 /// Environment variable naming the config file.
@@ -15,6 +16,10 @@ pub(crate) const STATE_DIR: &str = "state";
 pub(super) const HOSTNAME: &str = "localhost";
 /// A Microsoft provider's `tenant` when it is left out (allowed only with `token_url`).
 pub(super) const MICROSOFT_TENANT: &str = "common";
+/// `admin.listen` when `admin:` is given without it: loopback, and not 8925 (the default
+/// redirect port of `authbridge login`).
+pub(super) const ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9925));
 /// A relay listener's `require_login`.
 pub(super) const RELAY_REQUIRE_LOGIN: bool = true;
 

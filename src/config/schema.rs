@@ -60,8 +60,8 @@ pub(super) struct RawLog {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
-    #[serde(deserialize_with = "listen_addr")]
-    pub(super) listen: SocketAddr,
+    #[serde(default, deserialize_with = "optional_listen_addr")]
+    pub(super) listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +179,13 @@ fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::
         }
     }
     d.deserialize_str(Visitor)
+}
+
+/// An optional `listen:` address (see [`listen_addr`]).
+fn optional_listen_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    listen_addr(d).map(Some)
 }
 
 /// Optional overrides of the defaults in [`crate::limits`] (sizes in octets, times in seconds

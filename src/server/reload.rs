@@ -34,9 +34,11 @@ use super::{
     AcceptLoop, KEEPALIVE_EVERY, KEEPALIVE_MAX_IDLE, accept_loop, bind_listener,
     server_token_settings,
 };
+use crate::admin::{AdminState, ListenerState, View};
 use crate::auth::{Credentials, FailureTracker};
 use crate::config::{Config, Listener};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::session::early::EarlyUpstreams;
 use crate::session::{Shared, Stop};
 use crate::token::{Reconfigured, TokenManager};
@@ -148,8 +150,8 @@ impl Counts {
     pub(super) fn record(&self, ok: bool) {
         let c = if ok { &self.ok } else { &self.failed };
         c.fetch_add(1, Ordering::Relaxed);
-        // METRICS HOOK (admin/metrics): call `metrics.config_reload(ok)` here; every reload,
-        // from the CLI, SIGHUP or the library, ends in exactly one call of this function.
+        // Every reload, from the CLI, SIGHUP or the library, ends in exactly one call of this
+        // function; its callers also count it in the metrics (`Control::metrics`).
     }
 
     pub(super) fn snapshot(&self) -> ReloadCounts {
@@ -213,6 +215,7 @@ pub(super) struct Common {
     mailboxes: HashMap<String, String>,
     limits: Limits,
     early: Arc<EarlyUpstreams>,
+    metrics: Arc<Metrics>,
 }
 
 impl Common {
@@ -226,6 +229,7 @@ impl Common {
             mailboxes: self.mailboxes.clone(),
             limits: self.limits.clone(),
             early: Arc::clone(&self.early),
+            metrics: Arc::clone(&self.metrics),
         })
     }
 }
@@ -238,6 +242,10 @@ pub(super) struct State {
     pub(super) failures: Arc<FailureTracker>,
     /// Pre-login upstream connections, counted across reloads (its limits need a restart).
     pub(super) early: Arc<EarlyUpstreams>,
+    /// Recorders for the whole server (kept across reloads).
+    pub(super) metrics: Arc<Metrics>,
+    /// What `/readyz` reports on; replaced after each applied reload.
+    pub(super) admin: Arc<AdminState>,
     pub(super) background: Background,
     pub(super) listeners: Vec<LiveListener>,
 }
@@ -257,6 +265,7 @@ impl State {
                 .collect(),
             limits: self.config.limits.clone(),
             early: Arc::clone(&self.early),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }
@@ -268,6 +277,8 @@ pub(super) struct Control {
     pub(super) hard: CancellationToken,
     pub(super) tracker: TaskTracker,
     pub(super) counts: Counts,
+    /// `authbridge_config_reloads_total` and the rest.
+    pub(super) metrics: Arc<Metrics>,
 }
 
 /// Where a listener of the new config gets its socket.
@@ -322,6 +333,7 @@ impl Control {
     pub(super) async fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
         let result = self.try_reload(new).await;
         self.counts.record(result.is_ok());
+        self.metrics.config_reload(result.is_ok());
         result
     }
 
@@ -377,7 +389,7 @@ impl Control {
         }
 
         // Commit.
-        let settings = server_token_settings(&new);
+        let settings = server_token_settings(&new, &state.metrics);
         let accounts = new.accounts.iter().map(|a| a.token_config()).collect();
         let (tokens, account_report) = state.tokens.reconfigured(accounts, settings);
         state.background.stop();
@@ -441,6 +453,17 @@ impl Control {
             info!(listener = %prev.name, addr = %prev.addr, "stopped listening (config reload)");
             self.drain(prev.name, prev.sessions, prev.hard, grace);
         }
+        state.admin.update(View {
+            config: state.config.clone(),
+            tokens: Arc::clone(&state.tokens),
+            listeners: live
+                .iter()
+                .map(|l| ListenerState {
+                    name: l.name.clone(),
+                    bound: Ok(l.addr),
+                })
+                .collect(),
+        });
         state.listeners = live;
         Ok(report)
     }

@@ -25,7 +25,8 @@ use tracing::{debug, info, warn};
 use crate::auth::{Blocked, Credentials, FailureTracker, LoggedName, Verdict};
 use crate::config::{ClientTlsMode, Listener, Protocol};
 use crate::limits::Limits;
-use crate::pipe::{PipeEnd, pipe};
+use crate::metrics::{LoginResult, Metrics};
+use crate::pipe::{PipeEnd, pipe_counted};
 use crate::protocol::imap::ImapClient;
 use crate::protocol::pop3::Pop3Client;
 use crate::protocol::smtp::SmtpClient;
@@ -52,6 +53,7 @@ pub struct Shared {
     pub limits: Limits,
     /// Upstream connections opened before login, counted across every listener.
     pub early: Arc<EarlyUpstreams>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Stop signals: `graceful` asks pre-login sessions to say goodbye; `hard` ends piped sessions.
@@ -196,6 +198,7 @@ where
 {
     let started = Instant::now();
     let l = &shared.listener;
+    let _active = shared.metrics.session_opened(&l.name);
     // A relay listener's allow_from narrows who may connect: others are refused before anything
     // is opened upstream.
     if let Some(relay) = &l.relay
@@ -291,7 +294,7 @@ where
         return;
     }
     tokio::select! {
-        end = pipe(client, up, &leftover, &up_leftover, idle) => match end {
+        end = pipe_counted(client, up, &leftover, &up_leftover, idle, shared.metrics.piped(&l.name)) => match end {
             PipeEnd::Closed { up, down } => info!(bytes_up = up, bytes_down = down, secs = started.elapsed().as_secs(), "session ended"),
             PipeEnd::Idle => info!(idle_secs = idle.as_secs(), "session closed: idle"),
             PipeEnd::Error(e) => info!(error = %e, "session ended with a connection error"),
@@ -318,8 +321,15 @@ fn connect_upstream(shared: &Shared) -> UpstreamSlot {
     let relay = l.relay.is_some();
     let hostname = shared.hostname.clone();
     let timeouts = shared.limits.timeouts.clone();
+    let metrics = Arc::clone(&shared.metrics);
+    let name = l.name.clone();
     let task = tokio::spawn(async move {
-        upstream::connect(&upstream, protocol, relay, &hostname, &timeouts).await
+        let begun = Instant::now();
+        let conn = upstream::connect(&upstream, protocol, relay, &hostname, &timeouts).await;
+        if conn.is_ok() {
+            metrics.upstream_connected(&name, begun.elapsed());
+        }
+        conn
     });
     UpstreamSlot::Pending(AbortOnDrop(task))
 }
@@ -487,7 +497,16 @@ impl Session {
         }
     }
 
+    /// The local check, the token and the upstream login; the outcome is counted in
+    /// `authbridge_logins_total`.
     async fn login(&mut self, req: LoginRequest) -> LoginOutcome {
+        let (outcome, result) = self.try_login(req).await;
+        let l = &self.shared.listener;
+        self.shared.metrics.login(&l.name, l.protocol, result);
+        outcome
+    }
+
+    async fn try_login(&mut self, req: LoginRequest) -> (LoginOutcome, LoginResult) {
         let shared = Arc::clone(&self.shared);
         let budget = shared.limits.timeouts.login_budget;
         let deadline = tokio::time::Instant::now() + budget;
@@ -496,26 +515,36 @@ impl Session {
             Some(account) => account,
             None => match self.check_password(&req, deadline).await {
                 Ok(account) => account,
-                Err(outcome) => return outcome,
+                Err(outcome) => {
+                    let result = match outcome {
+                        LoginOutcome::BadCredentials => LoginResult::bad_credentials,
+                        LoginOutcome::Throttled => LoginResult::throttled,
+                        _ => LoginResult::busy,
+                    };
+                    return (outcome, result);
+                }
             },
         };
         self.connect_if_deferred();
         if shared.listener.relay.is_some() {
             // Relay mode: the local login is all; nothing but the mail goes upstream.
+            let unreachable = LoginResult::upstream_unreachable;
             return match tokio::time::timeout_at(deadline, self.upstream.resolve(budget)).await {
                 Ok(Ok(_)) => {
                     info!(account = %account, "relay login ok");
-                    LoginOutcome::Success {
+                    let ok = LoginOutcome::Success {
                         untagged: Vec::new(),
                         text: "Authentication successful".into(),
-                    }
+                    };
+                    (ok, LoginResult::ok)
                 }
                 Ok(Err(why)) => {
                     warn!(reason = %why, "relay login: connector unavailable");
-                    LoginOutcome::Unavailable(why)
+                    (LoginOutcome::Unavailable(why), unreachable)
                 }
                 Err(_) => {
-                    LoginOutcome::Unavailable("the relay connector did not answer in time".into())
+                    let why = "the relay connector did not answer in time";
+                    (LoginOutcome::Unavailable(why.into()), unreachable)
                 }
             };
         }
@@ -530,7 +559,12 @@ impl Session {
                     budget.as_secs()
                 );
                 warn!(account = %account, "login failed: {why}");
-                LoginOutcome::Unavailable(why)
+                let result = if phase == "token endpoint" {
+                    LoginResult::token_unavailable
+                } else {
+                    LoginResult::upstream_unreachable
+                };
+                (LoginOutcome::Unavailable(why), result)
             }
         }
     }
@@ -589,12 +623,18 @@ impl Session {
         }
     }
 
-    async fn upstream_login(&mut self, account: &str, phase: &mut &'static str) -> LoginOutcome {
+    async fn upstream_login(
+        &mut self,
+        account: &str,
+        phase: &mut &'static str,
+    ) -> (LoginOutcome, LoginResult) {
         let shared = Arc::clone(&self.shared);
         let Some(mailbox) = shared.mailboxes.get(account).cloned() else {
-            return LoginOutcome::Unavailable(format!(
-                "account {account} has no mailbox configured"
-            ));
+            let why = format!("account {account} has no mailbox configured");
+            return (
+                LoginOutcome::Unavailable(why),
+                LoginResult::token_unavailable,
+            );
         };
         let auth_limit = shared.limits.timeouts.upstream_auth;
         *phase = "upstream connection";
@@ -606,7 +646,10 @@ impl Session {
             Ok(c) => c,
             Err(why) => {
                 warn!(account, reason = %why, "login failed: upstream unavailable");
-                return LoginOutcome::Unavailable(why);
+                return (
+                    LoginOutcome::Unavailable(why),
+                    LoginResult::upstream_unreachable,
+                );
             }
         };
         *phase = "token endpoint";
@@ -614,19 +657,23 @@ impl Session {
             Ok(t) => t,
             Err(e) => {
                 warn!(account, error = %e, "login failed: no access token");
-                return LoginOutcome::Unavailable(e.to_string());
+                return (unavailable(&e), LoginResult::token_unavailable);
             }
         };
         *phase = "upstream authentication";
-        let rejected = match conn.authenticate(&mailbox, &token.token, auth_limit).await {
+        let begun = Instant::now();
+        let first = conn.authenticate(&mailbox, &token.token, auth_limit).await;
+        let listener = &shared.listener.name;
+        shared.metrics.upstream_logged_in(listener, begun.elapsed());
+        let rejected = match first {
             Ok(AuthResult::Ok { untagged, text }) => {
                 info!(account, mailbox = %mailbox, "login ok");
-                return LoginOutcome::Success { untagged, text };
+                return (LoginOutcome::Success { untagged, text }, LoginResult::ok);
             }
             Ok(AuthResult::Rejected(text)) => text,
             Err(e) => {
                 warn!(account, error = %e, "login failed: upstream authentication broke off");
-                return LoginOutcome::Unavailable(e.to_string());
+                return (unavailable(&e), LoginResult::upstream_unreachable);
             }
         };
         info!(account, upstream = %rejected, "upstream refused the access token; refreshing it and retrying once");
@@ -635,25 +682,33 @@ impl Session {
             Ok(t) => t,
             Err(e) => {
                 warn!(account, error = %e, "login failed: token refresh after an upstream rejection failed");
-                return LoginOutcome::Unavailable(e.to_string());
+                return (unavailable(&e), LoginResult::token_unavailable);
             }
         };
         *phase = "upstream authentication";
-        match conn.authenticate(&mailbox, &token.token, auth_limit).await {
+        let begun = Instant::now();
+        let second = conn.authenticate(&mailbox, &token.token, auth_limit).await;
+        shared.metrics.upstream_logged_in(listener, begun.elapsed());
+        match second {
             Ok(AuthResult::Ok { untagged, text }) => {
                 info!(account, mailbox = %mailbox, "login ok after token refresh");
-                LoginOutcome::Success { untagged, text }
+                (LoginOutcome::Success { untagged, text }, LoginResult::ok)
             }
             Ok(AuthResult::Rejected(text)) => {
                 warn!(account, upstream = %text, hint = %upstream_hint(&text, &mailbox), "login failed: upstream refused a fresh token");
-                LoginOutcome::Rejected(text)
+                (LoginOutcome::Rejected(text), LoginResult::upstream_refused)
             }
             Err(e) => {
                 warn!(account, error = %e, "login failed: upstream authentication broke off");
-                LoginOutcome::Unavailable(e.to_string())
+                (unavailable(&e), LoginResult::upstream_unreachable)
             }
         }
     }
+}
+
+/// A failure the client is told about as temporary (4xx, `NO [UNAVAILABLE]`), with its text.
+fn unavailable(e: &impl std::fmt::Display) -> LoginOutcome {
+    LoginOutcome::Unavailable(e.to_string())
 }
 
 /// A one-line fix for upstream refusals we know (FACTS.md).

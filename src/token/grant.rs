@@ -12,6 +12,7 @@ use super::response::{
     DeviceAuthorization, TokenResponse, classify, classify_device_authorization,
 };
 use super::settings::TokenSettings;
+use crate::metrics::{Grant, TokenResult};
 use crate::secret::SecretString;
 
 /// One request to `provider`'s token endpoint on behalf of `account`.
@@ -33,6 +34,9 @@ pub async fn exchange(
         .await
         .map_err(|f| TokenError::from_failure(f, &ctx));
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if let Some(metrics) = &settings.metrics {
+        metrics.token_request(account, Grant::of(grant_type), token_result(&result));
+    }
     match &result {
         Ok(r) => tracing::info!(
             account,
@@ -66,6 +70,26 @@ pub async fn exchange(
         ),
     }
     result
+}
+
+/// A token request's outcome as a metrics label.
+fn token_result(result: &Result<TokenResponse, TokenError>) -> TokenResult {
+    match result {
+        Ok(_) => TokenResult::ok,
+        Err(e)
+            if matches!(
+                e.error.as_deref(),
+                Some("authorization_pending" | "slow_down")
+            ) =>
+        {
+            TokenResult::pending
+        }
+        Err(e) => match e.kind {
+            ErrorKind::Transient => TokenResult::transient,
+            ErrorKind::NotConfigured => TokenResult::not_configured,
+            ErrorKind::Permanent => TokenResult::refused,
+        },
+    }
 }
 
 /// The `grant_type` among a request's parameters, `""` if there is none.

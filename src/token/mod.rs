@@ -15,7 +15,8 @@
 //!   per account, replaced atomically.
 //! - [`StatusFiles`] (`state_file.rs`): non-secret per-account status (last refresh, last error,
 //!   needs-login) written by the manager for `authbridge status` in another process;
-//!   `unix_time.rs`: the seconds-since-epoch those files and the token files hold, read clamped.
+//!   `unix_time.rs`: the seconds-since-epoch those files and the token files hold, read clamped;
+//!   [`status_report`]: the per-account status line `authbridge status` and `/readyz` show.
 //! - [`ReauthHook`] (`hook.rs`): the `on_reauth_needed` command, run once per transition into
 //!   needs-login.
 //! - Plain data: `provider.rs` (providers and accounts), `settings.rs` ([`TokenSettings`]),
@@ -47,6 +48,7 @@ mod provider;
 mod response;
 mod settings;
 mod state_file;
+pub mod status_report;
 mod store;
 mod unix_time;
 

@@ -17,6 +17,8 @@ pub struct TokenSettings {
     pub on_reauth_needed: Option<Vec<String>>,
     /// The hook is killed after this long. Default 30 s.
     pub hook_timeout: Duration,
+    /// Where token requests are counted (`authbridge_token_requests_total`). Default none.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for TokenSettings {
@@ -27,6 +29,7 @@ impl Default for TokenSettings {
             max_response_bytes: 64 * 1024,
             on_reauth_needed: None,
             hook_timeout: Duration::from_secs(30),
+            metrics: None,
         }
     }
 }

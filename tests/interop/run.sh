@@ -51,7 +51,7 @@ dump_logs() { # the tail of every server's log, for a failed run
 # ---------------------------------------------------------------- packages
 # libsasl2-modules: PLAIN and LOGIN for the SASL client of the Postfix in front (a Recommends only).
 PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix libsasl2-modules php-cli libphp-phpmailer
-	php-symfony-mailer swaks libnet-ssleay-perl curl python3 openssl ca-certificates)
+	php-symfony-mailer swaks libnet-ssleay-perl curl python3 openssl ca-certificates prometheus)
 install_packages() {
 	local missing=() p
 	for p in "${PACKAGES[@]}"; do
@@ -306,10 +306,10 @@ FRONT_PASSWORD='postfix relay pass'
 
 read -r POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
 	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
-	AB_RELAY AB_RELAY_OPEN FRONT_SMTP <<<"$(free_ports 17)"
+	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT <<<"$(free_ports 19)"
 export POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
 	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
-	AB_RELAY AB_RELAY_OPEN FRONT_SMTP
+	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT
 AB_PORTS=($AB_SMTP $AB_SMTP_TLS $AB_IMAP $AB_IMAP_UP_ST $AB_IMAP_TLS $AB_IMAPS $AB_POP3 $AB_POP3_UP_ST
 	$AB_RELAY $AB_RELAY_OPEN)
 
@@ -844,6 +844,51 @@ all_logins_tls() {
 	expect "Dovecot saw logins" test "$total" -gt 0 && expect "none without TLS" test "$plain" = 0
 }
 run_case upstream-logins-over-tls "every Dovecot login (IMAPS, STARTTLS, POP3S, STLS) was inside TLS" all_logins_tls
+
+# 6. A real Prometheus (Debian's) scrapes the admin listener: the target is up and the login
+#    counters of this run are there. Stopped by pid at the end of the case.
+prom_query() { # PROMQL -> the first sample's value, or nothing
+	curl -sS -G "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/query" --data-urlencode "query=$1" 2>/dev/null |
+		"$PY" -c 'import json,sys; r = json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else "")' 2>/dev/null
+}
+prometheus_scrape() {
+	local dir="$T/prometheus" pid i up="" logins=""
+	mkdir -p "$dir"
+	printf '%s\n' 'global: { scrape_interval: 1s, scrape_timeout: 1s }' 'scrape_configs:' \
+		'  - job_name: authbridge' "    static_configs: [{ targets: [\"127.0.0.1:$AB_ADMIN\"] }]" \
+		>"$dir/prometheus.yml"
+	prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+		--web.listen-address="127.0.0.1:$PROMETHEUS_PORT" >"$T/prometheus.log" 2>&1 &
+	pid=$!
+	PIDS+=($pid)
+	for i in $(seq 60); do
+		up=$(prom_query 'up{job="authbridge"}')
+		logins=$(prom_query 'sum(authbridge_logins_total{result="ok"})')
+		[ "$up" = 1 ] && [ -n "$logins" ] && break
+		sleep 0.5
+	done
+	curl -sS "http://127.0.0.1:$PROMETHEUS_PORT/api/v1/targets" | head -c 2000
+	echo
+	say "up=$up ok-logins=$logins"
+	kill -TERM "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	expect "Prometheus scraped authbridge (up == 1)" test "$up" = 1 &&
+		expect "the login counters were scraped" test "${logins%%.*}" -gt 0
+}
+run_case prometheus-scrape "a real Prometheus scrapes the admin listener's /metrics (up == 1, login counters)" \
+	prometheus_scrape
+# 7. authbridge probe: /healthz answers 200; /readyz answers 503 naming helpdesk, whose refresh
+#    token was revoked above, with the fix (exit 1).
+probe_case() {
+	local out rc
+	"$AUTHBRIDGE" probe --config "$T/authbridge.yaml" || return 1
+	out=$("$AUTHBRIDGE" probe --ready --config "$T/authbridge.yaml" 2>&1)
+	rc=$?
+	say "$out"
+	expect "probe --ready exits 1" test "$rc" = 1 &&
+		expect "the reason names helpdesk and its fix" grep -q '"name":"helpdesk","state":"needs login:.*authbridge login helpdesk' <<<"$out"
+}
+run_case probe "authbridge probe: /healthz 200 (exit 0); --ready: 503 naming the revoked account (exit 1)" probe_case
 
 # ================================================================ summary
 ((FAILED == 0)) || dump_logs

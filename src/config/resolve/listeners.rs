@@ -279,6 +279,10 @@ mod tests {
             e.ends_with("listeners[0].listen: expected IP:PORT (e.g. 127.0.0.1:1587), got 1587"),
             "{e}"
         );
+        // `admin: {}` listens on the default, loopback and clear of login's redirect port 8925.
+        let c = parse("admin: {}\n").unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9925".parse().unwrap()));
+        assert_eq!(parse("").unwrap().admin_listen, None);
         let e = parse("admin: { listen: \"127.0.0.1\" }\n").unwrap_err();
         assert!(e.contains("admin.listen: expected IP:PORT"), "{e}");
     }

@@ -89,7 +89,10 @@ impl Resolver<'_> {
         let providers = self.providers(raw.providers)?;
         let accounts = self.accounts(raw.accounts, &providers)?;
         let listeners = self.listeners(raw.listeners)?;
-        let admin_listen = self.admin_listen(raw.admin.map(|a| a.listen), &listeners)?;
+        let admin_listen = raw
+            .admin
+            .map(|a| a.listen.unwrap_or(defaults::ADMIN_LISTEN));
+        let admin_listen = self.admin_listen(admin_listen, &listeners)?;
         let limits = self.limits(raw.limits)?;
         let on_reauth_needed = self.on_reauth_needed(raw.on_reauth_needed)?;
 
