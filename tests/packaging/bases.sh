@@ -2,7 +2,7 @@
 # Build the two local base images the Dockerfile needs when public registries are unreachable,
 # once per machine (an image that already exists is kept):
 #   $RUNTIME_BASE  Debian bookworm minbase (debootstrap from the configured mirror) ≈ bookworm-slim
-#   $BUILDER_BASE  the same plus gcc/libc6-dev (ring's C parts, the linker) and this machine's
+#   $BUILDER_BASE  that plus gcc/libc6-dev (ring's C parts, the linker) and this machine's
 #                  stable Rust toolchain copied from ~/.rustup (Debian's rustc is too old for
 #                  edition 2024 and static.rust-lang.org is not reachable here); its name carries
 #                  the rustc version, so a toolchain update builds a new one.
@@ -31,11 +31,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# bootstrap DIR [PACKAGES]: a bookworm minbase root in DIR, with PACKAGES (comma-separated) added.
+# bootstrap DIR: a bookworm minbase root in DIR.
 bootstrap() {
-  local dir=$1 include=${2:-}
-  echo "==> debootstrap --variant=minbase bookworm from $mirror${include:+ (+ $include)}"
-  debootstrap --variant=minbase ${include:+--include="$include"} bookworm "$dir" "$mirror" \
+  local dir=$1
+  echo "==> debootstrap --variant=minbase bookworm from $mirror"
+  debootstrap --variant=minbase bookworm "$dir" "$mirror" \
     >"$work/debootstrap.log" 2>&1 || { tail -n 30 "$work/debootstrap.log" >&2; return 1; }
   # What a container image does not need: apt lists and caches, docs.
   rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb \
@@ -56,14 +56,25 @@ fi
 if docker image inspect "$BUILDER_BASE" >/dev/null 2>&1; then
   echo "==> $BUILDER_BASE exists (cached)"
 else
-  bootstrap "$work/builder" gcc,libc6-dev,ca-certificates
-  # Only the toolchain itself (bin, lib, libexec): no docs, no rustup.
-  mkdir -p "$work/builder/usr/local/rust"
-  cp -a "$toolchain/bin" "$toolchain/lib" "$work/builder/usr/local/rust/"
-  [ -d "$toolchain/libexec" ] && cp -a "$toolchain/libexec" "$work/builder/usr/local/rust/"
-  tar -C "$work/builder" --one-file-system -c . | docker import \
-    --change "ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-    --change "ENV CARGO_HOME=/usr/local/cargo" --change 'CMD ["/bin/bash"]' - "$BUILDER_BASE" >/dev/null
+  # The runtime base plus a C toolchain from the same mirror (apt inside the build, host network),
+  # plus the Rust toolchain: cheaper than a second debootstrap.
+  echo "==> $BUILDER_BASE: $RUNTIME_BASE + gcc, libc6-dev + Rust $rust_version from $toolchain"
+  mkdir -p "$work/builder/rust"
+  # Only the toolchain itself (bin, lib, libexec): no docs, no rustup. Hard links when possible.
+  for part in bin lib libexec; do
+    [ -d "$toolchain/$part" ] || continue
+    cp -al "$toolchain/$part" "$work/builder/rust/" 2>/dev/null || cp -a "$toolchain/$part" "$work/builder/rust/"
+  done
+  cat >"$work/builder/Dockerfile" <<DOCKERFILE
+FROM $RUNTIME_BASE
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      gcc libc6-dev ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/*
+COPY rust/ /usr/local/rust/
+ENV PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    CARGO_HOME=/usr/local/cargo
+RUN cargo --version && cc --version | head -n 1
+DOCKERFILE
+  DOCKER_BUILDKIT=0 docker build --quiet --network host -t "$BUILDER_BASE" "$work/builder" >/dev/null
   rm -rf --one-file-system "$work/builder"
   echo "==> built $BUILDER_BASE"
 fi
