@@ -46,11 +46,17 @@ RUN set -eu; \
     cp target/release/authbridge target/release/authbridge-sandbox /out/bin/; \
     cp /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/; \
     /out/bin/authbridge --version
+# state_dir must be private (authbridge refuses a group/world-accessible one); debug info is not
+# needed in the image (backtraces keep function names).
+RUN set -eu; \
+    strip --strip-debug /out/bin/authbridge /out/bin/authbridge-sandbox; \
+    mkdir -p /out/state/authbridge/var/lib/authbridge /out/state/sandbox/var/lib/authbridge-sandbox; \
+    chmod 0700 /out/state/authbridge/var/lib/authbridge /out/state/sandbox/var/lib/authbridge-sandbox
 
 # The fake Entra ID + Exchange Online, for compose's `sandbox` profile and tests (never production).
 FROM ${RUNTIME_IMAGE} AS sandbox
 COPY --from=builder /out/bin/authbridge-sandbox /usr/local/bin/authbridge-sandbox
-COPY --from=builder --chown=10001:10001 /out/state/ /var/lib/authbridge-sandbox/
+COPY --from=builder --chown=10001:10001 /out/state/sandbox/var/lib/ /var/lib/
 USER 10001:10001
 WORKDIR /var/lib/authbridge-sandbox
 VOLUME ["/var/lib/authbridge-sandbox"]
@@ -61,8 +67,9 @@ CMD ["serve", "--dir", "/var/lib/authbridge-sandbox"]
 FROM ${RUNTIME_IMAGE} AS authbridge
 COPY --from=builder /out/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/bin/authbridge /usr/local/bin/authbridge
-# state_dir: owned by the runtime user so a fresh named volume is writable.
-COPY --from=builder --chown=10001:10001 /out/state/ /var/lib/authbridge/
+# state_dir: owned by the runtime user and private (0700: authbridge refuses anything wider), so
+# a fresh named volume starts out right. Copied as a subdirectory so its mode comes along.
+COPY --from=builder --chown=10001:10001 /out/state/authbridge/var/lib/ /var/lib/
 ENV AUTHBRIDGE_CONFIG=/etc/authbridge/authbridge.yaml \
     AUTHBRIDGE_LOG_FORMAT=json
 # Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd entry.
