@@ -160,15 +160,46 @@ owner=$(docker run --rm --pull never --entrypoint stat -v "$volume:/s" "$ab_imag
 [ "$owner" = "10001:10001 600" ] || { echo "FAIL: master.key in the state volume is '$owner', expected '10001:10001 600'" >&2; exit 1; }
 
 # --- clean stop: SIGTERM drains and exits 0 before docker's timeout ----------------------------
+# An IMAP session logged in before the stop must keep working after SIGTERM (drain, not cut)
+# while the listeners stop accepting; once it logs out, authbridge exits 0.
+python3 - "$imap_port" "$work" <<'PY' &
+import imaplib, os, sys, time
+port, work = int(sys.argv[1]), sys.argv[2]
+m = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+m.login("glpi", "demo-password")
+m.select("INBOX")
+open(f"{work}/session-ready", "w").close()
+for _ in range(300):
+    if os.path.exists(f"{work}/sigterm-seen"):
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("drain: SIGTERM was never seen")
+typ, data = m.noop()
+if typ != "OK":
+    sys.exit(f"drain: NOOP after SIGTERM answered {typ} {data}")
+m.logout()
+open(f"{work}/session-done", "w").close()
+PY
+session=$!
+for _ in $(seq 150); do [ -e "$work/session-ready" ] && break; sleep 0.2; done
+[ -e "$work/session-ready" ] || { echo "FAIL: could not open an IMAP session before the stop" >&2; exit 1; }
 t0=$SECONDS
-docker stop -t 30 "$tag" >/dev/null
+docker stop -t 30 "$tag" >/dev/null &
+stopper=$!
+# SIGTERM handled: the listener refuses new connections.
+for _ in $(seq 100); do in_use "$smtp_port" || break; sleep 0.1; done
+! in_use "$smtp_port" || { echo "FAIL: the SMTP listener still accepts 10 s after docker stop" >&2; exit 1; }
+touch "$work/sigterm-seen"
+wait "$session" || { echo "FAIL: the IMAP session open at SIGTERM did not keep working until its logout" >&2; exit 1; }
+wait "$stopper"
 stop_secs=$((SECONDS - t0))
 code=$(docker inspect -f '{{.State.ExitCode}}' "$tag")
 [ "$code" = 0 ] || { echo "FAIL: authbridge exited $code on docker stop (137 = killed after the timeout)" >&2; exit 1; }
 docker logs "$tag" >"$work/authbridge.log" 2>&1
 grep -q 'SIGTERM: shutting down' "$work/authbridge.log" ||
   { echo "FAIL: no 'SIGTERM: shutting down' in the container's log" >&2; exit 1; }
-echo "==> docker stop: exit 0 after ${stop_secs} s"
+echo "==> docker stop: a session open at SIGTERM kept working until its logout; exit 0 after ${stop_secs} s"
 
 # Logs: one JSON object per line on stdout, and no secret in them.
 python3 - "$work/authbridge.log" <<'PY'
