@@ -57,8 +57,10 @@ start_dockerd "$work"
 build_args=()
 if [ -z "${PUBLIC_BASES:-}" ]; then
   t0=$SECONDS
-  bases=$(bash tests/packaging/bases.sh | tee /dev/stderr | sed -n 's/^\(RUNTIME_BASE\|BUILDER_BASE\)=//p')
-  runtime_base=$(echo "$bases" | sed -n 1p) builder_base=$(echo "$bases" | sed -n 2p)
+  bash tests/packaging/bases.sh >"$work/bases.out"
+  cat "$work/bases.out"
+  runtime_base=$(sed -n 's/^RUNTIME_BASE=//p' "$work/bases.out")
+  builder_base=$(sed -n 's/^BUILDER_BASE=//p' "$work/bases.out")
   build_args=(--build-arg "BUILDER_IMAGE=$builder_base" --build-arg "RUNTIME_IMAGE=$runtime_base")
   echo "==> bases ready in $((SECONDS - t0)) s"
   t0=$SECONDS
