@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod diagnosis;
 pub mod limits;
 pub mod password_hash;
 pub mod pipe;

@@ -125,7 +125,13 @@ pub async fn check(config: &Config, out: &mut dyn Write) -> bool {
                         "listener {} as {}: upstream login FAILED: {text} — {}",
                         l.name,
                         a.name,
-                        crate::session::upstream_hint(&text, &a.mailbox)
+                        crate::diagnosis::hint(
+                            &text,
+                            &crate::diagnosis::Context {
+                                mailbox: &a.mailbox,
+                                ..Default::default()
+                            }
+                        )
                     )
                 }
                 Err(e) => {

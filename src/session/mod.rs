@@ -524,6 +524,11 @@ impl Session {
         *phase = "upstream authentication";
         let rejected = match conn.authenticate(&mailbox, &token.token, auth_limit).await {
             Ok(AuthResult::Ok { untagged, text }) => {
+                if let Err(refused) =
+                    mailbox_opens(conn, shared.listener.protocol, auth_limit).await
+                {
+                    return not_connected(account, &mailbox, shared.listener.protocol, refused);
+                }
                 info!(account, mailbox = %mailbox, "login ok");
                 return LoginOutcome::Success { untagged, text };
             }
@@ -545,11 +550,22 @@ impl Session {
         *phase = "upstream authentication";
         match conn.authenticate(&mailbox, &token.token, auth_limit).await {
             Ok(AuthResult::Ok { untagged, text }) => {
+                if let Err(refused) =
+                    mailbox_opens(conn, shared.listener.protocol, auth_limit).await
+                {
+                    return not_connected(account, &mailbox, shared.listener.protocol, refused);
+                }
                 info!(account, mailbox = %mailbox, "login ok after token refresh");
                 LoginOutcome::Success { untagged, text }
             }
             Ok(AuthResult::Rejected(text)) => {
-                warn!(account, upstream = %text, hint = %upstream_hint(&text, &mailbox), "login failed: upstream refused a fresh token");
+                let ctx = crate::diagnosis::Context {
+                    mailbox: &mailbox,
+                    account,
+                    protocol: Some(shared.listener.protocol),
+                    ..Default::default()
+                };
+                warn!(account, upstream = %text, hint = %crate::diagnosis::hint(&text, &ctx), "login failed: upstream refused a fresh token");
                 LoginOutcome::Rejected(text)
             }
             Err(e) => {
@@ -560,21 +576,55 @@ impl Session {
     }
 }
 
-/// A one-line fix for upstream refusals we know (FACTS.md).
-pub fn upstream_hint(text: &str, mailbox: &str) -> String {
-    if text.contains("5.7.139") || text.contains("SmtpClientAuthentication is disabled") {
-        format!(
-            "SMTP AUTH is disabled for the mailbox or tenant: run `Set-CASMailbox -Identity {mailbox} -SmtpClientAuthenticationDisabled $false` in Exchange Online PowerShell"
-        )
-    } else if text.contains("not connected") {
-        format!(
-            "the token is valid but has no rights on {mailbox}: for app-only access run New-ServicePrincipal and Add-MailboxPermission for the app in Exchange Online"
-        )
-    } else {
-        format!(
-            "check that the app registration has the IMAP/POP/SMTP permissions (delegated or app-only) and that {mailbox} is the signed-in user or a mailbox the app may access"
-        )
+/// The tag of the post-login `NOOP` (its reply is read by the session, never by the client).
+const PROBE_TAG: &str = "authbridge-probe";
+
+/// IMAP and POP3: Exchange accepts the XOAUTH2 login of a token that may not open the mailbox
+/// and fails every later command with "User is authenticated but not connected." One `NOOP`
+/// after the login finds that before the client is told it is logged in. `Err` carries the
+/// upstream's refusal or why the probe failed; SMTP has nothing to check here.
+async fn mailbox_opens(
+    conn: &mut Connected,
+    protocol: Protocol,
+    limit: Duration,
+) -> Result<(), String> {
+    use crate::protocol::probe::ReplyKind;
+    let (line, kind) = match protocol {
+        Protocol::Smtp => return Ok(()),
+        Protocol::Imap => (
+            format!("{PROBE_TAG} NOOP\r\n"),
+            ReplyKind::Imap {
+                tag: PROBE_TAG.to_string(),
+            },
+        ),
+        Protocol::Pop3 => ("NOOP\r\n".to_string(), ReplyKind::Pop3),
+    };
+    match conn.command(line.as_bytes(), kind, limit).await {
+        Ok(r) if r.ok => Ok(()),
+        Ok(r) => Err(r.text),
+        Err(e) => Err(e.to_string()),
     }
+}
+
+/// The login succeeded upstream but the mailbox cannot be used: a temporary-class refusal to
+/// the client (IMAP `NO [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`: a collector retries later
+/// and nothing is lost) and the fix in the log.
+fn not_connected(
+    account: &str,
+    mailbox: &str,
+    protocol: Protocol,
+    refused: String,
+) -> LoginOutcome {
+    let ctx = crate::diagnosis::Context {
+        mailbox,
+        account,
+        protocol: Some(protocol),
+        ..Default::default()
+    };
+    warn!(account, upstream = %refused, hint = %crate::diagnosis::hint(&refused, &ctx), "login failed: upstream accepted the token but cannot open the mailbox");
+    LoginOutcome::Unavailable(format!(
+        "the mailbox server accepted the login but cannot open {mailbox} ({refused}); an administrator must grant access (see the authbridge log)"
+    ))
 }
 
 /// Write `out` to the client; a client that does not take it within `limit` is gone.
