@@ -84,7 +84,7 @@ pub const EXCHANGE_AUDIENCES: [&str; 2] = [
 ];
 
 /// Every known problem, most specific first (the first whose pattern matches wins).
-pub const KNOWN: &[Known] = &[
+pub static KNOWN: &[Known] = &[
     Known {
         id: "smtp_auth_disabled",
         symptom: "`535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox` (or `… for the Tenant`)",

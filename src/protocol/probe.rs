@@ -61,6 +61,8 @@ pub struct ReplyReader {
     lines: usize,
     /// Bytes of an IMAP literal still to skip.
     skip: usize,
+    /// The next IMAP line continues an untagged response after a literal.
+    continued: bool,
 }
 
 impl ReplyReader {
@@ -69,6 +71,7 @@ impl ReplyReader {
             kind,
             lines: 0,
             skip: 0,
+            continued: false,
         }
     }
 
@@ -105,9 +108,11 @@ impl ReplyReader {
     fn line(&mut self, line: &[u8]) -> Result<Option<ProbeReply>, ProbeError> {
         match &self.kind {
             ReplyKind::Imap { tag } => {
-                if line.starts_with(b"* ") || line == b"*" {
+                if self.continued || line.starts_with(b"* ") || line == b"*" {
+                    self.continued = false;
                     if let Some(n) = literal_len(line)? {
                         self.skip = n;
+                        self.continued = true;
                     }
                     return Ok(None);
                 }
