@@ -428,3 +428,96 @@ async fn json_report_one_object_per_account_and_listener() {
     // The token itself is nowhere in the output.
     assert!(!out.contains("eyJ0eXAiOiJKV1Qi"), "{out}");
 }
+
+/// `"…"` with `\` and `"` escaped (laminas-mail's LOGIN quoting).
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The same failures in real client sessions through the proxy: the reply docs/replies.md
+/// documents, and the fix in the log (isolated: it captures this process's logs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_replies_and_logged_hints() {
+    if run_isolated("session_replies_and_logged_hints", &[]) {
+        return;
+    }
+    let capture = LogCapture::install(tracing::Level::INFO);
+    let login = format!("LOGIN {USER} {}", quote(PASSWORD));
+
+    // SMTP AUTH disabled: 535 with Exchange's text, and the Set-CASMailbox fix in the log.
+    let env = Env::start().await;
+    env.sandbox.set_mailbox_settings(
+        MAILBOX,
+        MailboxSettings {
+            smtp_auth_disabled: true,
+            imap_disabled: true,
+            ..Default::default()
+        },
+    );
+    let mut c = LineClient::connect(env.addr("smtp")).await;
+    c.reply().await;
+    c.cmd("EHLO glpi").await;
+    let blob = b64(format!("\0{USER}\0{PASSWORD}").as_bytes());
+    let r = c.cmd(&format!("AUTH PLAIN {blob}")).await;
+    assert!(r.starts_with("535 5.7.139"), "{r}");
+    let logs = capture.text();
+    assert!(
+        logs.contains(
+            "Set-CASMailbox -Identity tickets@contoso.com -SmtpClientAuthenticationDisabled $false"
+        ),
+        "{logs}"
+    );
+    // IMAP disabled: NO [AUTHENTICATIONFAILED] and the ImapEnabled fix.
+    let mut c = LineClient::connect(env.addr("imap")).await;
+    c.line().await;
+    let (_, r) = c.imap("a1", &login).await;
+    assert!(r.starts_with("a1 NO [AUTHENTICATIONFAILED] AUTHENTICATE failed."), "{r}");
+    assert!(
+        capture
+            .text()
+            .contains("Set-CASMailbox -Identity tickets@contoso.com -ImapEnabled $true"),
+        "{}",
+        capture.text()
+    );
+
+    // App without mailbox permission: Exchange accepts AUTHENTICATE; the proxy's NOOP finds
+    // "authenticated but not connected" and the client gets a temporary-class refusal.
+    let env = Env::start_with(app_only()).await;
+    env.sandbox
+        .set_app_mailbox_permission(CLIENT_ID, MAILBOX, false);
+    let mut c = LineClient::connect(env.addr("imap")).await;
+    c.line().await;
+    let (_, r) = c.imap("a1", &login).await;
+    assert!(
+        r.starts_with("a1 NO [UNAVAILABLE]") && r.contains("User is authenticated but not connected"),
+        "{r}"
+    );
+    let mut c = LineClient::connect(env.addr("pop3")).await;
+    c.line().await;
+    c.send(&format!("USER {USER}")).await;
+    c.line().await;
+    c.send(&format!("PASS {PASSWORD}")).await;
+    let r = c.line().await.unwrap();
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    let logs = capture.text();
+    assert_eq!(
+        logs.matches("upstream accepted the token but cannot open the mailbox")
+            .count(),
+        2,
+        "{logs}"
+    );
+    assert!(
+        logs.contains("Add-MailboxPermission -Identity tickets@contoso.com"),
+        "{logs}"
+    );
+    // Granted again, the same session form logs in and selects.
+    env.sandbox
+        .set_app_mailbox_permission(CLIENT_ID, MAILBOX, true);
+    let mut c = LineClient::connect(env.addr("imap")).await;
+    c.line().await;
+    let (_, r) = c.imap("a1", &login).await;
+    assert!(r.starts_with("a1 OK"), "{r}");
+    let (_, r) = c.imap("a2", "SELECT INBOX").await;
+    assert!(r.starts_with("a2 OK"), "{r}");
+    assert_no_secrets(&capture.text(), &[PASSWORD.to_string()]);
+}

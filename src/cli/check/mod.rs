@@ -160,7 +160,7 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
             }
             Err(e) => {
                 ar.findings
-                    .push(Finding::failed(format!("token FAILED: {e}"), None));
+                    .push(Finding::failed(format!("could not get a token: {e}"), None));
             }
         }
         report.accounts.push(ar);
