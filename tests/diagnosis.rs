@@ -471,7 +471,10 @@ async fn session_replies_and_logged_hints() {
     let mut c = LineClient::connect(env.addr("imap")).await;
     c.line().await;
     let (_, r) = c.imap("a1", &login).await;
-    assert!(r.starts_with("a1 NO [AUTHENTICATIONFAILED] AUTHENTICATE failed."), "{r}");
+    assert!(
+        r.starts_with("a1 NO [AUTHENTICATIONFAILED] AUTHENTICATE failed."),
+        "{r}"
+    );
     assert!(
         capture
             .text()
@@ -489,7 +492,8 @@ async fn session_replies_and_logged_hints() {
     c.line().await;
     let (_, r) = c.imap("a1", &login).await;
     assert!(
-        r.starts_with("a1 NO [UNAVAILABLE]") && r.contains("User is authenticated but not connected"),
+        r.starts_with("a1 NO [UNAVAILABLE]")
+            && r.contains("User is authenticated but not connected"),
         "{r}"
     );
     let mut c = LineClient::connect(env.addr("pop3")).await;

@@ -102,12 +102,14 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
     let mut report = Report {
         config: config.file.display().to_string(),
         ok: true,
-        findings: vec![Finding::ok(format!(
-            "{} OK (accounts: {}, listeners: {})",
-            config.file.display(),
-            config.accounts.len(),
-            config.listeners.len()
-        ))],
+        findings: vec![
+            Finding::ok(format!(
+                "OK (accounts: {}, listeners: {})",
+                config.accounts.len(),
+                config.listeners.len()
+            ))
+            .about(format!("config {}", config.file.display())),
+        ],
         accounts: Vec::new(),
         listeners: Vec::new(),
     };
@@ -418,15 +420,12 @@ fn listen_addresses_free(config: &Config) -> Vec<Finding> {
                     }
                     _ => format!("cannot listen on {addr}: {e} — check {key}"),
                 };
-                findings.push(Finding::failed(format!("{what}: {why}"), None));
+                findings.push(Finding::failed(why, None).about(what));
             }
         }
     }
     if !free.is_empty() {
-        findings.push(Finding::ok(format!(
-            "listen addresses: free ({})",
-            free.join(", ")
-        )));
+        findings.push(Finding::ok(format!("free ({})", free.join(", "))).about("listen addresses"));
     }
     findings
 }

@@ -28,6 +28,10 @@ pub struct Finding {
     pub what: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
+    /// What the line is about, when not its section's subject (e.g. `listener smtp` among the
+    /// config-wide findings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 impl Finding {
@@ -37,6 +41,7 @@ impl Finding {
             id: None,
             what: what.into(),
             fix: None,
+            subject: None,
         }
     }
 
@@ -46,6 +51,7 @@ impl Finding {
             id: None,
             what: what.into(),
             fix,
+            subject: None,
         }
     }
 
@@ -55,7 +61,13 @@ impl Finding {
             id: None,
             what: what.into(),
             fix,
+            subject: None,
         }
+    }
+
+    pub fn about(mut self, subject: impl Into<String>) -> Finding {
+        self.subject = Some(subject.into());
+        self
     }
 
     pub fn with_id(mut self, id: &'static str) -> Finding {
@@ -166,6 +178,7 @@ impl Report {
     /// One line per finding: `subject: what` for OK, `subject: FAILED: what — fix: …`.
     pub fn write_human(&self, out: &mut dyn Write) {
         let line = |out: &mut dyn Write, subject: &str, f: &Finding| {
+            let subject = f.subject.as_deref().unwrap_or(subject);
             let _ = match (f.status, &f.fix) {
                 (Status::Ok, _) => writeln!(out, "{subject}: {}", f.what),
                 (Status::Warning, None) => writeln!(out, "{subject}: WARNING: {}", f.what),
@@ -205,7 +218,7 @@ impl Report {
             if self.ok {
                 "check: all OK"
             } else {
-                "check: FAILED (see the lines above)"
+                "check: some checks failed (see the lines above)"
             }
         );
     }
