@@ -34,8 +34,10 @@ certificate with its chain for the first allowed name) (default DIR: ./sandbox-d
 endpoints and runs until SIGINT or SIGTERM. --max-sessions: concurrent sessions per listener
 (default 512); --idle-timeout: a silent mail session is dropped after this (default 300);
 --opaque-tokens on: access tokens are opaque strings instead of JWTs (default off).
-Exchange's failure modes are switched at run time with POST /_sandbox/mailbox and /_sandbox/app
-(see the sandbox README section in docs/cli.md).";
+Exchange's failure modes are switched at run time on the token service: POST /_sandbox/mailbox
+with JSON keys mailbox, smtp_auth_disabled, imap_disabled, pop_disabled, send_as_denied;
+POST /_sandbox/app with client_id, roles (a list), service_principal, mailbox, mailbox_permission;
+POST /_sandbox/tokens with opaque; the connector's with POST /_sandbox/connector.";
 
 /// Parsed `serve` arguments.
 #[derive(Debug, Clone)]
