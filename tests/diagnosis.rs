@@ -523,5 +523,32 @@ async fn session_replies_and_logged_hints() {
     assert!(r.starts_with("a1 OK"), "{r}");
     let (_, r) = c.imap("a2", "SELECT INBOX").await;
     assert!(r.starts_with("a2 OK"), "{r}");
+
+    // Relay: the connector's TenantAttribution reaches the client unchanged; the log says how to
+    // set up the connector.
+    let mut env = Env::start().await;
+    let yaml = std::fs::read_to_string(&env.config_path).unwrap();
+    let yaml = format!(
+        "{yaml}  - name: relay\n    protocol: smtp\n    mode: relay\n    listen: 127.0.0.1:0\n    \
+         upstream: {{ host: 127.0.0.1, port: {}, tls: starttls, server_name: localhost, ca_file: ca.pem }}\n",
+        env.sandbox.connector_addr().port()
+    );
+    std::fs::write(&env.config_path, yaml).unwrap();
+    env.stop_proxy().await;
+    env.start_proxy().await;
+    let mut c = LineClient::connect(env.addr("relay")).await;
+    c.reply().await;
+    c.cmd("EHLO glpi").await;
+    let r = c.cmd(&format!("AUTH PLAIN {blob}")).await;
+    assert!(r.starts_with("235"), "{r}");
+    let r = c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("RCPT TO:<someone@contoso.com>").await;
+    assert!(r.starts_with("550 5.7.64 TenantAttribution"), "{r}");
+    let logs = capture.text();
+    assert!(
+        logs.contains("relay: the connector refused") && logs.contains("inbound connector"),
+        "{logs}"
+    );
     assert_no_secrets(&capture.text(), &[PASSWORD.to_string()]);
 }

@@ -116,9 +116,11 @@ impl ReplyReader {
                     }
                     return Ok(None);
                 }
+                // Tags are compared without regard to case (some servers echo them upper-cased).
                 let rest = line
-                    .strip_prefix(tag.as_bytes())
-                    .and_then(|r| r.strip_prefix(b" "))
+                    .get(..tag.len())
+                    .filter(|t| t.eq_ignore_ascii_case(tag.as_bytes()))
+                    .and_then(|_| line[tag.len()..].strip_prefix(b" "))
                     .ok_or_else(|| ProbeError::Malformed(text(line)))?;
                 let status = rest.split(|b| *b == b' ').next().unwrap_or_default();
                 Ok(Some(ProbeReply {

@@ -581,13 +581,13 @@ const PROBE_TAG: &str = "authbridge-probe";
 
 /// IMAP and POP3: Exchange accepts the XOAUTH2 login of a token that may not open the mailbox
 /// and fails every later command with "User is authenticated but not connected." One `NOOP`
-/// after the login finds that before the client is told it is logged in. `Err` carries the
-/// upstream's refusal or why the probe failed; SMTP has nothing to check here.
+/// after the login finds that before the client is told it is logged in. SMTP has nothing to
+/// check here.
 async fn mailbox_opens(
     conn: &mut Connected,
     protocol: Protocol,
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<(), MailboxCheck> {
     use crate::protocol::probe::ReplyKind;
     let (line, kind) = match protocol {
         Protocol::Smtp => return Ok(()),
@@ -601,9 +601,17 @@ async fn mailbox_opens(
     };
     match conn.command(line.as_bytes(), kind, limit).await {
         Ok(r) if r.ok => Ok(()),
-        Ok(r) => Err(r.text),
-        Err(e) => Err(e.to_string()),
+        Ok(r) => Err(MailboxCheck::Refused(r.text)),
+        Err(e) => Err(MailboxCheck::Broken(e.to_string())),
     }
+}
+
+/// Why the mailbox could not be used after a successful upstream login.
+enum MailboxCheck {
+    /// The upstream refused the first command (its text).
+    Refused(String),
+    /// The connection failed (reset, closed, timeout).
+    Broken(String),
 }
 
 /// The login succeeded upstream but the mailbox cannot be used: a temporary-class refusal to
@@ -613,8 +621,17 @@ fn not_connected(
     account: &str,
     mailbox: &str,
     protocol: Protocol,
-    refused: String,
+    why: MailboxCheck,
 ) -> LoginOutcome {
+    let refused = match why {
+        MailboxCheck::Refused(text) => text,
+        MailboxCheck::Broken(e) => {
+            warn!(account, error = %e, "login failed: the upstream connection broke right after the login");
+            return LoginOutcome::Unavailable(format!(
+                "the upstream connection broke right after the login: {e}"
+            ));
+        }
+    };
     let ctx = crate::diagnosis::Context {
         mailbox,
         account,

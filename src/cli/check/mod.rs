@@ -187,13 +187,29 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
             let send = send_to.as_ref().filter(|_| {
                 sent_through.insert((l.upstream.host.clone(), l.upstream.port, sender.clone()))
             });
-            let outcome = probe::relay_probe(config, l, &sender, send).await;
+            // A recipient inside the tenant: the first account's mailbox, else the sender.
+            let rcpt = config
+                .accounts
+                .first()
+                .map_or_else(|| sender.clone(), |a| a.mailbox.clone());
+            let outcome = probe::relay_probe(config, l, &sender, &rcpt, send).await;
             let ctx = Context {
                 mailbox: &sender,
                 protocol: Some(Protocol::Smtp),
                 ..Default::default()
             };
-            lr.findings.push(outcome_finding(&outcome, &ctx, None));
+            let mut f = outcome_finding(&outcome, &ctx, None);
+            if f.status == Status::Failed
+                && f.id.is_none()
+                && !matches!(outcome, Outcome::Broken(_))
+            {
+                f.fix = Some(format!(
+                    "the connector refused the probe (MAIL FROM:<{sender}>, RCPT TO:<{rcpt}>): check \
+                     that both addresses exist in your tenant and that its inbound connector \
+                     accepts mail from this host"
+                ));
+            }
+            lr.findings.push(f);
             report.listeners.push(lr);
             continue;
         }

@@ -92,11 +92,12 @@ pub async fn login_and_probe(
 }
 
 /// A relay listener: EHLO and STARTTLS happen in `connect`; then `MAIL FROM:<sender>`,
-/// `RCPT TO:<sender>`, `RSET` (or the whole test message).
+/// `RCPT TO:<rcpt>`, `RSET` (or the whole test message).
 pub async fn relay_probe(
     config: &Config,
     l: &Listener,
     sender: &str,
+    rcpt: &str,
     send: Option<&SendTest<'_>>,
 ) -> Outcome {
     let t = &config.limits.timeouts;
@@ -108,7 +109,7 @@ pub async fn relay_probe(
     smtp_transaction(
         &mut conn,
         sender,
-        sender,
+        rcpt,
         send,
         t.relay_reply,
         "connector reachable, TLS OK",
