@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod diagnosis;
 pub mod limits;
 pub mod metrics;
 pub mod notify;

@@ -538,7 +538,10 @@ async fn fake_dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let line = line.trim_end().to_string();
         seen.lock().unwrap().push(line.clone());
-        if fault == Fault::ResetInDialogue || (authed && fault == Fault::ResetInPipe) {
+        // authbridge's own post-login NOOP (IMAP, POP3) is answered; the client's next command
+        // meets the reset.
+        let probe = line.ends_with(" NOOP") || line == "NOOP";
+        if fault == Fault::ResetInDialogue || (authed && fault == Fault::ResetInPipe && !probe) {
             return;
         }
         let mut words = line.split(' ');
@@ -578,6 +581,7 @@ async fn fake_dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                         authed = true;
                         format!("{tag} OK AUTHENTICATE completed.\r\n")
                     }
+                    "NOOP" if authed => format!("{tag} OK NOOP completed.\r\n"),
                     _ => format!("{tag} BAD no\r\n"),
                 }
             }
@@ -601,6 +605,7 @@ async fn fake_dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     authed = true;
                     "+OK authenticated\r\n".into()
                 }
+                "NOOP" if authed => "+OK\r\n".into(),
                 _ => "-ERR no\r\n".into(),
             },
         };

@@ -66,7 +66,10 @@ fn status_needs_no_secret_and_shows_a_failed_check_until_fixed() {
     // check fails (the token endpoint is closed) …
     let (code, out, err) = authbridge(&["check"], &config, &[(SECRET_ENV, "s3cret")]);
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(out.contains("account tickets: token FAILED"), "{out}");
+    assert!(
+        out.contains("account tickets: FAILED: could not get a token"),
+        "{out}"
+    );
 
     // … and status says so, with the fix, every time, and exits 1 (it said state=refreshing, 0).
     for _ in 0..2 {

@@ -24,7 +24,7 @@ pub const USAGE: &str =
                                 [--imap-starttls-port N] [--pop3-port N] [--pop3-starttls-port N]
                                 [--connector-port N] [--connector-allow-ip IP]...
                                 [--connector-cert-name NAME]... [--connector-starttls on|off]
-                                [--max-sessions N] [--idle-timeout SECS]
+                                [--max-sessions N] [--idle-timeout SECS] [--opaque-tokens on|off]
 
 Starts a fake Entra ID token service, a fake Exchange Online (SMTP, IMAP, POP3) and a fake inbound
 connector (plain SMTP, STARTTLS, no AUTH; takes mail from an allowed IP or a client certificate
@@ -32,7 +32,12 @@ with an allowed name, default contoso.com) on 127.0.0.1 (port 0 = any free port)
 DIR/ca.pem, DIR/sandbox.json, DIR/refresh_token and DIR/connector-client.{pem,key} (a client
 certificate with its chain for the first allowed name) (default DIR: ./sandbox-data), prints the
 endpoints and runs until SIGINT or SIGTERM. --max-sessions: concurrent sessions per listener
-(default 512); --idle-timeout: a silent mail session is dropped after this (default 300).";
+(default 512); --idle-timeout: a silent mail session is dropped after this (default 300);
+--opaque-tokens on: access tokens are opaque strings instead of JWTs (default off).
+Exchange's failure modes are switched at run time on the token service: POST /_sandbox/mailbox
+with JSON keys mailbox, smtp_auth_disabled, imap_disabled, pop_disabled, send_as_denied;
+POST /_sandbox/app with client_id, roles (a list), service_principal, mailbox, mailbox_permission;
+POST /_sandbox/tokens with opaque; the connector's with POST /_sandbox/connector.";
 
 /// Parsed `serve` arguments.
 #[derive(Debug, Clone)]
@@ -107,13 +112,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
                     .map_err(|_| format!("{flag}: expected an IP address, got {value:?}"))?,
             ),
             "--connector-cert-name" => cert_names.get_or_insert_with(Vec::new).push(value),
-            "--connector-starttls" => {
-                options.connector_starttls = match value.to_ascii_lowercase().as_str() {
-                    "on" | "yes" | "true" | "1" => true,
-                    "off" | "no" | "false" | "0" => false,
-                    _ => return Err(format!("{flag}: expected on or off, got {value:?}")),
-                }
-            }
+            "--connector-starttls" => options.connector_starttls = on_off(&flag, &value)?,
+            "--opaque-tokens" => options.opaque_tokens = on_off(&flag, &value)?,
             _ => return Err(format!("unknown option {flag:?}")),
         }
     }
@@ -122,6 +122,14 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
     }
     options.ports = ports;
     Ok(Command::Serve(ServeArgs { dir, options }))
+}
+
+fn on_off(flag: &str, value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" | "yes" | "true" | "1" => Ok(true),
+        "off" | "no" | "false" | "0" => Ok(false),
+        _ => Err(format!("{flag}: expected on or off, got {value:?}")),
+    }
 }
 
 /// Everything a demo or a script needs to talk to a running sandbox.

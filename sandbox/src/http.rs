@@ -293,6 +293,54 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                 .collect();
             json_reply(200, Value::Array(list))
         }
+        (&Method::POST, ["mailbox"]) => {
+            // {"mailbox": "tickets@contoso.com", "smtp_auth_disabled": true, "imap_disabled":
+            // false, "pop_disabled": false, "send_as_denied": false}; absent flags stay.
+            let Some(mailbox) = s("mailbox") else {
+                return json_reply(400, json!({"error": "mailbox is required"}));
+            };
+            let b = |k: &str, old: bool| input.get(k).and_then(Value::as_bool).unwrap_or(old);
+            let mut ex = shared.exchange();
+            let old = ex.mailbox(&mailbox);
+            let new = crate::MailboxSettings {
+                smtp_auth_disabled: b("smtp_auth_disabled", old.smtp_auth_disabled),
+                imap_disabled: b("imap_disabled", old.imap_disabled),
+                pop_disabled: b("pop_disabled", old.pop_disabled),
+                send_as_denied: b("send_as_denied", old.send_as_denied),
+            };
+            ex.set_mailbox(&mailbox, new);
+            json_reply(200, json!({"ok": true}))
+        }
+        (&Method::POST, ["app"]) => {
+            // {"client_id": "…", "roles": ["IMAP.AccessAsApp"], "service_principal": false,
+            // "mailbox": "tickets@contoso.com", "mailbox_permission": false}; absent keys stay.
+            let Some(client_id) = s("client_id") else {
+                return json_reply(400, json!({"error": "client_id is required"}));
+            };
+            if let Some(roles) = input.get("roles").and_then(Value::as_array) {
+                let roles: Vec<&str> = roles.iter().filter_map(Value::as_str).collect();
+                shared.entra().set_app_roles(&client_id, &roles);
+            }
+            if let Some(sp) = input.get("service_principal").and_then(Value::as_bool) {
+                shared.exchange().set_service_principal(&client_id, sp);
+            }
+            if let Some(on) = input.get("mailbox_permission").and_then(Value::as_bool) {
+                let Some(mailbox) = s("mailbox") else {
+                    return json_reply(400, json!({"error": "mailbox_permission needs mailbox"}));
+                };
+                shared
+                    .entra()
+                    .set_app_mailbox_permission(&client_id, &mailbox, on);
+            }
+            json_reply(200, json!({"ok": true}))
+        }
+        (&Method::POST, ["tokens"]) => {
+            // {"opaque": true}: issue opaque access tokens instead of JWTs from now on.
+            if let Some(o) = input.get("opaque").and_then(Value::as_bool) {
+                shared.entra().opaque_tokens = o;
+            }
+            json_reply(200, json!({"ok": true}))
+        }
         (&Method::GET, ["connector"]) => {
             let c = shared.connector_settings();
             json_reply(

@@ -536,7 +536,9 @@ impl Session {
                 self.connected = false;
                 self.tagged(tag, "OK AUTHENTICATE completed.");
             }
-            AuthResult::Failed => self.tagged(tag, "NO AUTHENTICATE failed."),
+            AuthResult::Failed | AuthResult::SmtpAuthDisabled => {
+                self.tagged(tag, "NO AUTHENTICATE failed.")
+            }
         }
         Ok(())
     }

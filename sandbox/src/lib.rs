@@ -19,6 +19,7 @@ pub mod cli;
 mod conn;
 mod connector;
 mod entra;
+mod exchange;
 mod http;
 mod imap;
 mod mime;
@@ -43,6 +44,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use exchange::MailboxSettings;
 pub use store::MailboxMessage;
 pub use tls::{ClientCert, client_config};
 
@@ -94,6 +96,8 @@ pub struct SandboxOptions {
     /// Whether the connector offers STARTTLS. Default true; false mimics a connector (or a
     /// man in the middle) that does not.
     pub connector_starttls: bool,
+    /// Issue opaque access tokens (like Google's) instead of JWT-shaped ones. Default false.
+    pub opaque_tokens: bool,
 }
 
 impl Default for SandboxOptions {
@@ -113,6 +117,7 @@ impl Default for SandboxOptions {
             connector_allowed_ips: Vec::new(),
             connector_allowed_cert_names: vec!["contoso.com".to_string()],
             connector_starttls: true,
+            opaque_tokens: false,
         }
     }
 }
@@ -262,6 +267,7 @@ impl StoredMessage {
 /// State shared by every server of one sandbox.
 pub(crate) struct Shared {
     entra: Mutex<entra::Entra>,
+    exchange: Mutex<exchange::Exchange>,
     store: store::Store,
     submissions: Mutex<Vec<StoredMessage>>,
     mail_auth: Mutex<MailAuthCounters>,
@@ -286,6 +292,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn entra(&self) -> MutexGuard<'_, entra::Entra> {
         lock(&self.entra)
+    }
+
+    pub(crate) fn exchange(&self) -> MutexGuard<'_, exchange::Exchange> {
+        lock(&self.exchange)
     }
 
     pub(crate) fn connector_settings(&self) -> connector::Settings {
@@ -374,6 +384,7 @@ impl Sandbox {
         entra.base_url = format!("https://{}", addrs.token);
         let shared = Arc::new(Shared {
             entra: Mutex::new(entra),
+            exchange: Mutex::new(exchange::Exchange::default()),
             store: store::Store::default(),
             submissions: Mutex::new(Vec::new()),
             mail_auth: Mutex::new(MailAuthCounters::default()),
@@ -584,6 +595,46 @@ impl Sandbox {
         self.shared
             .entra()
             .add_client(client_id, client_secret, app_mailboxes);
+    }
+
+    /// Replace the application permissions `client_id` has admin consent for (the `roles` of its
+    /// app-only tokens issued from now on). Default: IMAP.AccessAsApp, POP.AccessAsApp,
+    /// SMTP.SendAsApp. An empty list models "admin consent not granted": Entra still issues a
+    /// token, without `roles`, and Exchange refuses it.
+    pub fn set_app_roles(&self, client_id: &str, roles: &[&str]) {
+        self.shared.entra().set_app_roles(client_id, roles);
+    }
+
+    /// Grant (`Add-MailboxPermission`) or remove the app's right to open `mailbox` with an
+    /// app-only token. Without it IMAP and POP3 accept the login and fail the next command
+    /// ("User is authenticated but not connected."); SMTP answers `535 5.7.3`.
+    pub fn set_app_mailbox_permission(&self, client_id: &str, mailbox: &str, granted: bool) {
+        self.shared
+            .entra()
+            .set_app_mailbox_permission(client_id, mailbox, granted);
+    }
+
+    /// Whether the app's service principal is registered in Exchange (`New-ServicePrincipal`).
+    /// Unregistered, its app-only tokens are refused like bad ones. Default: registered.
+    pub fn set_service_principal(&self, client_id: &str, registered: bool) {
+        self.shared
+            .exchange()
+            .set_service_principal(client_id, registered);
+    }
+
+    /// A mailbox's client-access settings (SMTP AUTH, IMAP, POP, SendAs) for following logins
+    /// and messages.
+    pub fn set_mailbox_settings(&self, mailbox: &str, settings: MailboxSettings) {
+        self.shared.exchange().set_mailbox(mailbox, settings);
+    }
+
+    pub fn mailbox_settings(&self, mailbox: &str) -> MailboxSettings {
+        self.shared.exchange().mailbox(mailbox)
+    }
+
+    /// Issue opaque (non-JWT) access tokens from now on, as Google and some custom providers do.
+    pub fn set_opaque_tokens(&self, opaque: bool) {
+        self.shared.entra().opaque_tokens = opaque;
     }
 
     /// A delegated refresh token of `mailbox` for `client_id` (an unknown client is registered as a

@@ -235,7 +235,7 @@ impl Session {
                 self.connected = false;
                 self.line("+OK User successfully authenticated.");
             }
-            AuthResult::Failed => self.line(AUTH_FAILED),
+            AuthResult::Failed | AuthResult::SmtpAuthDisabled => self.line(AUTH_FAILED),
         }
         Ok(())
     }

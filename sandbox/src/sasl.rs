@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::Shared;
-use crate::entra::MailAccess;
+use crate::exchange::Verdict;
 use crate::util::unb64;
 
 /// Which fake server saw an authentication attempt.
@@ -53,6 +53,8 @@ pub(crate) enum AuthResult {
     Ok(String),
     /// Token valid, mailbox not accessible (IMAP: "authenticated but not connected").
     NoRights(String),
+    /// SMTP AUTH disabled for the mailbox (`535 5.7.139`).
+    SmtpAuthDisabled,
     Failed,
 }
 
@@ -62,18 +64,28 @@ impl Shared {
         let result = match parse_xoauth2(b64) {
             None => AuthResult::Failed,
             Some(x) => {
-                let access = self
-                    .entra()
-                    .check_mail_access(&x.token, &x.user, Instant::now());
+                let (info, app_may_open) = {
+                    let entra = self.entra();
+                    let info = entra.token_info(&x.token, Instant::now());
+                    let may = info
+                        .as_ref()
+                        .is_some_and(|i| entra.app_may_open(&i.client_id, &x.user));
+                    (info, may)
+                };
                 let user = x.user.to_ascii_lowercase();
-                match access {
-                    MailAccess::Granted => AuthResult::Ok(user),
-                    MailAccess::NoRights => AuthResult::NoRights(user),
-                    MailAccess::Invalid => AuthResult::Failed,
+                match info.map(|i| self.exchange().decide(&i, &user, proto, app_may_open)) {
+                    None => AuthResult::Failed,
+                    Some(Verdict::Granted) => AuthResult::Ok(user),
+                    Some(Verdict::NoRights) => AuthResult::NoRights(user),
+                    Some(Verdict::SmtpAuthDisabled) => AuthResult::SmtpAuthDisabled,
+                    Some(Verdict::Refused(why)) => {
+                        tracing::debug!(?proto, why, "sandbox XOAUTH2 refused by Exchange policy");
+                        AuthResult::Failed
+                    }
                 }
             }
         };
-        let ok = !matches!(result, AuthResult::Failed);
+        let ok = !matches!(result, AuthResult::Failed | AuthResult::SmtpAuthDisabled);
         let mut guard = crate::lock(&self.mail_auth);
         let c = &mut *guard;
         let counter = match (proto, ok) {

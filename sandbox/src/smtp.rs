@@ -317,6 +317,13 @@ impl Session {
                         self.user = Some(user);
                         self.reply("235 2.7.0 Authentication successful");
                     }
+                    AuthResult::SmtpAuthDisabled => {
+                        let r = format!(
+                            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information. [{}]",
+                            self.host()
+                        );
+                        self.reply(&r);
+                    }
                     AuthResult::NoRights(_) | AuthResult::Failed => {
                         let r = format!("535 5.7.3 Authentication unsuccessful [{}]", self.host());
                         self.reply(&r);
@@ -532,7 +539,10 @@ impl Session {
         let Some(txn) = self.txn.take() else { return };
         let user = self.user.clone().unwrap_or_default();
         let via_connector = self.connector.is_some();
-        if !via_connector && !txn.from.eq_ignore_ascii_case(&user) {
+        let denied = !via_connector
+            && (!txn.from.eq_ignore_ascii_case(&user)
+                || self.shared.exchange().mailbox(&user).send_as_denied);
+        if denied {
             let r = format!(
                 "554 5.2.252 SendAsDenied; {user} not allowed to send as {}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.",
                 txn.from

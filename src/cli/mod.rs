@@ -51,10 +51,19 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Validate the config (exit 2 on a config error), check that the listen ports are free, fetch
-    /// a token for every account and log in upstream on every listener (exit 1 if one fails).
+    /// a token for every account and compare what it grants with each listener's needs, log in
+    /// upstream on every listener and run the client's first command; every problem is printed
+    /// with its fix (exit 1 if one fails).
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print the findings as one JSON document (accounts, listeners, each with findings).
+        #[arg(long)]
+        json: bool,
+        /// Also send one real test message to ADDRESS through every SMTP upstream (as GLPI's
+        /// "Send a test to you" does) and report the upstream's final reply.
+        #[arg(long, value_name = "ADDRESS")]
+        send_test: Option<String>,
     },
     /// First delegated authorisation of ACCOUNT (browser with PKCE by default). The local
     /// password is not needed; a running authbridge picks the new token up without a restart.
@@ -137,7 +146,11 @@ pub enum Command {
 pub fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { config } => run::run(config),
-        Command::Check { config } => check::run(config),
+        Command::Check {
+            config,
+            json,
+            send_test,
+        } => check::run(config, check::Options { json, send_test }),
         Command::Login {
             account,
             device_code,

@@ -19,6 +19,7 @@ use crate::secret::{SecretBytes, SecretString};
 pub mod imap;
 pub mod line;
 pub mod pop3;
+pub mod probe;
 pub mod sasl;
 pub mod smtp;
 

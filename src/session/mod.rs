@@ -667,6 +667,11 @@ impl Session {
         shared.metrics.upstream_logged_in(listener, begun.elapsed());
         let rejected = match first {
             Ok(AuthResult::Ok { untagged, text }) => {
+                if let Err(refused) =
+                    mailbox_opens(conn, shared.listener.protocol, auth_limit).await
+                {
+                    return not_connected(account, &mailbox, shared.listener.protocol, refused);
+                }
                 info!(account, mailbox = %mailbox, "login ok");
                 return (LoginOutcome::Success { untagged, text }, LoginResult::ok);
             }
@@ -691,11 +696,22 @@ impl Session {
         shared.metrics.upstream_logged_in(listener, begun.elapsed());
         match second {
             Ok(AuthResult::Ok { untagged, text }) => {
+                if let Err(refused) =
+                    mailbox_opens(conn, shared.listener.protocol, auth_limit).await
+                {
+                    return not_connected(account, &mailbox, shared.listener.protocol, refused);
+                }
                 info!(account, mailbox = %mailbox, "login ok after token refresh");
                 (LoginOutcome::Success { untagged, text }, LoginResult::ok)
             }
             Ok(AuthResult::Rejected(text)) => {
-                warn!(account, upstream = %text, hint = %upstream_hint(&text, &mailbox), "login failed: upstream refused a fresh token");
+                let ctx = crate::diagnosis::Context {
+                    mailbox: &mailbox,
+                    account,
+                    protocol: Some(shared.listener.protocol),
+                    ..Default::default()
+                };
+                warn!(account, upstream = %text, hint = %crate::diagnosis::hint(&text, &ctx), "login failed: upstream refused a fresh token");
                 (LoginOutcome::Rejected(text), LoginResult::upstream_refused)
             }
             Err(e) => {
@@ -711,21 +727,78 @@ fn unavailable(e: &impl std::fmt::Display) -> LoginOutcome {
     LoginOutcome::Unavailable(e.to_string())
 }
 
-/// A one-line fix for upstream refusals we know (FACTS.md).
-pub fn upstream_hint(text: &str, mailbox: &str) -> String {
-    if text.contains("5.7.139") || text.contains("SmtpClientAuthentication is disabled") {
-        format!(
-            "SMTP AUTH is disabled for the mailbox or tenant: run `Set-CASMailbox -Identity {mailbox} -SmtpClientAuthenticationDisabled $false` in Exchange Online PowerShell"
-        )
-    } else if text.contains("not connected") {
-        format!(
-            "the token is valid but has no rights on {mailbox}: for app-only access run New-ServicePrincipal and Add-MailboxPermission for the app in Exchange Online"
-        )
-    } else {
-        format!(
-            "check that the app registration has the IMAP/POP/SMTP permissions (delegated or app-only) and that {mailbox} is the signed-in user or a mailbox the app may access"
-        )
+/// The tag of the post-login `NOOP` (its reply is read by the session, never by the client).
+const PROBE_TAG: &str = "authbridge-probe";
+
+/// IMAP and POP3: Exchange accepts the XOAUTH2 login of a token that may not open the mailbox
+/// and fails every later command with "User is authenticated but not connected." One `NOOP`
+/// after the login finds that before the client is told it is logged in. SMTP has nothing to
+/// check here.
+async fn mailbox_opens(
+    conn: &mut Connected,
+    protocol: Protocol,
+    limit: Duration,
+) -> Result<(), MailboxCheck> {
+    use crate::protocol::probe::ReplyKind;
+    let (line, kind) = match protocol {
+        Protocol::Smtp => return Ok(()),
+        Protocol::Imap => (
+            format!("{PROBE_TAG} NOOP\r\n"),
+            ReplyKind::Imap {
+                tag: PROBE_TAG.to_string(),
+            },
+        ),
+        Protocol::Pop3 => ("NOOP\r\n".to_string(), ReplyKind::Pop3),
+    };
+    match conn.command(line.as_bytes(), kind, limit).await {
+        Ok(r) if r.ok => Ok(()),
+        Ok(r) => Err(MailboxCheck::Refused(r.text)),
+        Err(e) => Err(MailboxCheck::Broken(e.to_string())),
     }
+}
+
+/// Why the mailbox could not be used after a successful upstream login.
+enum MailboxCheck {
+    /// The upstream refused the first command (its text).
+    Refused(String),
+    /// The connection failed (reset, closed, timeout).
+    Broken(String),
+}
+
+/// The login succeeded upstream but the mailbox cannot be used: a temporary-class refusal to
+/// the client (IMAP `NO [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`: a collector retries later
+/// and nothing is lost) and the fix in the log.
+fn not_connected(
+    account: &str,
+    mailbox: &str,
+    protocol: Protocol,
+    why: MailboxCheck,
+) -> (LoginOutcome, LoginResult) {
+    let refused = match why {
+        MailboxCheck::Refused(text) => text,
+        MailboxCheck::Broken(e) => {
+            warn!(account, error = %e, "login failed: the upstream connection broke right after the login");
+            return (
+                LoginOutcome::Unavailable(format!(
+                    "the upstream connection broke right after the login: {e}"
+                )),
+                LoginResult::upstream_unreachable,
+            );
+        }
+    };
+    let ctx = crate::diagnosis::Context {
+        mailbox,
+        account,
+        protocol: Some(protocol),
+        ..Default::default()
+    };
+    warn!(account, upstream = %refused, hint = %crate::diagnosis::hint(&refused, &ctx), "login failed: upstream accepted the token but cannot open the mailbox");
+    (
+        LoginOutcome::Unavailable(format!(
+            "the mailbox server accepted the login but cannot open {mailbox} ({refused}); an administrator must grant access (see the authbridge log)"
+        )),
+        LoginResult::upstream_refused,
+    )
 }
 
 /// Write `out` to the client; a client that does not take it within `limit` is gone.

@@ -64,6 +64,7 @@ where
             out.to_connector.clear();
         }
         if !out.to_client.is_empty() {
+            log_known_refusals(&out.to_client);
             if let Err(e) = send(&mut client, &out.to_client, client_write).await {
                 return RelayEnd::Error(e);
             }
@@ -121,6 +122,22 @@ where
                     machine.reconnected(Err(why), &mut out);
                 }
             },
+        }
+    }
+}
+
+/// A connector refusal the diagnosis table knows (`550 5.7.64 TenantAttribution`, `5.7.68`, …)
+/// goes to the client unchanged; the log gets its cause and fix.
+fn log_known_refusals(to_client: &[u8]) {
+    for line in to_client.split(|b| *b == b'\n') {
+        if !matches!(line.first(), Some(b'4' | b'5')) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line[..line.len().min(512)]);
+        let text = text.trim_end();
+        if let Some(k) = crate::diagnosis::recognise(text) {
+            let ctx = crate::diagnosis::Context::default();
+            warn!(upstream = %text, cause = %k.cause_for(&ctx), hint = %k.fix_for(&ctx), "relay: the connector refused");
         }
     }
 }

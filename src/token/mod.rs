@@ -36,6 +36,7 @@
 //!
 //! [`Secret`]: crate::secret::Secret
 
+pub mod claims;
 mod endpoints;
 mod error;
 mod failure;

@@ -21,6 +21,7 @@ use crate::config::{Protocol, Upstream, UpstreamTls};
 use crate::limits::Timeouts;
 use crate::protocol::imap::ImapUpstream;
 use crate::protocol::pop3::Pop3Upstream;
+use crate::protocol::probe::{ProbeReply, ReplyKind, ReplyReader};
 use crate::protocol::sasl;
 use crate::protocol::smtp::SmtpUpstream;
 use crate::protocol::{UpStep, UpstreamProtocol};
@@ -194,6 +195,39 @@ impl Connected {
             UpStep::AuthRejected { text } => Ok(AuthResult::Rejected(text)),
             UpStep::Failed(why) => Err(self.error("auth", why)),
             other => Err(self.error("auth", format!("unexpected step during auth: {other:?}"))),
+        }
+    }
+
+    /// Send one command after login (`line` with its CRLF) and read its reply, within `limit`.
+    /// Used by `check`'s probes and the session's post-login check; never carries a secret.
+    pub async fn command(
+        &mut self,
+        line: &[u8],
+        kind: ReplyKind,
+        limit: Duration,
+    ) -> Result<ProbeReply, UpstreamError> {
+        let mut reader = ReplyReader::new(kind);
+        let exchange = async {
+            write_all(&mut self.stream, line).await?;
+            loop {
+                if let Some(reply) = reader
+                    .feed(&mut self.input)
+                    .map_err(|e| ("reply", e.to_string()))?
+                {
+                    return Ok(reply);
+                }
+                self.input.reserve(READ_CHUNK);
+                match self.stream.read_buf(&mut self.input).await {
+                    Ok(0) => return Err(("read", "upstream closed the connection".to_string())),
+                    Ok(_) => {}
+                    Err(e) => return Err(("read", e.to_string())),
+                }
+            }
+        };
+        match timeout(limit, exchange).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err((phase, m))) => Err(self.error(phase, m)),
+            Err(_) => Err(self.error("command", format!("no answer within {limit:?}"))),
         }
     }
 

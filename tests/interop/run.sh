@@ -50,7 +50,7 @@ dump_logs() { # the tail of every server's log, for a failed run
 
 # ---------------------------------------------------------------- packages
 # libsasl2-modules: PLAIN and LOGIN for the SASL client of the Postfix in front (a Recommends only).
-PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix libsasl2-modules php-cli libphp-phpmailer
+PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix libsasl2-modules php-cli php-imap libphp-phpmailer
 	php-symfony-mailer swaks libnet-ssleay-perl curl python3 openssl ca-certificates prometheus)
 install_packages() {
 	local missing=() p
@@ -232,6 +232,7 @@ sender_case() { # NAME DETAIL FUNCTION ARGS...
 
 # ---- readers: print every message; the case checks that every expected message is there
 read_laminas() { "${PHP[@]}" "$HERE/clients/laminas.php" "$1" "$2" 127.0.0.1 "$3" "${LAMINAS_USER:-glpi}" "${LAMINAS_PASSWORD:-$GLPI_PASSWORD}"; }
+read_cclient() { "${PHP[@]}" "$HERE/clients/cclient.php" "$1" "$2" 127.0.0.1 "$3" glpi "$GLPI_PASSWORD"; }
 read_py() { timeout 60 "$PY" "$HERE/clients/pymail.py" "$1" 127.0.0.1 "$2" glpi "$GLPI_PASSWORD" "${@:3}"; }
 read_curl_imap() { # URL-BASE (imap://127.0.0.1:PORT or imaps://...)
 	local base=$1 uids u urls=()
@@ -306,12 +307,12 @@ FRONT_PASSWORD='postfix relay pass'
 
 read -r POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
 	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
-	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT <<<"$(free_ports 19)"
+	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT AB_POP3S <<<"$(free_ports 20)"
 export POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
 	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
-	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT
+	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT AB_POP3S
 AB_PORTS=($AB_SMTP $AB_SMTP_TLS $AB_IMAP $AB_IMAP_UP_ST $AB_IMAP_TLS $AB_IMAPS $AB_POP3 $AB_POP3_UP_ST
-	$AB_RELAY $AB_RELAY_OPEN)
+	$AB_RELAY $AB_RELAY_OPEN $AB_POP3S)
 
 step "certificates (a private CA; the server certificate is for localhost and 127.0.0.1)"
 (
@@ -429,6 +430,7 @@ I_TLS="authbridge imap (STARTTLS) -> Dovecot IMAP (implicit TLS)"
 I_SSL="authbridge imap (implicit TLS) -> Dovecot IMAP (implicit TLS)"
 P_IMPL="authbridge pop3 (none) -> Dovecot POP3 (implicit TLS)"
 P_UPST="authbridge pop3 (none) -> Dovecot POP3 (STLS)"
+P_SSL="authbridge pop3 (implicit TLS) -> Dovecot POP3 (implicit TLS)"
 reader_case imap-laminas-glpi "laminas-mail bytes, GLPI 9.5-11 /imap/notls: $I_IMPL" read_laminas imap none "$AB_IMAP"
 LAMINAS_USER=glpi-lf LAMINAS_PASSWORD=$GLPI_LF_PASSWORD \
 	reader_case imap-laminas-glpi-lf-literal "laminas-mail bytes, password with a LF as a {N} literal: $I_IMPL" read_laminas imap none "$AB_IMAP"
@@ -444,6 +446,12 @@ reader_case imap-curl-upstream-starttls "curl imap://: $I_UPST" read_curl_imap "
 reader_case imap-curl-imaps "curl imaps:// (AUTHENTICATE PLAIN over TLS): $I_SSL" read_curl_imap "imaps://127.0.0.1:$AB_IMAPS"
 reader_case pop3-laminas-glpi "laminas-mail bytes, GLPI 9.5-11 /pop/notls: $P_IMPL" read_laminas pop3 none "$AB_POP3"
 reader_case pop3-laminas-glpi-upstream-stls "laminas-mail bytes /pop/notls: $P_UPST" read_laminas pop3 none "$AB_POP3_UP_ST"
+# PHP's c-client (php-imap; GLPI <= 9.4): no "SECURITY PROBLEM" notice (cclient.php fails on one).
+# /tls (STARTTLS) is left out: Debian's c-client speaks TLS <= 1.1 there, which rustls refuses.
+reader_case imap-cclient-notls "PHP c-client (php-imap, GLPI <= 9.4) /imap/notls: $I_IMPL" read_cclient imap notls "$AB_IMAP"
+reader_case imap-cclient-ssl "PHP c-client /imap/ssl/novalidate-cert: $I_SSL" read_cclient imap ssl "$AB_IMAPS"
+reader_case pop3-cclient-notls "PHP c-client /pop3/notls: $P_IMPL" read_cclient pop3 notls "$AB_POP3"
+reader_case pop3-cclient-ssl "PHP c-client /pop3/ssl/novalidate-cert: $P_SSL" read_cclient pop3 ssl "$AB_POP3S"
 reader_case pop3-python-poplib "Python poplib: $P_IMPL" read_py pop3 "$AB_POP3"
 reader_case pop3-python-poplib-upstream-stls "Python poplib: $P_UPST" read_py pop3 "$AB_POP3_UP_ST"
 reader_case pop3-curl "curl pop3://: $P_IMPL" read_curl_pop3 "pop3://127.0.0.1:$AB_POP3"

@@ -1,0 +1,219 @@
+//! Exchange Online's side of an XOAUTH2 login: what the mail servers check after the fake Entra
+//! has vouched for the token, and the per-mailbox and per-app settings an admin gets wrong.
+//!
+//! Order of the checks, as Exchange applies them (the reply each failure gets is chosen by the
+//! protocol server; this module only says which failure it is):
+//! 1. audience: `https://outlook.office.com` or `https://outlook.office365.com` (a Graph token is
+//!    refused like a bad token);
+//! 2. permission for the protocol: delegated `scp` (IMAP.AccessAsUser.All, POP.AccessAsUser.All,
+//!    SMTP.Send) or app-only `roles` (IMAP.AccessAsApp, POP.AccessAsApp, SMTP.SendAsApp);
+//! 3. app-only: the app's service principal is registered in Exchange (`New-ServicePrincipal`);
+//! 4. the protocol is enabled on the mailbox (`Set-CASMailbox -ImapEnabled/-PopEnabled`,
+//!    `-SmtpClientAuthenticationDisabled`);
+//! 5. the token may open that mailbox (its own user, or `Add-MailboxPermission` for the app):
+//!    if not, IMAP and POP3 accept the login and fail every later command ("authenticated but not
+//!    connected"), SMTP answers `535 5.7.3`.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::sasl::Proto;
+
+/// Audiences Exchange Online accepts.
+pub(crate) const EXCHANGE_AUDIENCES: [&str; 2] = [
+    "https://outlook.office.com",
+    "https://outlook.office365.com",
+];
+
+/// What a valid access token says about itself (the claims Exchange looks at).
+#[derive(Clone, Debug)]
+pub(crate) struct TokenInfo {
+    /// The signed-in user (delegated) or `None` (app-only).
+    pub user: Option<String>,
+    pub client_id: String,
+    pub aud: String,
+    /// Delegated permissions (short names, e.g. `IMAP.AccessAsUser.All`).
+    pub scp: Vec<String>,
+    /// Application permissions with admin consent (e.g. `IMAP.AccessAsApp`).
+    pub roles: Vec<String>,
+}
+
+/// A mailbox's client-access settings (Exchange `Set-CASMailbox`). Default: everything on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MailboxSettings {
+    /// `SmtpClientAuthenticationDisabled $true`: `535 5.7.139 … SmtpClientAuthentication is
+    /// disabled for the Mailbox.`
+    pub smtp_auth_disabled: bool,
+    /// `ImapEnabled $false`: `NO AUTHENTICATE failed.`
+    pub imap_disabled: bool,
+    /// `PopEnabled $false`: `-ERR Authentication failure: …`
+    pub pop_disabled: bool,
+    /// The authenticated identity has no SendAs right on this mailbox: `554 5.2.252
+    /// SendAsDenied` after DATA even when the sender is the mailbox itself.
+    pub send_as_denied: bool,
+}
+
+/// Exchange-side state an admin configures.
+#[derive(Default)]
+pub(crate) struct Exchange {
+    mailboxes: HashMap<String, MailboxSettings>,
+    /// Apps whose service principal was never registered with `New-ServicePrincipal`.
+    unregistered_apps: HashSet<String>,
+}
+
+/// Exchange's verdict on an XOAUTH2 login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Logged in to this mailbox.
+    Granted,
+    /// Token accepted, mailbox not accessible ("authenticated but not connected").
+    NoRights,
+    /// Refused like a bad token (wrong audience or scope, no service principal, protocol off).
+    Refused(&'static str),
+    /// SMTP AUTH is disabled for the mailbox (`535 5.7.139`).
+    SmtpAuthDisabled,
+}
+
+fn lower(s: &str) -> String {
+    s.trim().to_ascii_lowercase()
+}
+
+impl Exchange {
+    pub(crate) fn mailbox(&self, mailbox: &str) -> MailboxSettings {
+        self.mailboxes
+            .get(&lower(mailbox))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_mailbox(&mut self, mailbox: &str, settings: MailboxSettings) {
+        self.mailboxes.insert(lower(mailbox), settings);
+    }
+
+    pub(crate) fn set_service_principal(&mut self, client_id: &str, registered: bool) {
+        if registered {
+            self.unregistered_apps.remove(&lower(client_id));
+        } else {
+            self.unregistered_apps.insert(lower(client_id));
+        }
+    }
+
+    /// Exchange's checks in order (module docs). `app_may_open` says whether an app-only token's
+    /// app holds `Add-MailboxPermission` on `mailbox`.
+    pub(crate) fn decide(
+        &self,
+        token: &TokenInfo,
+        mailbox: &str,
+        proto: Proto,
+        app_may_open: bool,
+    ) -> Verdict {
+        if !EXCHANGE_AUDIENCES
+            .iter()
+            .any(|a| token.aud.eq_ignore_ascii_case(a))
+        {
+            return Verdict::Refused("audience is not Exchange Online");
+        }
+        let (delegated, app) = match proto {
+            Proto::Imap => ("IMAP.AccessAsUser.All", "IMAP.AccessAsApp"),
+            Proto::Pop3 => ("POP.AccessAsUser.All", "POP.AccessAsApp"),
+            Proto::Smtp => ("SMTP.Send", "SMTP.SendAsApp"),
+        };
+        let has = |list: &[String], p: &str| list.iter().any(|s| s.eq_ignore_ascii_case(p));
+        match &token.user {
+            Some(_) if !has(&token.scp, delegated) => {
+                return Verdict::Refused("delegated scope missing");
+            }
+            None if !has(&token.roles, app) => return Verdict::Refused("application role missing"),
+            None if self.unregistered_apps.contains(&lower(&token.client_id)) => {
+                return Verdict::Refused("service principal not registered");
+            }
+            _ => {}
+        }
+        let settings = self.mailbox(mailbox);
+        match proto {
+            Proto::Imap if settings.imap_disabled => return Verdict::Refused("IMAP disabled"),
+            Proto::Pop3 if settings.pop_disabled => return Verdict::Refused("POP disabled"),
+            Proto::Smtp if settings.smtp_auth_disabled => return Verdict::SmtpAuthDisabled,
+            _ => {}
+        }
+        let may_open = match &token.user {
+            Some(u) => lower(u) == lower(mailbox),
+            None => app_may_open,
+        };
+        if may_open {
+            Verdict::Granted
+        } else {
+            Verdict::NoRights
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delegated(scp: &[&str], aud: &str) -> TokenInfo {
+        TokenInfo {
+            user: Some("tickets@contoso.com".into()),
+            client_id: "c".into(),
+            aud: aud.into(),
+            scp: scp.iter().map(|s| s.to_string()).collect(),
+            roles: vec![],
+        }
+    }
+
+    #[test]
+    fn audience_scope_and_mailbox_settings() {
+        let mut ex = Exchange::default();
+        let all = ["IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send"];
+        let t = delegated(&all, "https://outlook.office.com");
+        assert_eq!(
+            ex.decide(&t, "tickets@contoso.com", Proto::Imap, false),
+            Verdict::Granted
+        );
+        let graph = delegated(&all, "https://graph.microsoft.com");
+        assert!(matches!(
+            ex.decide(&graph, "tickets@contoso.com", Proto::Imap, false),
+            Verdict::Refused(_)
+        ));
+        let imap_only = delegated(&["IMAP.AccessAsUser.All"], "https://outlook.office.com");
+        assert!(matches!(
+            ex.decide(&imap_only, "tickets@contoso.com", Proto::Smtp, false),
+            Verdict::Refused(_)
+        ));
+        ex.set_mailbox(
+            "Tickets@contoso.com",
+            MailboxSettings {
+                smtp_auth_disabled: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            ex.decide(&t, "tickets@contoso.com", Proto::Smtp, false),
+            Verdict::SmtpAuthDisabled
+        );
+        assert_eq!(
+            ex.decide(&t, "other@contoso.com", Proto::Imap, false),
+            Verdict::NoRights
+        );
+        let app = TokenInfo {
+            user: None,
+            client_id: "app".into(),
+            aud: "https://outlook.office365.com".into(),
+            scp: vec![],
+            roles: vec!["IMAP.AccessAsApp".into()],
+        };
+        assert_eq!(
+            ex.decide(&app, "x@contoso.com", Proto::Imap, true),
+            Verdict::Granted
+        );
+        assert_eq!(
+            ex.decide(&app, "x@contoso.com", Proto::Imap, false),
+            Verdict::NoRights
+        );
+        ex.set_service_principal("APP", false);
+        assert!(matches!(
+            ex.decide(&app, "x@contoso.com", Proto::Imap, true),
+            Verdict::Refused(_)
+        ));
+    }
+}
