@@ -203,7 +203,9 @@ fn provider(url: &str, flow: Flow) -> Arc<ProviderConfig> {
         kind: ProviderKind::Microsoft,
         flow,
         client_id: "11111111-2222-3333-4444-555555555555".to_owned(),
+        credential: authbridge::token::CredentialKind::ClientSecret,
         client_secret: Some(SecretString::from(CLIENT_SECRET)),
+        assertion: None,
         endpoints: authbridge::token::Endpoints {
             token_url: url.to_owned(),
             authorize_url: None,
@@ -211,7 +213,7 @@ fn provider(url: &str, flow: Flow) -> Arc<ProviderConfig> {
         },
         scopes: default_scopes(ProviderKind::Microsoft, flow),
         redirect_uri: None,
-        tls: tls(),
+        http: authbridge::token::HttpClient::new(tls(), authbridge::token::ProxySetting::Direct),
     })
 }
 
