@@ -404,7 +404,20 @@ fn classify_send_error(e: reqwest::Error) -> HttpError {
     if e.is_timeout() {
         return HttpError::Timeout(phase);
     }
-    HttpError::Failed(phase, chain(&e.without_url()))
+    let text = chain(&e.without_url());
+    // hyper-util's tunnel errors: the proxy answered the CONNECT with something else than 200.
+    if text.contains("proxy authorization required") {
+        return HttpError::Failed(
+            "proxy",
+            "the proxy requires authentication (HTTP 407 Proxy Authentication Required): set \
+             `proxy.username` and `proxy.password`, or user:password in HTTPS_PROXY"
+                .to_owned(),
+        );
+    }
+    if text.contains("tunnel error") {
+        return HttpError::Failed("proxy", format!("the proxy refused the CONNECT: {text}"));
+    }
+    HttpError::Failed(phase, text)
 }
 
 async fn send(
