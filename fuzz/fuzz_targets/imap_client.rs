@@ -7,7 +7,7 @@
 use authbridge::protocol::imap::ImapClient;
 use authbridge::protocol::imap::command::{Command, is_astring_char, parse_command};
 use authbridge::protocol::imap::reader::{CommandReader, ReadEvent};
-use authbridge_fuzz::{Input, chunkings, check_client, imap_caps};
+use authbridge_fuzz::{Input, check_client, chunkings, imap_caps};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 
@@ -26,7 +26,10 @@ fn read_all(chunks: &[&[u8]], line_max: usize, literal_max: u64) -> Vec<String> 
                     let parsed = parse_command(&bytes);
                     seen.push(format!("cmd {} {:?}", bytes.len(), parsed.map(|t| t.tag)));
                 }
-                ReadEvent::Literal { announcement, count } => {
+                ReadEvent::Literal {
+                    announcement,
+                    count,
+                } => {
                     seen.push(format!("lit {} #{count}", announcement.size));
                     if announcement.size <= literal_max {
                         r.accept_literal();
@@ -78,11 +81,25 @@ fuzz_target!(|raw: &[u8]| {
     check_client(&make, &input, &caps);
 
     // 2. Reader + parser alone, chunk-split invariant.
-    let (line_max, literal_max) = if cfg.small_limits() { (48, 8) } else { (4096, 8192) };
+    let (line_max, literal_max) = if cfg.small_limits() {
+        (48, 8)
+    } else {
+        (4096, 8192)
+    };
     let [whole, split, small] = chunkings(&input);
     let a = read_all(&whole, line_max, literal_max);
-    assert_eq!(a, read_all(&split, line_max, literal_max), "split at {}", input.split);
-    assert_eq!(a, read_all(&small, line_max, literal_max), "chunks of {}", input.chunk);
+    assert_eq!(
+        a,
+        read_all(&split, line_max, literal_max),
+        "split at {}",
+        input.split
+    );
+    assert_eq!(
+        a,
+        read_all(&small, line_max, literal_max),
+        "chunks of {}",
+        input.chunk
+    );
 
     // 3. LOGIN round trip.
     let (user, pass) = match input.data.iter().position(|b| *b == 0xff) {

@@ -5,7 +5,7 @@
 
 use authbridge::protocol::imap::ImapUpstream;
 use authbridge::protocol::imap::response::{ResponseEvent, ResponseReader, parse_response};
-use authbridge_fuzz::{Input, chunkings, check_upstream};
+use authbridge_fuzz::{Input, check_upstream, chunkings};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 
@@ -38,7 +38,11 @@ fuzz_target!(|raw: &[u8]| {
         return;
     };
     let cfg = input.cfg;
-    let caps = if cfg.small_limits() { (40, 16, 120) } else { (64 * 1024, 64 * 1024, 256 * 1024) };
+    let caps = if cfg.small_limits() {
+        (40, 16, 120)
+    } else {
+        (64 * 1024, 64 * 1024, 256 * 1024)
+    };
     let [whole, split, small] = chunkings(&input);
     let a = read_all(&whole, caps);
     assert_eq!(a, read_all(&split, caps), "split at {}", input.split);
@@ -55,6 +59,9 @@ fuzz_target!(|raw: &[u8]| {
         if line.starts_with("dXNlcj") {
             continue;
         }
-        assert!(!line.contains("dXNlcj") || line.contains(" AUTHENTICATE XOAUTH2 "), "{line}");
+        assert!(
+            !line.contains("dXNlcj") || line.contains(" AUTHENTICATE XOAUTH2 "),
+            "{line}"
+        );
     }
 });

@@ -12,14 +12,21 @@ fuzz_target!(|data: &[u8]| {
     // Any line: never panics; what decodes re-encodes to a line that decodes the same.
     if let Ok(bytes) = decode_response(data) {
         let again = STANDARD.encode(&bytes);
-        let again = if again.is_empty() { "=".to_string() } else { again };
+        let again = if again.is_empty() {
+            "=".to_string()
+        } else {
+            again
+        };
         assert_eq!(decode_response(again.as_bytes()).unwrap(), bytes);
     }
     // LOGIN: the base64 of any user name or password decodes to it, with spaces around too.
     let enc = STANDARD.encode(data);
     if !data.is_empty() {
         assert_eq!(decode_response(enc.as_bytes()).unwrap(), data);
-        assert_eq!(decode_response(format!(" {enc}  ").as_bytes()).unwrap(), data);
+        assert_eq!(
+            decode_response(format!(" {enc}  ").as_bytes()).unwrap(),
+            data
+        );
     }
     assert_eq!(decode_response(b"*"), Err(SaslError::Cancelled));
 

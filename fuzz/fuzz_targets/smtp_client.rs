@@ -14,7 +14,11 @@ fuzz_target!(|raw: &[u8]| {
     let caps = smtp_caps();
     let make = || -> Box<dyn authbridge::protocol::ClientProtocol> {
         let m = SmtpClient::new(cfg.ctx());
-        Box::new(if cfg.bit4() { m.relay(cfg.0 & 64 != 0) } else { m })
+        Box::new(if cfg.bit4() {
+            m.relay(cfg.0 & 64 != 0)
+        } else {
+            m
+        })
     };
     let run = check_client(&make, &input, &caps);
     // A login is only ever asked for through AUTH: never on a STARTTLS listener before TLS.
@@ -25,7 +29,10 @@ fuzz_target!(|raw: &[u8]| {
     // The command parser alone, on every line: total, and an AUTH initial response is a
     // non-empty part of the line it came from.
     for line in input.data.split(|b| *b == b'\n') {
-        if let Command::Auth { initial: Some(ir), .. } = parse_command(line) {
+        if let Command::Auth {
+            initial: Some(ir), ..
+        } = parse_command(line)
+        {
             assert!(!ir.is_empty());
             assert!(line.as_ptr_range().contains(&ir.as_ptr()));
         }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use authbridge::protocol::smtp::{Reply, ReplyParser, ReplyStep, SmtpUpstream};
-use authbridge_fuzz::{Input, chunkings, check_upstream};
+use authbridge_fuzz::{Input, check_upstream, chunkings};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 
@@ -24,7 +24,10 @@ fn parse_all(chunks: &[&[u8]], line_max: usize, max_lines: usize) -> (Vec<ReplyS
                 r => got.push(r),
             }
         }
-        assert!(buf.len() <= line_max + 1, "reply parser buffers past its cap");
+        assert!(
+            buf.len() <= line_max + 1,
+            "reply parser buffers past its cap"
+        );
     }
     (got, buf.to_vec())
 }
@@ -35,7 +38,11 @@ fuzz_target!(|raw: &[u8]| {
     };
     let cfg = input.cfg;
     // 1. The parser: chunk-split invariance, under a small and a large cap.
-    let (line_max, max_lines) = if cfg.small_limits() { (40, 3) } else { (16 * 1024, 100) };
+    let (line_max, max_lines) = if cfg.small_limits() {
+        (40, 3)
+    } else {
+        (16 * 1024, 100)
+    };
     let [whole, split, small] = chunkings(&input);
     let a = parse_all(&whole, line_max, max_lines);
     let b = parse_all(&split, line_max, max_lines);

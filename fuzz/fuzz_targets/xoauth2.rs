@@ -34,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
     if !mailbox.contains('\x01') && !token.contains('\x01') {
         let fields: Vec<&[u8]> = raw.split(|b| *b == 1).collect();
         assert_eq!(fields.len(), 4);
-        assert_eq!(fields[0].strip_prefix(b"user=").unwrap(), mailbox.as_bytes());
+        assert_eq!(
+            fields[0].strip_prefix(b"user=").unwrap(),
+            mailbox.as_bytes()
+        );
         assert_eq!(
             fields[1].strip_prefix(b"auth=Bearer ").unwrap(),
             token.as_bytes()

@@ -135,7 +135,9 @@ pub enum End {
     Input,
     Closed,
     /// Logged in (or relaying without login): the rest goes upstream.
-    Pipe { leftover: Vec<u8> },
+    Pipe {
+        leftover: Vec<u8>,
+    },
 }
 
 /// Everything a client run shows.
@@ -200,12 +202,20 @@ pub fn run_client(
             Step::Login(req) => {
                 logins.push((req.username.clone(), req.password.expose().clone()));
                 match machine.login_finished(cfg.outcome(logins.len() - 1), &mut out) {
-                    AfterLogin::Pipe => break End::Pipe { leftover: rest(&input, chunks) },
+                    AfterLogin::Pipe => {
+                        break End::Pipe {
+                            leftover: rest(&input, chunks),
+                        };
+                    }
                     AfterLogin::Continue => {}
                     AfterLogin::Close => break End::Closed,
                 }
             }
-            Step::ProceedWithoutLogin => break End::Pipe { leftover: rest(&input, chunks) },
+            Step::ProceedWithoutLogin => {
+                break End::Pipe {
+                    leftover: rest(&input, chunks),
+                };
+            }
             Step::Close => break End::Closed,
         }
     };
@@ -257,7 +267,10 @@ pub fn assert_lines(out: &[u8]) {
     let mut rest = out;
     while !rest.is_empty() {
         let Some(lf) = rest.iter().position(|b| *b == b'\n') else {
-            panic!("output ends without CRLF: {:?}", String::from_utf8_lossy(rest));
+            panic!(
+                "output ends without CRLF: {:?}",
+                String::from_utf8_lossy(rest)
+            );
         };
         let (line, tail) = rest.split_at(lf + 1);
         let body = &line[..line.len() - 1];
@@ -308,7 +321,10 @@ pub fn run_upstream(m: &mut dyn UpstreamProtocol, chunks: &[&[u8]], attempts: us
     let mut steps = 0usize;
     loop {
         steps += 1;
-        assert!(steps <= 8 * (total + 16), "upstream machine makes no progress");
+        assert!(
+            steps <= 8 * (total + 16),
+            "upstream machine makes no progress"
+        );
         match m.step(&mut input, &mut out) {
             UpStep::NeedInput => match chunks.next() {
                 Some(c) => input.extend_from_slice(c),
