@@ -56,6 +56,15 @@ pub async fn check(config: &Config, out: &mut dyn Write) -> bool {
             return false;
         }
     };
+    for (name, p) in &config.providers {
+        let _ = writeln!(
+            out,
+            "provider {name}: credential {} ({}), proxy {}",
+            p.credential,
+            p.describe_credential(),
+            p.http.describe_proxy()
+        );
+    }
     let mut good = Vec::new();
     for a in &config.accounts {
         match tokens.refresh_now(&a.name).await {

@@ -338,4 +338,79 @@ mod tests {
             }
         }
     }
+
+    fn with(extra: &str) -> String {
+        format!(
+            "providers:\n  m365:\n    type: microsoft\n    tenant: t.onmicrosoft.com\n    client_id: c\n    \
+             flow: client_credentials\n{extra}"
+        )
+    }
+
+    #[test]
+    fn proxy_settings() {
+        use crate::token::CredentialKind;
+        let c = parse(&with("    client_secret: s\n    proxy: none\n")).unwrap();
+        let p = &c.providers["m365"];
+        assert_eq!(p.http.describe_proxy(), "none (proxy: none)");
+        assert_eq!(p.credential, CredentialKind::ClientSecret);
+        let c = parse(&with(
+            "    client_secret: s\n    proxy: { url: \"http://proxy.corp:3128\", username: u, password: pw }\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.providers["m365"].http.describe_proxy(),
+            "http://proxy.corp:3128/ (with credentials)"
+        );
+        for (proxy, key, says) in [
+            (
+                "proxy: { url: \"http://u:pw@proxy:3128\" }",
+                "proxy.url",
+                "username",
+            ),
+            (
+                "proxy: { url: \"socks5://proxy:1080\" }",
+                "proxy.url",
+                "scheme",
+            ),
+            (
+                "proxy: { url: \"http://proxy:3128\", password: pw }",
+                "proxy.password",
+                "username",
+            ),
+            ("proxy: direct", "proxy", "none"),
+        ] {
+            let e = parse(&with(&format!("    client_secret: s\n    {proxy}\n"))).unwrap_err();
+            assert!(e.contains(&format!("providers.m365.{key}")), "{proxy}: {e}");
+            assert!(e.contains(says), "{proxy}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn credentials_exclusive_and_certificate_checked() {
+        let e = parse(&with(
+            "    client_secret: s\n    client_assertion: { file: /var/run/token }\n",
+        ))
+        .unwrap_err();
+        assert!(e.contains("only one of"), "{e}");
+        let e = parse(&with("")).unwrap_err();
+        assert!(e.contains("client_certificate"), "{e}");
+        let c = parse(&with("    client_assertion: { file: token }\n")).unwrap();
+        let p = &c.providers["m365"];
+        assert_eq!(p.credential, crate::token::CredentialKind::ClientAssertion);
+        assert!(
+            p.describe_credential().contains("/etc/authbridge/token"),
+            "{}",
+            p.describe_credential()
+        );
+        let key = format!(
+            "{}/tests/data/assertion/app.key",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let e = parse(&with(&format!(
+            "    client_certificate: {{ cert: /nonexistent/app.pem, key: {key} }}\n"
+        )))
+        .unwrap_err();
+        assert!(e.contains("providers.m365.client_certificate"), "{e}");
+    }
 }
