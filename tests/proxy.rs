@@ -260,3 +260,93 @@ async fn a_proxy_that_refuses_connections_is_transient_and_named() {
     assert!(!e.to_string().contains(PROXY_PASSWORD));
     assert!(!logs().text().contains(PROXY_PASSWORD));
 }
+
+/// The real binary: `HTTPS_PROXY` (with credentials in it) from the environment, a certificate
+/// credential, `authbridge check` gets a token through tinyproxy and names both; the password in
+/// the variable never shows up in its output or logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_uses_https_proxy_from_the_environment() {
+    let Some(bin) = tinyproxy() else { return };
+    let sb = sandbox().await;
+    let proxy = Proxy::start(bin, true);
+    let dir = tempfile::tempdir().unwrap();
+    let key = format!(
+        "{}/tests/data/assertion/app.key",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let key_pair = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["app".to_owned()])
+        .unwrap()
+        .self_signed(&key_pair)
+        .unwrap()
+        .pem();
+    std::fs::write(dir.path().join("app.pem"), &cert).unwrap();
+    sb.add_certificate_client(CLIENT_ID, &cert, &[MAILBOX]);
+    sb.write_ca(&dir.path().join("ca.pem")).unwrap();
+    let config = dir.path().join("authbridge.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: ./state\nproviders:\n  m365:\n    type: microsoft\n    tenant: {tenant}\n    \
+             client_id: {CLIENT_ID}\n    client_certificate: {{ cert: app.pem, key: {key} }}\n    \
+             flow: client_credentials\n    token_url: {token_url}\n    ca_file: ca.pem\n\
+             accounts:\n  - name: tickets\n    provider: m365\n    mailbox: {MAILBOX}\n\
+             listeners:\n  - name: smtp\n    protocol: smtp\n    listen: 127.0.0.1:0\n    \
+             upstream: {{ host: 127.0.0.1, port: {smtp}, tls: starttls, ca_file: ca.pem }}\n",
+            tenant = sb.tenant(),
+            token_url = sb.token_url(),
+            smtp = sb.smtp_addr().port(),
+        ),
+    )
+    .unwrap();
+    let run = |proxy_env: Option<String>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_authbridge"));
+        cmd.arg("check").arg("--config").arg(&config);
+        for v in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.env("RUST_LOG", "trace");
+        if let Some(p) = proxy_env {
+            cmd.env("https_proxy", p);
+        }
+        let out = cmd.output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // No proxy in the environment: the token service (proxy sources only) cannot be reached.
+    let out = run(None);
+    assert!(out.contains("account tickets: token FAILED"), "{out}");
+    assert!(out.contains("no HTTPS_PROXY/HTTP_PROXY set"), "{out}");
+
+    let with_credentials = format!(
+        "http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{}",
+        proxy.port
+    );
+    let out = run(Some(with_credentials));
+    assert!(out.contains("account tickets: token OK"), "{out}");
+    assert!(
+        out.contains("credential client_certificate")
+            && out.contains(&format!(
+                "proxy http://127.0.0.1:{}/ (from https_proxy",
+                proxy.port
+            )),
+        "{out}"
+    );
+    assert!(
+        !out.contains(PROXY_PASSWORD),
+        "the proxy password was printed:\n{out}"
+    );
+    assert!(proxy.log().contains("CONNECT"), "{}", proxy.log());
+}
