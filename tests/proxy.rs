@@ -16,16 +16,13 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use authbridge::secret::SecretString;
 use authbridge::token::{
-    AccountConfig, CredentialKind, ErrorKind, Flow, HttpClient, MasterKey, ProviderConfig,
-    ProviderKind, ProxyConfig, ProxySetting, TokenManager, TokenSettings, TokenStore,
-    default_scopes,
+    CredentialKind, ErrorKind, ProviderConfig, ProxyConfig, ProxySetting, TokenManager,
 };
-use common::LogCapture;
 use sandbox::{Sandbox, SandboxOptions};
 
 const CLIENT_ID: &str = "77777777-2222-3333-4444-555555555555";
@@ -35,11 +32,6 @@ const PROXY_USER: &str = "egress";
 const PROXY_PASSWORD: &str = "Pr0xy-Passw0rd-never-logged";
 /// tinyproxy's outgoing source address, the only one the token service accepts.
 const PROXY_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-
-fn logs() -> &'static LogCapture {
-    static LOGS: OnceLock<LogCapture> = OnceLock::new();
-    LOGS.get_or_init(|| LogCapture::install(tracing::Level::TRACE))
-}
 
 /// The tinyproxy binary, or `None` (then the test is skipped locally; in CI it fails).
 fn tinyproxy() -> Option<&'static str> {
@@ -147,40 +139,18 @@ async fn sandbox() -> Sandbox {
 }
 
 fn provider(sb: &Sandbox, proxy: ProxySetting) -> Arc<ProviderConfig> {
-    let flow = Flow::ClientCredentials;
-    Arc::new(ProviderConfig {
-        name: "m365".to_owned(),
-        kind: ProviderKind::Microsoft,
-        flow,
-        client_id: CLIENT_ID.to_owned(),
-        credential: CredentialKind::ClientSecret,
-        client_secret: Some(SecretString::from(CLIENT_SECRET)),
-        assertion: None,
-        endpoints: authbridge::token::Endpoints {
-            token_url: sb.token_url(),
-            authorize_url: None,
-            device_code_url: None,
-        },
-        scopes: default_scopes(ProviderKind::Microsoft, flow),
-        redirect_uri: None,
-        http: HttpClient::new(sb.client_config(), proxy),
-    })
+    common::app_provider(
+        sb,
+        CLIENT_ID,
+        CredentialKind::ClientSecret,
+        Some(CLIENT_SECRET),
+        None,
+        proxy,
+    )
 }
 
 fn manager(provider: Arc<ProviderConfig>) -> (Arc<TokenManager>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = MasterKey::load_or_create(Some(&dir.path().join("k")), None, dir.path()).unwrap();
-    let store = TokenStore::open(&dir.path().join("state"), key).unwrap();
-    let account = AccountConfig {
-        name: "tickets".to_owned(),
-        mailbox: MAILBOX.to_owned(),
-        provider,
-    };
-    let settings = TokenSettings {
-        request_timeout: Duration::from_secs(10),
-        ..TokenSettings::default()
-    };
-    (TokenManager::new(store, vec![account], settings), dir)
+    common::app_manager(provider, MAILBOX)
 }
 
 fn configured(proxy: &Proxy, credentials: bool) -> ProxySetting {
@@ -194,7 +164,7 @@ fn configured(proxy: &Proxy, credentials: bool) -> ProxySetting {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_requests_go_through_the_configured_proxy_only() {
     let Some(bin) = tinyproxy() else { return };
-    logs();
+    common::log_capture();
     let sb = sandbox().await;
     let proxy = Proxy::start(bin, false);
 
@@ -220,7 +190,7 @@ async fn token_requests_go_through_the_configured_proxy_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_authentication_407_then_success_with_credentials() {
     let Some(bin) = tinyproxy() else { return };
-    logs();
+    common::log_capture();
     let sb = sandbox().await;
     let proxy = Proxy::start(bin, true);
 
@@ -234,14 +204,14 @@ async fn proxy_authentication_407_then_success_with_credentials() {
     m.access_token("tickets").await.unwrap();
     assert!(proxy.log().contains("CONNECT"), "{}", proxy.log());
     assert!(
-        !logs().text().contains(PROXY_PASSWORD),
+        !common::log_capture().text().contains(PROXY_PASSWORD),
         "the proxy password reached the logs"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_that_refuses_connections_is_transient_and_named() {
-    logs();
+    common::log_capture();
     let sb = sandbox().await;
     let port = free_port();
     let setting = ProxySetting::Configured(ProxyConfig {
@@ -258,7 +228,7 @@ async fn a_proxy_that_refuses_connections_is_transient_and_named() {
         "names the proxy: {e}"
     );
     assert!(!e.to_string().contains(PROXY_PASSWORD));
-    assert!(!logs().text().contains(PROXY_PASSWORD));
+    assert!(!common::log_capture().text().contains(PROXY_PASSWORD));
 }
 
 /// The real binary: `HTTPS_PROXY` (with credentials in it) from the environment, a certificate

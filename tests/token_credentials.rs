@@ -7,74 +7,33 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use authbridge::token::{
-    AccountConfig, CertificateCredential, ClientAssertion, CredentialKind, ErrorKind, Flow,
-    HttpClient, JWT_BEARER_ASSERTION_TYPE, MasterKey, ProviderConfig, ProviderKind, ProxySetting,
-    TokenManager, TokenSettings, TokenStore, default_scopes, exchange,
+    CertificateCredential, ClientAssertion, CredentialKind, ErrorKind, Flow,
+    JWT_BEARER_ASSERTION_TYPE, ProviderConfig, ProviderKind, ProxySetting, TokenManager,
+    TokenSettings, default_scopes, exchange,
 };
-use common::LogCapture;
 use sandbox::{Sandbox, SandboxOptions};
 
 const CLIENT_ID: &str = "99999999-2222-3333-4444-555555555555";
 const MAILBOX: &str = "tickets@contoso.com";
 const SUBJECT: &str = "system:serviceaccount:mail:authbridge";
 
-fn logs() -> &'static LogCapture {
-    static LOGS: OnceLock<LogCapture> = OnceLock::new();
-    LOGS.get_or_init(|| LogCapture::install(tracing::Level::TRACE))
-}
-
-/// A self-signed certificate (PEM) for a test key of `tests/data/assertion` and the key's path.
-fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
-    let key_path = PathBuf::from(format!(
-        "{}/tests/data/assertion/{name}.key",
-        env!("CARGO_MANIFEST_DIR")
-    ));
-    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path).unwrap()).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["authbridge-app".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap()
-        .pem();
-    let cert_path = dir.join(format!("{name}.pem"));
-    std::fs::write(&cert_path, &cert).unwrap();
-    (cert_path, key_path, cert)
-}
-
 fn provider(sb: &Sandbox, kind: CredentialKind, assertion: ClientAssertion) -> Arc<ProviderConfig> {
-    let flow = Flow::ClientCredentials;
-    Arc::new(ProviderConfig {
-        name: "m365".to_owned(),
-        kind: ProviderKind::Microsoft,
-        flow,
-        client_id: CLIENT_ID.to_owned(),
-        credential: kind,
-        client_secret: None,
-        assertion: Some(assertion),
-        endpoints: authbridge::token::Endpoints {
-            token_url: sb.token_url(),
-            authorize_url: Some(sb.authorize_url()),
-            device_code_url: Some(sb.device_code_url()),
-        },
-        scopes: default_scopes(ProviderKind::Microsoft, flow),
-        redirect_uri: None,
-        http: HttpClient::new(sb.client_config(), ProxySetting::Direct),
-    })
+    common::app_provider(
+        sb,
+        CLIENT_ID,
+        kind,
+        None,
+        Some(assertion),
+        ProxySetting::Direct,
+    )
 }
 
-fn manager(dir: &Path, provider: Arc<ProviderConfig>) -> Arc<TokenManager> {
-    let key = MasterKey::load_or_create(Some(&dir.join("master.key")), None, dir).unwrap();
-    let store = TokenStore::open(&dir.join("state"), key).unwrap();
-    let account = AccountConfig {
-        name: "tickets".to_owned(),
-        mailbox: MAILBOX.to_owned(),
-        provider,
-    };
-    TokenManager::new(store, vec![account], TokenSettings::default())
+fn manager(provider: Arc<ProviderConfig>) -> (Arc<TokenManager>, tempfile::TempDir) {
+    common::app_manager(provider, MAILBOX)
 }
 
 /// A client-credentials request carrying `assertion` as is.
@@ -103,17 +62,17 @@ fn assert_not_logged(secret: &str) {
     let tail = secret.rsplit('.').next().unwrap();
     assert!(tail.len() > 20);
     assert!(
-        !logs().text().contains(tail),
+        !common::log_capture().text().contains(tail),
         "an assertion reached the logs"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_assertion_gets_an_app_token_and_bad_ones_are_refused() {
-    logs();
+    common::log_capture();
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path, cert_pem) = certificate(dir.path(), "app");
+    let (cert_path, key_path, cert_pem) = common::test_certificate(dir.path(), "app");
     sb.add_certificate_client(CLIENT_ID, &cert_pem, &[MAILBOX]);
     let credential = Arc::new(CertificateCredential::load(&cert_path, &key_path).unwrap());
     let p = provider(
@@ -124,7 +83,7 @@ async fn certificate_assertion_gets_an_app_token_and_bad_ones_are_refused() {
     assert!(p.describe_credential().starts_with("client certificate"));
 
     // Through the manager, twice (a fresh jti each time).
-    let m = manager(dir.path(), p.clone());
+    let (m, _store) = manager(p.clone());
     let t = m.access_token("tickets").await.unwrap();
     assert!(!t.token.expose().is_empty());
     m.refresh_now("tickets").await.unwrap();
@@ -166,17 +125,15 @@ async fn certificate_assertion_gets_an_app_token_and_bad_ones_are_refused() {
     assert_eq!(e.aadsts, Some(700024), "{e}");
     assert!(e.hint().contains("clock"), "{}", e.hint());
     // Signed by another key than the registered certificate's.
-    let (other_cert, other_key, _) = certificate(dir.path(), "other");
+    let (other_cert, other_key, _) = common::test_certificate(dir.path(), "other");
     let other = CertificateCredential::load(&other_cert, &other_key).unwrap();
     let p_other = provider(
         &sb,
         CredentialKind::ClientCertificate,
         ClientAssertion::Certificate(Arc::new(other)),
     );
-    let e = manager(dir.path(), p_other)
-        .access_token("tickets")
-        .await
-        .unwrap_err();
+    let (m_other, _other_store) = manager(p_other);
+    let e = m_other.access_token("tickets").await.unwrap_err();
     assert_eq!(
         (e.kind, e.aadsts),
         (ErrorKind::Permanent, Some(700027)),
@@ -190,14 +147,14 @@ async fn certificate_assertion_gets_an_app_token_and_bad_ones_are_refused() {
     let key_pem = std::fs::read_to_string(&key_path).unwrap();
     let key_line = key_pem.lines().nth(3).unwrap();
     assert!(
-        !logs().text().contains(key_line),
+        !common::log_capture().text().contains(key_line),
         "the key reached the logs"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federated_token_file_is_reread_when_rotated() {
-    logs();
+    common::log_capture();
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.add_federated_client(CLIENT_ID, SUBJECT, &[MAILBOX]);
     let dir = tempfile::tempdir().unwrap();
@@ -214,7 +171,7 @@ async fn federated_token_file_is_reread_when_rotated() {
         ClientAssertion::File(file.clone()),
     );
     assert!(p.describe_credential().contains("azure-identity-token"));
-    let m = manager(dir.path(), p.clone());
+    let (m, _store) = manager(p.clone());
     let e = m.refresh_now("tickets").await.unwrap_err();
     assert_eq!(e.aadsts, Some(700024), "{e}");
 
@@ -224,7 +181,7 @@ async fn federated_token_file_is_reread_when_rotated() {
     let tmp = dir.path().join("..new");
     std::fs::write(&tmp, format!("{fresh}\n")).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    let m = manager(dir.path(), p.clone());
+    let (m, _store) = manager(p.clone());
     let t = m.access_token("tickets").await.unwrap();
     assert!(!t.token.expose().is_empty());
 
@@ -242,7 +199,7 @@ async fn federated_token_file_is_reread_when_rotated() {
     // The file vanishes (volume not mounted): a transient error naming the file. (A fresh
     // manager: the one above holds the permanent refusal until the config changes.)
     std::fs::remove_file(&file).unwrap();
-    let m = manager(dir.path(), p.clone());
+    let (m, _store) = manager(p.clone());
     let e = m.refresh_now("tickets").await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Transient, "{e}");
     assert!(e.message.contains("azure-identity-token"), "{e}");
