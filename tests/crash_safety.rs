@@ -44,7 +44,9 @@ fn rotation_child_process() {
         kind: ProviderKind::Custom,
         flow: Flow::AuthorizationCode,
         client_id: "client".into(),
+        credential: authbridge::token::CredentialKind::None,
         client_secret: None,
+        assertion: None,
         endpoints: Endpoints {
             token_url: url,
             authorize_url: None,
@@ -52,7 +54,10 @@ fn rotation_child_process() {
         },
         scopes: vec!["mail".into()],
         redirect_uri: None,
-        tls: authbridge::tls::client_config(None).unwrap(),
+        http: authbridge::token::HttpClient::new(
+            authbridge::tls::client_config(None).unwrap(),
+            authbridge::token::ProxySetting::Direct,
+        ),
     });
     let account = AccountConfig {
         name: "tickets".into(),

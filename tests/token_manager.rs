@@ -203,7 +203,9 @@ fn provider(url: &str, flow: Flow) -> Arc<ProviderConfig> {
         kind: ProviderKind::Microsoft,
         flow,
         client_id: "11111111-2222-3333-4444-555555555555".to_owned(),
+        credential: authbridge::token::CredentialKind::ClientSecret,
         client_secret: Some(SecretString::from(CLIENT_SECRET)),
+        assertion: None,
         endpoints: authbridge::token::Endpoints {
             token_url: url.to_owned(),
             authorize_url: None,
@@ -211,7 +213,7 @@ fn provider(url: &str, flow: Flow) -> Arc<ProviderConfig> {
         },
         scopes: default_scopes(ProviderKind::Microsoft, flow),
         redirect_uri: None,
-        tls: tls(),
+        http: authbridge::token::HttpClient::new(tls(), authbridge::token::ProxySetting::Direct),
     })
 }
 
@@ -830,4 +832,26 @@ async fn a_rotated_token_the_store_refuses_is_used_from_memory_and_saved_later()
         "the log says why"
     );
     assert_nothing_secret_logged();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    // A 307 would make a client re-send the form (client secret, refresh token) to the
+    // `Location`: the second fake must never see a request.
+    let elsewhere = start(|n, _| ok(n, 3600)).await;
+    let location = elsewhere.url.clone();
+    let fake = start(move |_, _| Reply {
+        status: 307,
+        headers: vec![("location", location.clone())],
+        body: String::new(),
+        delay: Duration::ZERO,
+    })
+    .await;
+    let s = setup(&fake.url);
+    let e = s.manager.access_token("tickets").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient, "{e}");
+    assert_eq!(e.status, Some(307), "{e}");
+    assert_eq!(fake.count(), 1);
+    assert_eq!(elsewhere.count(), 0, "the redirect was followed");
+    assert_eq!(stored(&s), SEED_RT);
 }

@@ -23,7 +23,9 @@ fn provider(sb: &Sandbox, flow: Flow, secret: &str) -> Arc<ProviderConfig> {
         kind: ProviderKind::Microsoft,
         flow,
         client_id: CLIENT_ID.to_owned(),
+        credential: authbridge::token::CredentialKind::ClientSecret,
         client_secret: Some(SecretString::from(secret)),
+        assertion: None,
         endpoints: authbridge::token::Endpoints {
             token_url: sb.token_url(),
             authorize_url: Some(sb.authorize_url()),
@@ -31,7 +33,10 @@ fn provider(sb: &Sandbox, flow: Flow, secret: &str) -> Arc<ProviderConfig> {
         },
         scopes: default_scopes(ProviderKind::Microsoft, flow),
         redirect_uri: None,
-        tls: sb.client_config(),
+        http: authbridge::token::HttpClient::new(
+            sb.client_config(),
+            authbridge::token::ProxySetting::Direct,
+        ),
     })
 }
 

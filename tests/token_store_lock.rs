@@ -117,7 +117,9 @@ fn manager(store: TokenStore, url: &str) -> Arc<TokenManager> {
         kind: ProviderKind::Custom,
         flow: Flow::AuthorizationCode,
         client_id: "client".into(),
+        credential: authbridge::token::CredentialKind::None,
         client_secret: None,
+        assertion: None,
         endpoints: Endpoints {
             token_url: url.to_owned(),
             authorize_url: None,
@@ -125,7 +127,10 @@ fn manager(store: TokenStore, url: &str) -> Arc<TokenManager> {
         },
         scopes: vec!["mail".into()],
         redirect_uri: None,
-        tls: authbridge::tls::client_config(None).unwrap(),
+        http: authbridge::token::HttpClient::new(
+            authbridge::tls::client_config(None).unwrap(),
+            authbridge::token::ProxySetting::Direct,
+        ),
     });
     let account = AccountConfig {
         name: "tickets".into(),

@@ -68,12 +68,24 @@ pub(crate) enum Injected {
     Delay(Duration),
 }
 
+#[derive(Default)]
 struct Client {
     /// `None` for a public client.
     secret: Option<String>,
+    /// DER of a certificate whose key signs client assertions.
+    certificate: Option<Vec<u8>>,
+    /// Subject of a federated credential (issuer: the sandbox's fake Kubernetes issuer).
+    federated_subject: Option<String>,
     app_mailboxes: Vec<String>,
     /// Application permissions with admin consent (`roles` of its app-only tokens).
     app_roles: Vec<String>,
+}
+
+impl Client {
+    /// Has a credential (secret, certificate or federated): a confidential client.
+    fn confidential(&self) -> bool {
+        self.secret.is_some() || self.certificate.is_some() || self.federated_subject.is_some()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -169,6 +181,12 @@ pub(crate) struct Entra {
     pub counters: TokenCounters,
     /// Issue opaque access tokens (as Google does) instead of JWTs.
     pub opaque_tokens: bool,
+    /// `jti`s of accepted client assertions, with their expiry (replay check).
+    seen_jtis: HashMap<String, u64>,
+    /// The fake Kubernetes issuer of federated tokens.
+    pub(crate) issuer: crate::assertion::Issuer,
+    /// The token endpoint the current request came to (the `aud` of a client assertion).
+    request_token_url: String,
 }
 
 type Form = HashMap<String, String>;
@@ -241,6 +259,9 @@ impl Entra {
             account_failures: HashMap::new(),
             counters: TokenCounters::default(),
             opaque_tokens: opts.opaque_tokens,
+            seen_jtis: HashMap::new(),
+            issuer: crate::assertion::Issuer::new(),
+            request_token_url: String::new(),
         }
     }
 
@@ -259,6 +280,43 @@ impl Entra {
                 secret: (!secret.is_empty()).then(|| secret.to_string()),
                 app_mailboxes: mailboxes.iter().map(|m| lower(m)).collect(),
                 app_roles: DEFAULT_APP_ROLES.iter().map(|r| r.to_string()).collect(),
+                ..Client::default()
+            },
+        );
+    }
+
+    /// Registers a client that authenticates with assertions signed by `cert_der`'s key.
+    pub(crate) fn add_certificate_client(
+        &mut self,
+        client_id: &str,
+        cert_der: Vec<u8>,
+        mailboxes: &[&str],
+    ) {
+        self.clients.insert(
+            client_id.to_string(),
+            Client {
+                certificate: Some(cert_der),
+                app_mailboxes: mailboxes.iter().map(|m| lower(m)).collect(),
+                app_roles: DEFAULT_APP_ROLES.iter().map(|r| r.to_string()).collect(),
+                ..Client::default()
+            },
+        );
+    }
+
+    /// Registers a client with a federated credential for `subject` of the fake issuer.
+    pub(crate) fn add_federated_client(
+        &mut self,
+        client_id: &str,
+        subject: &str,
+        mailboxes: &[&str],
+    ) {
+        self.clients.insert(
+            client_id.to_string(),
+            Client {
+                federated_subject: Some(subject.to_string()),
+                app_mailboxes: mailboxes.iter().map(|m| lower(m)).collect(),
+                app_roles: DEFAULT_APP_ROLES.iter().map(|r| r.to_string()).collect(),
+                ..Client::default()
             },
         );
     }
@@ -771,7 +829,7 @@ impl Entra {
 
     /// Authenticate the client of a token request. `secret_optional`: a confidential client may
     /// omit its secret (device flow); a wrong one is still refused.
-    fn authenticate_client(&self, form: &Form, secret_optional: bool) -> Result<String, Reply> {
+    fn authenticate_client(&mut self, form: &Form, secret_optional: bool) -> Result<String, Reply> {
         let Some(client_id) = form.get("client_id").filter(|c| !c.is_empty()) else {
             return Err(self.error(
                 400,
@@ -791,6 +849,17 @@ impl Entra {
                 ),
             ));
         };
+        if let Some(assertion) = form.get("client_assertion") {
+            return self.authenticate_assertion(client_id, assertion, form);
+        }
+        if client.secret.is_none() && client.confidential() && !secret_optional {
+            return Err(self.error(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            ));
+        }
         if let Some(secret) = &client.secret {
             match form.get("client_secret") {
                 None if secret_optional => {}
@@ -816,11 +885,52 @@ impl Entra {
         Ok(client_id.clone())
     }
 
+    /// Checks `client_assertion` (RFC 7523 §2.2) for a registered certificate or federated
+    /// credential of `client_id`.
+    fn authenticate_assertion(
+        &mut self,
+        client_id: &str,
+        assertion: &str,
+        form: &Form,
+    ) -> Result<String, Reply> {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return Err(self.error(
+                400,
+                "invalid_request",
+                50027,
+                "Invalid JWT token. client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+            ));
+        }
+        let now = unix_secs(SystemTime::now());
+        let client = &self.clients[client_id];
+        let result = match (&client.certificate, &client.federated_subject) {
+            (Some(der), _) => crate::assertion::verify_certificate_assertion(
+                assertion,
+                der,
+                client_id,
+                &self.request_token_url,
+                now,
+                &mut self.seen_jtis,
+            ),
+            (None, Some(subject)) => self.issuer.verify(assertion, subject, now),
+            (None, None) => Err((
+                700027,
+                "Client assertion failed signature validation. The app has no certificate or federated credential.".to_owned(),
+            )),
+        };
+        result
+            .map(|()| client_id.to_owned())
+            .map_err(|(code, text)| self.error(401, "invalid_client", code, &text))
+    }
+
     /// `POST /{tenant}/oauth2/v2.0/token` after counting and failure injection.
     pub(crate) fn token(&mut self, tenant: &str, form: &Form, now: Instant) -> Reply {
         if !self.tenant_ok(tenant) {
             return self.unknown_tenant(tenant);
         }
+        self.request_token_url = format!("{}/{tenant}/oauth2/v2.0/token", self.base_url);
         let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
         match grant {
             "" => self.error(
@@ -935,7 +1045,7 @@ impl Entra {
         if self
             .clients
             .get(&client_id)
-            .is_some_and(|c| c.secret.is_none())
+            .is_some_and(|c| !c.confidential())
         {
             return self.error(
                 401,

@@ -28,6 +28,12 @@ const MAX_BODY: usize = 1024 * 1024;
 struct ResetError;
 
 pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream) {
+    if let Some(allowed) = shared.token_allowed_peers()
+        && !tcp.peer_addr().is_ok_and(|p| allowed.contains(&p.ip()))
+    {
+        tracing::debug!(peer = ?tcp.peer_addr().ok(), "sandbox token service: source not allowed, closed");
+        return;
+    }
     if shared.entra().failure_is_reset() {
         // An RST rather than a FIN when the injected reset closes this connection.
         let _ = tcp.set_zero_linger();

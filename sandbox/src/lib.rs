@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+mod assertion;
 pub mod cli;
 mod conn;
 mod connector;
@@ -277,6 +278,9 @@ pub(crate) struct Shared {
     mail_connections: AtomicU64,
     /// Write a forged response right after each STARTTLS/STLS go-ahead, before the handshake.
     forge_after_starttls: AtomicBool,
+    /// When set, the token service closes connections from any other source address (so a test
+    /// can prove that requests come through a proxy bound to one of these).
+    token_allowed_peers: Mutex<Option<Vec<IpAddr>>>,
     host: String,
     idle_timeout: Duration,
     max_message_size: usize,
@@ -296,6 +300,10 @@ impl Shared {
 
     pub(crate) fn exchange(&self) -> MutexGuard<'_, exchange::Exchange> {
         lock(&self.exchange)
+    }
+
+    pub(crate) fn token_allowed_peers(&self) -> Option<Vec<IpAddr>> {
+        lock(&self.token_allowed_peers).clone()
     }
 
     pub(crate) fn connector_settings(&self) -> connector::Settings {
@@ -396,6 +404,7 @@ impl Sandbox {
             connector_counters: Mutex::new(ConnectorCounters::default()),
             mail_connections: AtomicU64::new(0),
             forge_after_starttls: AtomicBool::new(false),
+            token_allowed_peers: Mutex::new(None),
             host: opts.host.clone(),
             idle_timeout: opts.idle_timeout,
             max_message_size: opts.max_message_size,
@@ -635,6 +644,54 @@ impl Sandbox {
     /// Issue opaque (non-JWT) access tokens from now on, as Google and some custom providers do.
     pub fn set_opaque_tokens(&self, opaque: bool) {
         self.shared.entra().opaque_tokens = opaque;
+    }
+
+    /// Register a confidential client that authenticates with client assertions signed by the
+    /// key of `cert_pem` (the first certificate of the PEM), like a certificate uploaded to an
+    /// app registration. Calling again replaces it.
+    pub fn add_certificate_client(&self, client_id: &str, cert_pem: &str, app_mailboxes: &[&str]) {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .expect("a PEM certificate")
+            .to_vec();
+        self.shared
+            .entra()
+            .add_certificate_client(client_id, der, app_mailboxes);
+    }
+
+    /// Register a confidential client with a federated credential: tokens of the sandbox's fake
+    /// Kubernetes issuer ([`Sandbox::federated_issuer`]) whose subject is `subject` (e.g.
+    /// `system:serviceaccount:mail:authbridge`) and audience `api://AzureADTokenExchange`.
+    pub fn add_federated_client(&self, client_id: &str, subject: &str, app_mailboxes: &[&str]) {
+        self.shared
+            .entra()
+            .add_federated_client(client_id, subject, app_mailboxes);
+    }
+
+    /// The issuer URL of federated tokens.
+    pub fn federated_issuer(&self) -> &'static str {
+        assertion::FEDERATED_ISSUER
+    }
+
+    /// A projected service-account token for `subject` from the fake Kubernetes issuer, valid
+    /// from `issued_at` (UNIX seconds) for `lifetime`.
+    pub fn issue_federated_token(
+        &self,
+        subject: &str,
+        issued_at: u64,
+        lifetime: Duration,
+    ) -> String {
+        self.shared.entra().issuer.token(
+            subject,
+            issued_at,
+            issued_at.saturating_add(lifetime.as_secs()),
+        )
+    }
+
+    /// Only accept token-service connections from these source addresses (`None`: from any).
+    pub fn set_token_allowed_peers(&self, peers: Option<&[IpAddr]>) {
+        *lock(&self.shared.token_allowed_peers) = peers.map(<[IpAddr]>::to_vec);
     }
 
     /// A delegated refresh token of `mailbox` for `client_id` (an unknown client is registered as a

@@ -267,7 +267,9 @@ mod tests {
             kind: crate::token::ProviderKind::Custom,
             flow: crate::token::Flow::ClientCredentials,
             client_id: "c".into(),
+            credential: crate::token::CredentialKind::None,
             client_secret: None,
+            assertion: None,
             endpoints: crate::token::Endpoints {
                 token_url: "http://127.0.0.1:1/token".into(),
                 authorize_url: None,
@@ -275,7 +277,10 @@ mod tests {
             },
             scopes: vec![],
             redirect_uri: None,
-            tls: crate::tls::client_config(None).unwrap(),
+            http: crate::token::HttpClient::new(
+                crate::tls::client_config(None).unwrap(),
+                crate::token::ProxySetting::Direct,
+            ),
         });
         vec![Account {
             name: "tickets".into(),

@@ -77,6 +77,12 @@ pub(super) struct RawProvider {
     #[serde(default)]
     pub(super) client_secret: Option<SecretSource>,
     #[serde(default)]
+    pub(super) client_certificate: Option<RawClientCertificate>,
+    #[serde(default)]
+    pub(super) client_assertion: Option<RawClientAssertion>,
+    #[serde(default)]
+    pub(super) proxy: Option<RawProxy>,
+    #[serde(default)]
     pub(super) flow: FlowName,
     #[serde(default)]
     pub(super) authorize_url: Option<String>,
@@ -90,6 +96,39 @@ pub(super) struct RawProvider {
     pub(super) scopes: Option<Vec<String>>,
     #[serde(default)]
     pub(super) ca_file: Option<PathBuf>,
+}
+
+/// `client_certificate: { cert: PATH, key: PATH }` (PEM).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientCertificate {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+}
+
+/// `client_assertion: { file: PATH }` (a federated token file, read for every request).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientAssertion {
+    pub(super) file: PathBuf,
+}
+
+/// `proxy: none` or `proxy: { url, username, password }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawProxy {
+    Keyword(String),
+    Server(RawProxyServer),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyServer {
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) username: Option<String>,
+    #[serde(default)]
+    pub(super) password: Option<SecretSource>,
 }
 
 #[derive(Debug, Deserialize)]

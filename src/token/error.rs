@@ -289,6 +289,34 @@ pub(crate) fn fix_for(f: &Failure, ctx: &ErrorContext<'_>) -> String {
                  the app registration"
             );
         }
+        Some(700027) => {
+            return format!(
+                "upload the certificate of `client_certificate` of provider `{p}` to the app \
+                 registration (Entra admin center → App registrations → Certificates & secrets → \
+                 Certificates), or point `client_certificate` at the certificate and key already \
+                 uploaded there"
+            );
+        }
+        Some(700024) => {
+            return format!(
+                "the assertion had expired or was not yet valid: check this host's clock (NTP); \
+                 with `client_assertion`, check that the token file of provider `{p}` is being \
+                 rotated (Kubernetes projected volume)"
+            );
+        }
+        Some(700213) => {
+            return format!(
+                "add a federated credential to the app registration whose issuer, subject and \
+                 audience (api://AzureADTokenExchange) match the token in `client_assertion.file` \
+                 of provider `{p}`"
+            );
+        }
+        Some(50027) => {
+            return format!(
+                "the client assertion of provider `{p}` was refused as a JWT (wrong audience: \
+                 check `tenant`, `cloud` and `token_url`; or a replayed or malformed assertion)"
+            );
+        }
         Some(500011) => {
             return format!(
                 "check `scopes` of provider `{p}` (Exchange Online is https://outlook.office365.com) \

@@ -1,9 +1,19 @@
-//! Token endpoint requests: build the form (client authentication by `client_secret_post`), send it,
-//! classify the answer, log the outcome. [`exchange`] serves every grant; the refresh and client
-//! credentials helpers below and `authbridge login` (authorization code, device code) go through it.
+//! Token endpoint requests: build the form (client authentication by `client_secret_post` or by a
+//! `client_assertion`), send it with the provider's HTTP client, classify the answer, log the
+//! outcome. [`exchange`] serves every grant; the refresh and client credentials helpers below and
+//! `authbridge login` (authorization code, device code) go through it.
+//!
+//! Why not the `oauth2` crate for these grants: its request/response types do not fit what we
+//! must keep. Its error type parses only the RFC 6749 fields, so Microsoft's `error_codes` (the
+//! AADSTS numbers our transient/permanent split and fixes rest on), `Retry-After` on 429 and the
+//! "HTTP 200 with an unreadable body" case would be lost or need a second parse of a body we
+//! hold as a wiped secret; its token response keeps tokens in plain `String`s; and oauth2 5
+//! depends on reqwest 0.12, a second major next to ours. What it would do for us — build a form
+//! of four pairs — is what `encode_form` does here in a few lines.
 
 use std::time::{Instant, SystemTime};
 
+use super::assertion::JWT_BEARER_ASSERTION_TYPE;
 use super::error::{ErrorContext, TokenError};
 use super::failure::{ErrorKind, Failure};
 use super::http::{self, HttpError};
@@ -129,7 +139,8 @@ async fn request(
     params: &[(&str, &str)],
     settings: &TokenSettings,
 ) -> Result<TokenResponse, Failure> {
-    let form = encode_form(provider, params, true);
+    let auth = client_auth(provider, params).await?;
+    let form = encode_form(provider, params, &auth);
     let response = post(provider, &provider.endpoints.token_url, &form, settings).await?;
     classify(
         response.status,
@@ -139,41 +150,78 @@ async fn request(
     )
 }
 
-/// `client_id`, then `params`, then (if `with_secret` and configured) `client_secret`. The form
-/// holds secrets: it is written into a buffer allocated once at its largest possible size (every
-/// byte percent-encoded), so no partial copy is left behind in freed memory.
+/// How the app authenticates a token request.
+enum ClientAuth<'a> {
+    /// A public client, or a request that carries its own credentials.
+    None,
+    Secret(&'a SecretString),
+    Assertion(SecretString),
+}
+
+/// The client authentication `provider` is configured for: its secret, or a fresh assertion
+/// (signed now, or read from the federated token file now).
+async fn client_auth<'a>(
+    provider: &'a ProviderConfig,
+    params: &[(&str, &str)],
+) -> Result<ClientAuth<'a>, Failure> {
+    if params
+        .iter()
+        .any(|(k, _)| matches!(*k, "client_secret" | "client_assertion"))
+    {
+        return Ok(ClientAuth::None);
+    }
+    if let Some(assertion) = &provider.assertion {
+        return assertion
+            .value(&provider.client_id, &provider.endpoints.token_url)
+            .await
+            .map(ClientAuth::Assertion)
+            // A federated token file is rotated underneath us (and may be missing for a moment):
+            // retried like a network failure, the message names the file.
+            .map_err(|e| Failure::new(ErrorKind::Transient, e));
+    }
+    Ok(provider
+        .client_secret
+        .as_ref()
+        .map_or(ClientAuth::None, ClientAuth::Secret))
+}
+
+/// `client_id`, then `params`, then the client authentication. The form holds secrets: it is
+/// written into a buffer allocated once at its largest possible size (every byte
+/// percent-encoded), so no partial copy is left behind in freed memory.
 fn encode_form(
     provider: &ProviderConfig,
     params: &[(&str, &str)],
-    with_secret: bool,
+    auth: &ClientAuth<'_>,
 ) -> SecretString {
-    let secret = provider
-        .client_secret
-        .as_ref()
-        .filter(|_| with_secret && !params.iter().any(|(k, _)| *k == "client_secret"));
+    let auth_pairs: Vec<(&str, &str)> = match auth {
+        ClientAuth::None => Vec::new(),
+        ClientAuth::Secret(s) => vec![("client_secret", s.expose().as_str())],
+        ClientAuth::Assertion(a) => vec![
+            ("client_assertion_type", JWT_BEARER_ASSERTION_TYPE),
+            ("client_assertion", a.expose().as_str()),
+        ],
+    };
     let pairs = params
         .iter()
         .copied()
         .chain([("client_id", provider.client_id.as_str())])
-        .chain(secret.map(|s| ("client_secret", s.expose().as_str())));
+        .chain(auth_pairs.iter().copied());
     let capacity = pairs.fold(0usize, |n, (k, v)| {
         n.saturating_add(k.len().saturating_add(v.len()).saturating_mul(3))
             .saturating_add(2)
     });
     let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
     form.append_pair("client_id", &provider.client_id);
-    for (k, v) in params {
+    for (k, v) in params.iter().chain(auth_pairs.iter()) {
         form.append_pair(k, v);
-    }
-    if let Some(secret) = secret {
-        form.append_pair("client_secret", secret.expose());
     }
     let form = form.finish();
     debug_assert!(form.len() <= capacity, "the form never outgrew its buffer");
     SecretString::new(form)
 }
 
-/// POSTs a form to one of `provider`'s endpoints; transport problems become transient failures.
+/// POSTs a form to one of `provider`'s endpoints; transport and proxy problems become transient
+/// failures whose message names the endpoint's host and, if one was in the way, the proxy.
 async fn post(
     provider: &ProviderConfig,
     url: &str,
@@ -186,24 +234,32 @@ async fn post(
             format!("{e} (endpoint of provider {})", provider.name),
         )
     })?;
-    http::post_form(
-        &target,
-        &provider.tls,
-        form,
-        settings.request_timeout,
-        settings.max_response_bytes,
-    )
-    .await
-    .map_err(|e| {
-        let message = match e {
-            HttpError::TooLarge(limit) => format!(
-                "the token endpoint {} answered with more than {limit} bytes",
-                target.host
-            ),
-            e => format!("cannot reach the token endpoint {}: {e}", target.host),
-        };
-        Failure::new(ErrorKind::Transient, message)
-    })
+    let host = http::host_of(&target);
+    provider
+        .http
+        .post_form(
+            &target,
+            form,
+            settings.request_timeout,
+            settings.max_response_bytes,
+        )
+        .await
+        .map_err(|(e, via)| {
+            let via = via.map(|p| format!(" through the {p}")).unwrap_or_default();
+            let message = match e {
+                HttpError::TooLarge(limit) => {
+                    format!("the token endpoint {host} answered with more than {limit} bytes{via}")
+                }
+                HttpError::BadUrl(why) => {
+                    return Failure::new(
+                        ErrorKind::Permanent,
+                        format!("provider {}: {why}", provider.name),
+                    );
+                }
+                e => format!("cannot reach the token endpoint {host}{via}: {e}"),
+            };
+            Failure::new(ErrorKind::Transient, message)
+        })
 }
 
 /// Starts a device-code login (RFC 8628 §3.1): asks `provider`'s `device_code_url` for a user code.
@@ -230,7 +286,8 @@ pub async fn device_authorization(
     } else {
         &[("scope", &scope)]
     };
-    let form = encode_form(provider, params, false);
+    // RFC 8628 §3.1: a public client sends only its id here (Entra takes no assertion here).
+    let form = encode_form(provider, params, &ClientAuth::None);
     let result = match post(provider, url, &form, settings).await {
         Ok(r) => classify_device_authorization(
             r.status,
@@ -285,19 +342,20 @@ pub(crate) async fn refresh(
     exchange(provider, account, &params, settings).await
 }
 
-/// `grant_type=client_credentials` (app-only, needs a client secret).
+/// `grant_type=client_credentials` (app-only, needs a client secret or an assertion).
 pub(crate) async fn client_credentials(
     provider: &ProviderConfig,
     account: &str,
     settings: &TokenSettings,
 ) -> Result<TokenResponse, TokenError> {
-    if provider.client_secret.is_none() {
+    if provider.client_secret.is_none() && provider.assertion.is_none() {
         return Err(TokenError::new(
             account,
             ErrorKind::NotConfigured,
-            format!("provider {} has no client_secret", provider.name),
+            format!("provider {} has no client credential", provider.name),
             format!(
-                "set `client_secret` of provider `{}` (client_credentials needs one)",
+                "set `client_secret`, `client_certificate` or `client_assertion` of provider `{}` \
+                 (client_credentials needs one)",
                 provider.name
             ),
         )

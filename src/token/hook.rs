@@ -193,7 +193,9 @@ mod tests {
                 kind: ProviderKind::Microsoft,
                 flow: Flow::AuthorizationCode,
                 client_id: "cid".into(),
+                credential: crate::token::CredentialKind::None,
                 client_secret: None,
+                assertion: None,
                 endpoints: Endpoints {
                     token_url: "https://x/t".into(),
                     authorize_url: None,
@@ -201,7 +203,10 @@ mod tests {
                 },
                 scopes: Vec::new(),
                 redirect_uri: None,
-                tls: Arc::new(tls),
+                http: crate::token::HttpClient::new(
+                    Arc::new(tls),
+                    crate::token::ProxySetting::Direct,
+                ),
             }),
         }
     }

@@ -117,7 +117,9 @@ mod tests {
             kind: ProviderKind::Microsoft,
             flow: Flow::AuthorizationCode,
             client_id: "cid".into(),
+            credential: crate::token::CredentialKind::ClientSecret,
             client_secret: Some(SecretString::from("SECRET")),
+            assertion: None,
             endpoints: Endpoints {
                 token_url: "https://login.example/t".into(),
                 authorize_url: Some("https://login.example/authorize".into()),
@@ -125,7 +127,7 @@ mod tests {
             },
             scopes: default_scopes(ProviderKind::Microsoft, Flow::AuthorizationCode),
             redirect_uri: None,
-            tls: Arc::new(tls),
+            http: crate::token::HttpClient::new(Arc::new(tls), crate::token::ProxySetting::Direct),
         };
         let pkce = Pkce::from_verifier(SecretString::from("v"));
         let url = authorize_url(

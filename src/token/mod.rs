@@ -6,7 +6,10 @@
 //!   background refresh and keep-alive.
 //! - [`exchange`] (`grant.rs`): one token-endpoint request (any grant) → [`TokenResponse`] or a
 //!   classified [`TokenError`]. `authbridge login` reuses it for `authorization_code` / `device_code`.
-//! - `http.rs`: one HTTP/1.1 POST over TCP (+ rustls), every phase under one deadline, capped body.
+//! - `http.rs`: the provider's reqwest client (rustls, egress proxy, no redirects): one form POST
+//!   under one deadline with named phases, capped body.
+//! - `assertion.rs`: client assertions instead of a client secret (signed with a certificate's
+//!   key, or a federated token read from a file).
 //! - [`classify`] (`response.rs`): pure function from HTTP status + body to success or a classified
 //!   [`Failure`] (`failure.rs`: [`ErrorKind`], the AADSTS table); `error.rs` ties a failure to an
 //!   account as a [`TokenError`] with a one-line fix.
@@ -36,6 +39,7 @@
 //!
 //! [`Secret`]: crate::secret::Secret
 
+mod assertion;
 pub mod claims;
 mod endpoints;
 mod error;
@@ -53,6 +57,9 @@ pub mod status_report;
 mod store;
 mod unix_time;
 
+pub use assertion::{
+    ASSERTION_LIFETIME, CertificateCredential, ClientAssertion, JWT_BEARER_ASSERTION_TYPE,
+};
 pub use endpoints::{
     MailHosts, default_scopes, google_endpoints, microsoft_endpoints, microsoft_mail_hosts,
 };
@@ -60,10 +67,12 @@ pub use error::TokenError;
 pub use failure::{ErrorKind, Failure};
 pub use grant::{device_authorization, exchange};
 pub use hook::ReauthHook;
-pub use http::check_endpoint_url;
+pub use http::{HttpClient, ProxyConfig, ProxySetting, check_endpoint_url, parse_proxy_url};
 pub use login::{DEVICE_CODE_GRANT_TYPE, Pkce, authorize_url, random_state};
 pub use manager::{AccessToken, AccountStatus, Reconfigured, TokenManager};
-pub use provider::{AccountConfig, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
+pub use provider::{
+    AccountConfig, Cloud, CredentialKind, Endpoints, Flow, ProviderConfig, ProviderKind,
+};
 pub use response::{
     DeviceAuthorization, TokenResponse, classify, classify_device_authorization, parse_retry_after,
 };

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::assertion::ClientAssertion;
+use super::http::HttpClient;
 use crate::secret::SecretString;
 
 /// Which identity provider a [`ProviderConfig`] talks to (picks default endpoints, scopes, hints).
@@ -87,6 +89,36 @@ impl fmt::Display for Cloud {
     }
 }
 
+/// How the app authenticates itself at the token endpoint (named in `check` and `status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum CredentialKind {
+    /// A public client (delegated flows without a secret).
+    #[default]
+    None,
+    ClientSecret,
+    ClientCertificate,
+    /// A federated token from a file (workload identity federation).
+    ClientAssertion,
+}
+
+impl CredentialKind {
+    /// The config key that sets it (`none` for a public client).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::None => "none",
+            CredentialKind::ClientSecret => "client_secret",
+            CredentialKind::ClientCertificate => "client_certificate",
+            CredentialKind::ClientAssertion => "client_assertion",
+        }
+    }
+}
+
+impl fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a provider's OAuth2 endpoints are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoints {
@@ -102,12 +134,29 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     pub flow: Flow,
     pub client_id: String,
+    /// Which credential the config names (also when secrets were not read).
+    pub credential: CredentialKind,
+    /// `client_secret`; at most one of it and `assertion` is set (the config loader sees to it).
     pub client_secret: Option<SecretString>,
+    /// `client_certificate` or `client_assertion`: client authentication without a secret.
+    pub assertion: Option<ClientAssertion>,
     pub endpoints: Endpoints,
     pub scopes: Vec<String>,
     pub redirect_uri: Option<String>,
-    /// Built by the caller (webpki roots + optional `ca_file`); used for `https://` endpoints.
-    pub tls: Arc<rustls::ClientConfig>,
+    /// The provider's one HTTP client (TLS: webpki roots + optional `ca_file`; egress proxy).
+    pub http: HttpClient,
+}
+
+impl ProviderConfig {
+    /// How the app authenticates itself, in words, for `check`.
+    pub fn describe_credential(&self) -> String {
+        match (&self.assertion, self.credential) {
+            (Some(a), _) => a.describe(),
+            (None, CredentialKind::ClientSecret) => "client secret".to_owned(),
+            (None, CredentialKind::None) => "none (public client)".to_owned(),
+            (None, k) => k.as_str().to_owned(),
+        }
+    }
 }
 
 /// One account: the mailbox and the provider whose tokens it uses.

@@ -5,7 +5,7 @@
 //! and decrypts nothing.
 //!
 //! ```text
-//! tickets  flow=authorization_code  access_token=expires in 52m (2025-06-01 10:42:00 UTC)  last_refresh=8m ago  refresh_token_age=8m  state=ok
+//! tickets  flow=authorization_code  access_token=expires in 52m (2025-06-01 10:42:00 UTC)  last_refresh=8m ago  refresh_token_age=8m  credential=client_secret  state=ok
 //! ```
 //!
 //! An account needs attention when it needs a login, its last token request failed
@@ -236,7 +236,8 @@ fn line(
     };
     let mut text = format!(
         "{name}  flow={flow}  access_token={access}  last_refresh={last_refresh}  \
-         refresh_token_age={rt_age}"
+         refresh_token_age={rt_age}  credential={}",
+        account.provider.credential
     );
     if let Some(e) = last_error {
         text.push_str(&format!("  last_error=\"{}\"", e.replace('"', "'")));
@@ -332,7 +333,7 @@ mod tests {
         assert_eq!(
             ok.text,
             "tickets  flow=authorization_code  access_token=expires in 50m (2023-11-14 23:03:20 UTC)  \
-             last_refresh=10m ago  refresh_token_age=2d 0h  state=ok"
+             last_refresh=10m ago  refresh_token_age=2d 0h  credential=client_secret  state=ok"
         );
         assert!(!ok.needs_action);
 
@@ -433,7 +434,7 @@ mod tests {
         let l = line(&a, None, Some(Ok(None)), &judge(now));
         assert!(
             l.text.ends_with(
-                "access_token=none  last_refresh=never  refresh_token_age=none  state=needs login: \
+                "access_token=none  last_refresh=never  refresh_token_age=none  credential=client_secret  state=needs login: \
                  no refresh token stored yet — run `authbridge login tickets` (or pipe an existing \
                  refresh token into `authbridge import-token tickets`)"
             ),

@@ -848,3 +848,83 @@ impl std::io::Write for LogCapture {
         Ok(())
     }
 }
+
+/// One TRACE-level log capture per test binary, installed on first use (for tests that grep the
+/// logs for secrets).
+pub fn log_capture() -> &'static LogCapture {
+    static LOGS: OnceLock<LogCapture> = OnceLock::new();
+    LOGS.get_or_init(|| LogCapture::install(tracing::Level::TRACE))
+}
+
+/// A self-signed certificate for the test key `tests/data/assertion/{name}.key` (ring cannot
+/// generate RSA keys), written to `dir/{name}.pem`: (cert path, key path, cert PEM).
+pub fn test_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
+    let key_path = PathBuf::from(format!(
+        "{}/tests/data/assertion/{name}.key",
+        env!("CARGO_MANIFEST_DIR")
+    ));
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path).unwrap()).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![format!("authbridge-{name}")])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    let cert_path = dir.join(format!("{name}.pem"));
+    std::fs::write(&cert_path, &cert).unwrap();
+    (cert_path, key_path, cert)
+}
+
+/// An app-only (`client_credentials`) Microsoft provider `m365` on the sandbox's token endpoint.
+pub fn app_provider(
+    sb: &Sandbox,
+    client_id: &str,
+    credential: authbridge::token::CredentialKind,
+    client_secret: Option<&str>,
+    assertion: Option<authbridge::token::ClientAssertion>,
+    proxy: authbridge::token::ProxySetting,
+) -> std::sync::Arc<authbridge::token::ProviderConfig> {
+    use authbridge::token::{ProviderKind, default_scopes};
+    let flow = authbridge::token::Flow::ClientCredentials;
+    std::sync::Arc::new(authbridge::token::ProviderConfig {
+        name: "m365".to_owned(),
+        kind: ProviderKind::Microsoft,
+        flow,
+        client_id: client_id.to_owned(),
+        credential,
+        client_secret: client_secret.map(authbridge::secret::SecretString::from),
+        assertion,
+        endpoints: authbridge::token::Endpoints {
+            token_url: sb.token_url(),
+            authorize_url: None,
+            device_code_url: None,
+        },
+        scopes: default_scopes(ProviderKind::Microsoft, flow),
+        redirect_uri: None,
+        http: authbridge::token::HttpClient::new(sb.client_config(), proxy),
+    })
+}
+
+/// A token manager with one account `tickets` (mailbox `mailbox`) on `provider`, its store in a
+/// new temp dir (returned, keep it alive), token requests bounded by 10 s.
+pub fn app_manager(
+    provider: std::sync::Arc<authbridge::token::ProviderConfig>,
+    mailbox: &str,
+) -> (
+    std::sync::Arc<authbridge::token::TokenManager>,
+    tempfile::TempDir,
+) {
+    use authbridge::token::{AccountConfig, MasterKey, TokenManager, TokenSettings, TokenStore};
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::load_or_create(Some(&dir.path().join("k")), None, dir.path()).unwrap();
+    let store = TokenStore::open(&dir.path().join("state"), key).unwrap();
+    let account = AccountConfig {
+        name: "tickets".to_owned(),
+        mailbox: mailbox.to_owned(),
+        provider,
+    };
+    let settings = TokenSettings {
+        request_timeout: Duration::from_secs(10),
+        ..TokenSettings::default()
+    };
+    (TokenManager::new(store, vec![account], settings), dir)
+}

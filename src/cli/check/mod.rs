@@ -118,6 +118,17 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
         listeners: Vec::new(),
     };
     report.findings.extend(listen_addresses_free(config));
+    for (name, p) in &config.providers {
+        report.findings.push(
+            Finding::ok(format!(
+                "credential {} ({}), proxy {}",
+                p.credential,
+                p.describe_credential(),
+                p.http.describe_proxy()
+            ))
+            .about(format!("provider {name}")),
+        );
+    }
     let tokens = match crate::server::token_manager(config) {
         Ok(t) => t,
         Err(e) => {

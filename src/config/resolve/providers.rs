@@ -12,8 +12,12 @@ use crate::config::placeholders::{
     EXAMPLE_CLIENT_ID, EXAMPLE_TENANT, is_example_client_id, is_example_tenant,
 };
 use crate::config::schema::RawProvider;
+use crate::config::schema::RawProxy;
 use crate::config::secrets::Secrets;
-use crate::token::{self, Cloud, Endpoints, Flow, ProviderConfig, ProviderKind};
+use crate::token::{
+    self, CertificateCredential, ClientAssertion, Cloud, CredentialKind, Endpoints, Flow,
+    HttpClient, ProviderConfig, ProviderKind, ProxyConfig, ProxySetting,
+};
 
 use super::context::Resolver;
 
@@ -33,7 +37,39 @@ impl Resolver<'_> {
     fn provider(&self, name: &str, p: RawProvider) -> Result<ProviderConfig, ConfigError> {
         let at = format!("providers.{name}");
         self.placeholders(&at, &p)?;
-        let has_secret = p.client_secret.is_some();
+        let credential = match (&p.client_secret, &p.client_certificate, &p.client_assertion) {
+            (None, None, None) => CredentialKind::None,
+            (Some(_), None, None) => CredentialKind::ClientSecret,
+            (None, Some(_), None) => CredentialKind::ClientCertificate,
+            (None, None, Some(_)) => CredentialKind::ClientAssertion,
+            _ => {
+                return Err(self.err(
+                    at.clone(),
+                    "set only one of `client_secret`, `client_certificate` and `client_assertion`",
+                ));
+            }
+        };
+        let assertion = match (&p.client_certificate, &p.client_assertion, self.secrets) {
+            (_, _, Secrets::Skip) => None,
+            (Some(c), _, Secrets::Read) => {
+                let (cert, key) = (self.path(&c.cert), self.path(&c.key));
+                let loaded = CertificateCredential::load(&cert, &key).map_err(|why| {
+                    self.err(
+                        format!("{at}.client_certificate"),
+                        format!(
+                            "{why} (cert {}, key {}: the PEM certificate uploaded to the app \
+                             registration and its RSA private key)",
+                            cert.display(),
+                            key.display()
+                        ),
+                    )
+                })?;
+                Some(ClientAssertion::Certificate(Arc::new(loaded)))
+            }
+            (None, Some(a), Secrets::Read) => Some(ClientAssertion::File(self.path(&a.file))),
+            (None, None, Secrets::Read) => None,
+        };
+        let proxy = self.proxy(&at, p.proxy)?;
         let client_secret = match self.secrets {
             Secrets::Read => p
                 .client_secret
@@ -79,10 +115,12 @@ impl Resolver<'_> {
                 ));
             }
         }
-        if p.flow == FlowName::ClientCredentials && !has_secret {
+        if p.flow == FlowName::ClientCredentials && credential == CredentialKind::None {
             return Err(self.err(
                 format!("{at}.client_secret"),
-                "flow client_credentials needs a client_secret (a value, { env: NAME } or { file: PATH })",
+                "flow client_credentials needs a client credential: client_secret (a value, \
+                 { env: NAME } or { file: PATH }), client_certificate: { cert, key } or \
+                 client_assertion: { file }",
             ));
         }
         for (key, url) in [
@@ -103,6 +141,7 @@ impl Resolver<'_> {
         let ca = p.ca_file.as_deref().map(|c| self.path(c));
         let tls = crate::tls::client_config(ca.as_deref())
             .map_err(|e| self.err(format!("{at}.ca_file"), e.to_string()))?;
+        let http = HttpClient::new(tls, proxy);
         let kind = match p.kind {
             ProviderType::Microsoft => ProviderKind::Microsoft,
             ProviderType::Google => ProviderKind::Google,
@@ -154,12 +193,57 @@ impl Resolver<'_> {
             kind,
             flow,
             client_id: p.client_id,
+            credential,
             client_secret,
+            assertion,
             endpoints,
             scopes,
             redirect_uri: p.redirect_uri,
-            tls,
+            http,
         })
+    }
+
+    /// `proxy:` absent (the environment), `none`, or `{ url, username, password }`.
+    fn proxy(&self, at: &str, raw: Option<RawProxy>) -> Result<ProxySetting, ConfigError> {
+        let at = format!("{at}.proxy");
+        let server = match raw {
+            None => return Ok(ProxySetting::Environment),
+            Some(RawProxy::Keyword(k)) if k == "none" => return Ok(ProxySetting::Direct),
+            Some(RawProxy::Keyword(_)) => {
+                return Err(self.err(
+                    at,
+                    "expected `none` or { url: http://proxy:3128, username, password }",
+                ));
+            }
+            Some(RawProxy::Server(s)) => s,
+        };
+        let (url, in_url) = token::parse_proxy_url(&server.url)
+            .map_err(|why| self.err(format!("{at}.url"), why))?;
+        if in_url.is_some() {
+            return Err(self.err(
+                format!("{at}.url"),
+                "put the proxy's credentials into `username` and `password`, not into the URL \
+                 (the URL shows up in logs)",
+            ));
+        }
+        if server.password.is_some() && server.username.is_none() {
+            return Err(self.err(
+                format!("{at}.password"),
+                "a proxy password needs `username` too",
+            ));
+        }
+        let password = match (server.password, self.secrets) {
+            (Some(p), Secrets::Read) => Some(
+                p.read(|file| self.path(file))
+                    .map_err(|message| self.err(format!("{at}.password"), message))?,
+            ),
+            _ => None,
+        };
+        Ok(ProxySetting::Configured(ProxyConfig {
+            url,
+            username: server.username,
+            password,
+        }))
     }
 
     /// The example's values left in place: an all-zero `client_id` always; the example tenant
@@ -253,5 +337,80 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn with(extra: &str) -> String {
+        format!(
+            "providers:\n  m365:\n    type: microsoft\n    tenant: t.onmicrosoft.com\n    client_id: c\n    \
+             flow: client_credentials\n{extra}"
+        )
+    }
+
+    #[test]
+    fn proxy_settings() {
+        use crate::token::CredentialKind;
+        let c = parse(&with("    client_secret: s\n    proxy: none\n")).unwrap();
+        let p = &c.providers["m365"];
+        assert_eq!(p.http.describe_proxy(), "none (proxy: none)");
+        assert_eq!(p.credential, CredentialKind::ClientSecret);
+        let c = parse(&with(
+            "    client_secret: s\n    proxy: { url: \"http://proxy.corp:3128\", username: u, password: pw }\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.providers["m365"].http.describe_proxy(),
+            "http://proxy.corp:3128/ (with credentials)"
+        );
+        for (proxy, key, says) in [
+            (
+                "proxy: { url: \"http://u:pw@proxy:3128\" }",
+                "proxy.url",
+                "username",
+            ),
+            (
+                "proxy: { url: \"socks5://proxy:1080\" }",
+                "proxy.url",
+                "scheme",
+            ),
+            (
+                "proxy: { url: \"http://proxy:3128\", password: pw }",
+                "proxy.password",
+                "username",
+            ),
+            ("proxy: direct", "proxy", "none"),
+        ] {
+            let e = parse(&with(&format!("    client_secret: s\n    {proxy}\n"))).unwrap_err();
+            assert!(e.contains(&format!("providers.m365.{key}")), "{proxy}: {e}");
+            assert!(e.contains(says), "{proxy}: {e}");
+            assert!(!e.contains("pw@"), "{e}");
+        }
+    }
+
+    #[test]
+    fn credentials_exclusive_and_certificate_checked() {
+        let e = parse(&with(
+            "    client_secret: s\n    client_assertion: { file: /var/run/token }\n",
+        ))
+        .unwrap_err();
+        assert!(e.contains("only one of"), "{e}");
+        let e = parse(&with("")).unwrap_err();
+        assert!(e.contains("client_certificate"), "{e}");
+        let c = parse(&with("    client_assertion: { file: token }\n")).unwrap();
+        let p = &c.providers["m365"];
+        assert_eq!(p.credential, crate::token::CredentialKind::ClientAssertion);
+        assert!(
+            p.describe_credential().contains("/etc/authbridge/token"),
+            "{}",
+            p.describe_credential()
+        );
+        let key = format!(
+            "{}/tests/data/assertion/app.key",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let e = parse(&with(&format!(
+            "    client_certificate: {{ cert: /nonexistent/app.pem, key: {key} }}\n"
+        )))
+        .unwrap_err();
+        assert!(e.contains("providers.m365.client_certificate"), "{e}");
     }
 }
