@@ -3,6 +3,7 @@
 //! or config error.
 //!
 //! One module per subcommand: [`run`], [`check`], [`login`], [`status`], [`import_token`],
+//! [`migrate_store`],
 //! [`hash_password`], [`gen_cert`]; `failure.rs` (how a subcommand fails) and `setup.rs` (config
 //! loading, the async runtime) serve them all, `account_arg.rs` the ACCOUNT argument of `login`
 //! and `import-token`. Room for the planned ones, each a module of its own:
@@ -22,6 +23,7 @@ pub mod gen_cert;
 pub mod hash_password;
 pub mod import_token;
 pub mod login;
+pub mod migrate_store;
 pub mod run;
 mod setup;
 pub mod status;
@@ -104,6 +106,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Copy the refresh tokens of the file store (state_dir/tokens) into the shared token store
+    /// (token_store: redis). Never changes the files; an account the shared store already holds
+    /// is kept as it is. Safe to run again.
+    MigrateStore {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Runs one subcommand.
@@ -122,6 +131,7 @@ pub fn dispatch(command: Command) -> Result<(), Failure> {
         Command::ImportToken { account, config } => import_token::run(&account, config),
         Command::HashPassword { allow_line_breaks } => hash_password::run(allow_line_breaks),
         Command::GenCert { out, hosts, force } => gen_cert::run(&out, &hosts, force),
+        Command::MigrateStore { config } => migrate_store::run(config),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `authbridge status`: one line per account, from what the processes acting on the accounts left
 //! behind (a separate process has no in-memory state): the status file the token manager writes
 //! (`token::StatusFiles`) and the token store's clear-text metadata (when the refresh token was
-//! stored). Needs no key and no provider secret, and decrypts nothing.
+//! stored). Needs no key and no provider secret, and decrypts nothing. With a shared store
+//! (Redis) a first line says whether the store answers; an unreachable store needs attention.
 //!
 //! ```text
 //! tickets  flow=authorization_code  access_token=expires in 52m (2025-06-01 10:42:00 UTC)  last_refresh=8m ago  refresh_token_age=8m  state=ok
@@ -24,7 +25,7 @@ use super::setup::load_without_secrets;
 
 use crate::config::{Account, Config};
 use crate::token::{
-    MasterKey, PersistedStatus, StatusFiles, TokenError, TokenStore, from_unix_secs,
+    MasterKey, PersistedStatus, StatusFiles, StoreConfig, TokenError, TokenStore, from_unix_secs,
 };
 
 /// A token request may take `limits.token_request_secs` plus this (store reads and writes, the
@@ -70,11 +71,15 @@ impl Judge {
 /// action is a runtime failure.
 pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
     let config = load_without_secrets(config)?;
+    let store = store_line(&config);
+    if let Some(l) = &store {
+        println!("{}", l.text);
+    }
     let lines = report(&config, &Judge::now(&config));
     for l in &lines {
         println!("{}", l.text);
     }
-    if lines.iter().any(|l| l.needs_action) {
+    if lines.iter().chain(&store).any(|l| l.needs_action) {
         Err(Failure::Runtime(anyhow!(
             "some accounts need attention (see above)"
         )))
@@ -83,21 +88,51 @@ pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
     }
 }
 
+/// With a shared store (Redis), one line on whether it answers (`account` is `token_store`):
+/// `token_store=redis (URL)  state=ok` or `state=unavailable: <why> — <fix>`. `None` for files.
+pub fn store_line(config: &Config) -> Option<AccountLine> {
+    let StoreConfig::Redis(_) = &config.token_store else {
+        return None;
+    };
+    let (text, needs_action) = match open_store(config) {
+        Some(store) => match store.health() {
+            Ok(()) => (format!("token_store={}  state=ok", store.describe()), false),
+            Err(e) => (
+                format!("token_store={}  state=failed: {e}", store.describe()),
+                true,
+            ),
+        },
+        None => (
+            "token_store=redis  state=failed: cannot open the store".to_owned(),
+            true,
+        ),
+    };
+    Some(AccountLine {
+        account: "token_store".to_owned(),
+        text,
+        needs_action,
+    })
+}
+
+/// The store for reading clear-text metadata: any key will do, and none is created.
+fn open_store(config: &Config) -> Option<TokenStore> {
+    let key = MasterKey::from_bytes([0; 32], "status (no key needed)");
+    match &config.token_store {
+        StoreConfig::File => config
+            .state_dir
+            .is_dir()
+            .then(|| TokenStore::open(&config.state_dir, key).ok())
+            .flatten(),
+        StoreConfig::Redis(_) => {
+            TokenStore::open_with(&config.token_store, &config.state_dir, key).ok()
+        }
+    }
+}
+
 /// The status line of every configured account.
 pub fn report(config: &Config, judge: &Judge) -> Vec<AccountLine> {
     let files = StatusFiles::new(&config.state_dir);
-    // Only clear-text metadata is read: any key will do, and none is created.
-    let store = config
-        .state_dir
-        .is_dir()
-        .then(|| {
-            TokenStore::open(
-                &config.state_dir,
-                MasterKey::from_bytes([0; 32], "status (no key needed)"),
-            )
-            .ok()
-        })
-        .flatten();
+    let store = open_store(config);
     config
         .accounts
         .iter()

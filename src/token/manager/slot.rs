@@ -112,6 +112,9 @@ pub(super) struct State {
     pub(super) needs_login_since: Option<SystemTime>,
     /// A rotated refresh token not in the store yet (only the holder of `Slot::turn` changes it).
     pub(super) unsaved: Option<Unsaved>,
+    /// SHA-256 of the last access token the upstream refused: a shared store's published token
+    /// equal to it is not adopted (`cluster.rs`).
+    pub(super) rejected: Option<[u8; 32]>,
 }
 
 pub(super) struct Cached {
