@@ -90,15 +90,20 @@ impl RedisServer {
         } else {
             cmd.args(["--port", &self.port.to_string()]);
         }
-        for u in &self.opts.users {
-            cmd.arg("--user").arg(u);
+        if !self.opts.users.is_empty() {
+            let mut acl = String::from("user default on nopass ~* &* +@all\n");
+            for u in &self.opts.users {
+                acl.push_str(&format!("user {u}\n"));
+            }
+            std::fs::write(d.join("users.acl"), acl).unwrap();
+            cmd.arg("--aclfile").arg(d.join("users.acl"));
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         self.child = Some(cmd.spawn().expect("redis-server starts"));
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !self.answers() {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not listen: {}",
@@ -106,6 +111,18 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether it takes connections (and, without TLS, answers PING).
+    fn answers(&self) -> bool {
+        if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            return false;
+        }
+        self.opts.tls
+            || redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
     }
 
     /// Kills the server (SIGKILL: no goodbye to its clients).
