@@ -18,7 +18,7 @@ cd "$(dirname "$0")"
 secs=${FUZZ_SECS:-15}
 sanitizer=${FUZZ_SANITIZER:-none}
 target_dir=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/authbridge-fuzz-target}
-targets=${FUZZ_TARGETS:-"smtp_client smtp_upstream sasl xoauth2 imap_client imap_upstream pop3 relay"}
+targets=${FUZZ_TARGETS:-"smtp_client smtp_upstream sasl xoauth2 imap_client imap_upstream pop3 relay store_record"}
 start=$(date +%s)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then

@@ -72,12 +72,19 @@ impl RedisServer {
     fn spawn(&mut self) {
         let d = self.dir.path();
         let mut cmd = Command::new(&self.binary);
-        cmd.args(["--bind", "127.0.0.1", "--protected-mode", "no", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(d)
-            .arg("--logfile")
-            .arg(d.join("redis.log"));
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .arg("--dir")
+        .arg(d)
+        .arg("--logfile")
+        .arg(d.join("redis.log"));
         if self.opts.tls {
             cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
                 .arg("--tls-cert-file")
@@ -257,8 +264,7 @@ listeners:
 
     /// Replica `i`'s config loaded (for library calls such as the store).
     pub fn loaded(&self, i: usize) -> authbridge::config::Config {
-        authbridge::config::Config::load(&self.dir.path().join(format!("replica{i}.yaml")))
-            .unwrap()
+        authbridge::config::Config::load(&self.dir.path().join(format!("replica{i}.yaml"))).unwrap()
     }
 }
 
@@ -360,8 +366,11 @@ impl Drop for Replica {
 /// One IMAP LOGIN on `addr`: the tagged reply line (`a OK …`, `a NO [UNAVAILABLE] …`), or
 /// `"closed"`/`"connect failed"`.
 pub async fn imap_login(addr: SocketAddr) -> String {
-    let Ok(Ok(tcp)) =
-        tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr)).await
+    let Ok(Ok(tcp)) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
     else {
         return "connect failed".to_owned();
     };

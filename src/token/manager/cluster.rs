@@ -2,8 +2,9 @@
 //! (Redis): the cluster-wide single flight.
 //!
 //! 1. Adopt: if another replica published an access token that is not yet due for renewal (its
-//!    remaining life by the server's clock, `PTTL`, is above the refresh margin) and is not the
-//!    one the upstream just refused, use it: no token request.
+//!    remaining life by the server's clock, `PTTL`, is above the refresh margin) and, after the
+//!    upstream refused this replica's token, is newer than the refused one, use it: no token
+//!    request.
 //! 2. Otherwise take the account's refresh lease (`SET NX PX`). While another replica holds it,
 //!    poll (every `LEASE_POLL`) for its published result or a free lease, for at most
 //!    `LEASE_WAIT`; then give up with a temporary error. A holder that died loses the lease when
@@ -180,7 +181,7 @@ pub(super) async fn fetch(
 async fn adopt(
     store: &TokenStore,
     account: &str,
-    rejected: Option<[u8; 32]>,
+    rejected: Option<([u8; 32], Instant)>,
     settings: &TokenSettings,
     fresh_only: bool,
 ) -> Result<Option<Cached>, crate::token::store::StoreError> {
@@ -198,8 +199,22 @@ async fn adopt(
     else {
         return Ok(None);
     };
-    if rejected == Some(sha256(&access_token)) || remaining < MIN_ADOPT {
+    if remaining < MIN_ADOPT {
         return Ok(None);
+    }
+    // After the upstream refused a token, only one published after this replica got the refused
+    // one will do: the refused one, or any as old, may be as bad. Its age is by the server's
+    // clock (lifetime minus what is left), compared with a local duration, never a timestamp.
+    if let Some((digest, at)) = rejected {
+        let age = lifetime.saturating_sub(remaining);
+        if digest == sha256(&access_token) || age >= at.elapsed() {
+            tracing::debug!(
+                account,
+                age_ms = age.as_millis() as u64,
+                "not using the published access token: not newer than the refused one"
+            );
+            return Ok(None);
+        }
     }
     let margin = settings.refresh_margin.min(lifetime / 2);
     if fresh_only && remaining <= margin {

@@ -270,7 +270,18 @@ impl TokenManager {
         let rx = {
             let mut st = slot.lock();
             st.in_use = true;
-            st.rejected = Some(slot::sha256(&rejected.token));
+            // When the refused token was had: this slot's last success, if that is the one refused.
+            let obtained = st
+                .cached
+                .as_ref()
+                .filter(|c| c.token.generation == rejected.generation)
+                .and(st.obtained_at)
+                .unwrap_or(now);
+            let digest = slot::sha256(&rejected.token);
+            // Sessions refused with the same token after the first keep the first's record.
+            if st.rejected.is_none_or(|(d, _)| d != digest) {
+                st.rejected = Some((digest, obtained));
+            }
             if let Some(c) = &st.cached
                 && c.token.generation > rejected.generation
                 && c.token.expires_at > now + MIN_VALIDITY

@@ -704,10 +704,7 @@ fn describe(e: &RedisError) -> String {
         RedisErrorKind::AuthenticationFailed => {
             format!("Redis refused the credentials ({e}): check token_store.username and password")
         }
-        _ if e.is_timeout() => format!(
-            "Redis did not answer within {} s",
-            COMMAND.as_secs()
-        ),
+        _ if e.is_timeout() => format!("Redis did not answer within {} s", COMMAND.as_secs()),
         _ if e.code() == Some("NOPERM") => format!(
             "the Redis user lacks a permission ({e}): grant the ACL shown in README \
              \"Running several replicas\""
