@@ -60,8 +60,11 @@ pub fn run(config: Option<PathBuf>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Per account: what happened, or why it failed.
+pub type Outcomes = Vec<(String, Result<Migrated, String>)>;
+
 /// Copies each delegated account's token; per account what happened or why it failed.
-pub fn migrate(config: &Config) -> Result<Vec<(String, Result<Migrated, String>)>, Failure> {
+pub fn migrate(config: &Config) -> Result<Outcomes, Failure> {
     if !matches!(config.token_store, StoreConfig::Redis(_)) {
         return Err(Failure::Usage(anyhow!(
             "token_store is `file`: set `token_store: {{ type: redis, url: … }}` in {} first, \

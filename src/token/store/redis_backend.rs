@@ -591,14 +591,9 @@ impl Lease {
         let spawned = std::thread::Builder::new()
             .name("authbridge-lease".into())
             .spawn(move || {
-                loop {
-                    match stopped.recv_timeout(every) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = store.lease_script(&key, &value, Some(ms)) {
-                                tracing::warn!("cannot renew the refresh lease {key}: {e}");
-                            }
-                        }
-                        _ => break,
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    if let Err(e) = store.lease_script(&key, &value, Some(ms)) {
+                        tracing::warn!("cannot renew the refresh lease {key}: {e}");
                     }
                 }
                 if let Err(e) = store.lease_script(&key, &value, None) {
