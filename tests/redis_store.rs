@@ -469,3 +469,47 @@ async fn migrate_store_copies_file_tokens_and_is_idempotent() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_and_sealing_in_redis() {
+    let Some(bin) = require_redis("compare_and_set_and_sealing_in_redis") else {
+        return;
+    };
+    let redis = RedisServer::start(bin, RedisOptions::default());
+    let sandbox = sandbox().await;
+    let cluster = Cluster::new(&sandbox, store_yaml(&redis, ""));
+    cluster.config(0, common::redis::free_port());
+    let store = authbridge::server::token_store(&cluster.loaded(0)).unwrap();
+    let v1 = store.save("tickets", &"rt-one".to_owned().into()).unwrap();
+    let v2 = store
+        .replace("tickets", &"rt-two".to_owned().into(), Some(v1))
+        .unwrap();
+    assert!(v2 > v1);
+    // A rotation that started from v1 finds v2: refused, nothing written.
+    let e = store
+        .replace("tickets", &"rt-three".to_owned().into(), Some(v1))
+        .unwrap_err();
+    assert!(
+        matches!(e, authbridge::token::StoreError::Conflict { .. }),
+        "{e}"
+    );
+    let held = store.load("tickets").unwrap().unwrap();
+    assert_eq!((held.refresh_token.expose().as_str(), held.version), ("rt-two", v2));
+    // The sealed value is bound to its account: copied to another account's key it does not open.
+    let mut conn = redis.conn();
+    let rec: Vec<u8> = redis::cmd("HGET")
+        .arg("authbridge/token/tickets")
+        .arg("rec")
+        .query(&mut conn)
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&rec).contains("rt-two"));
+    let _: () = redis::cmd("HSET")
+        .arg("authbridge/token/other")
+        .arg("v")
+        .arg(v2)
+        .arg("rec")
+        .arg(&rec)
+        .query(&mut conn)
+        .unwrap();
+    assert!(store.load("other").is_err());
+}
