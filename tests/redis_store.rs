@@ -89,6 +89,8 @@ async fn three_replicas_cold_burst_make_one_token_request() {
     let cluster = Cluster::new(&sandbox, store_yaml(&redis, ""));
     seed(&sandbox, &cluster);
     let replicas: Vec<Replica> = (0..3).map(|i| Replica::start(&cluster, i, &[])).collect();
+    // A token request takes as long as a real one may: all three replicas need it meanwhile.
+    sandbox.inject(TokenFailure::Slow(Duration::from_millis(300)));
     let before = sandbox.token_requests().refresh_token;
     let addrs: Vec<_> = replicas.iter().map(Replica::addr).collect();
     let replies = burst(&addrs, 300).await;
