@@ -496,7 +496,10 @@ async fn compare_and_set_and_sealing_in_redis() {
         "{e}"
     );
     let held = store.load("tickets").unwrap().unwrap();
-    assert_eq!((held.refresh_token.expose().as_str(), held.version), ("rt-two", v2));
+    assert_eq!(
+        (held.refresh_token.expose().as_str(), held.version),
+        ("rt-two", v2)
+    );
     // The sealed value is bound to its account: copied to another account's key it does not open.
     let mut conn = redis.conn();
     let rec: Vec<u8> = redis::cmd("HGET")
