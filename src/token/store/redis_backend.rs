@@ -249,8 +249,8 @@ impl RedisStore {
         now.saturating_add_signed(self.inner.skew_secs)
     }
 
-    /// A pooled connection, or a new one unless the reconnect backoff is running.
-    fn connection(&self) -> Result<Connection, StoreError> {
+    /// A pooled connection (`true`), or a new one unless the reconnect backoff is running.
+    fn connection(&self) -> Result<(Connection, bool), StoreError> {
         if let Some(c) = self
             .inner
             .pool
@@ -258,7 +258,7 @@ impl RedisStore {
             .unwrap_or_else(|p| p.into_inner())
             .pop()
         {
-            return Ok(c);
+            return Ok((c, true));
         }
         {
             let h = self.health_lock();
@@ -278,7 +278,7 @@ impl RedisStore {
                 Ok(c)
             });
         match conn {
-            Ok(c) => Ok(c),
+            Ok(c) => Ok((c, false)),
             Err(e) => {
                 let why = describe(&e);
                 self.failed(&why);
@@ -307,11 +307,24 @@ impl RedisStore {
     }
 
     /// Runs `f` on a connection; a connection that failed is dropped (the next call reconnects).
+    /// An idle pooled connection that turns out dead (Redis restarted meanwhile) is retried once
+    /// on a new connection.
     fn call<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+        f: impl Fn(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.connection()?;
+        match self.call_once(&f) {
+            Err((true, _)) => self.call_once(&f).map_err(|(_, e)| e),
+            other => other.map_err(|(_, e)| e),
+        }
+    }
+
+    /// One attempt of [`call`](Self::call); the error says whether a pooled connection broke.
+    fn call_once<T>(
+        &self,
+        f: &impl Fn(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, (bool, StoreError)> {
+        let (mut conn, reused) = self.connection().map_err(|e| (false, e))?;
         match f(&mut conn) {
             Ok(v) => {
                 let mut h = self.health_lock();
@@ -334,20 +347,23 @@ impl RedisStore {
                     || e.is_connection_refusal()
                     || e.is_unrecoverable_error();
                 if broken {
-                    self.failed(&why);
                     // Idle connections to the same server are most likely broken too.
                     self.inner
                         .pool
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .clear();
+                    if reused {
+                        return Err((true, self.unavailable(why)));
+                    }
+                    self.failed(&why);
                 } else {
                     let mut pool = self.inner.pool.lock().unwrap_or_else(|p| p.into_inner());
                     if pool.len() < POOL_MAX {
                         pool.push(conn);
                     }
                 }
-                Err(self.unavailable(why))
+                Err((false, self.unavailable(why)))
             }
         }
     }
