@@ -203,3 +203,32 @@ impl Limits {
         }
     }
 }
+
+/// Bounds and deadlines of the shared (Redis) token store: every call to the server has one.
+pub mod shared_store {
+    use std::time::Duration;
+
+    /// TCP connect (and TLS handshake) to Redis.
+    pub const CONNECT: Duration = Duration::from_secs(2);
+    /// One command or script, request written to reply read.
+    pub const COMMAND: Duration = Duration::from_secs(2);
+    /// After a failed connect, the next attempt waits this long, doubling per failure …
+    pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+    /// … up to this long; calls in between fail at once with the last error (a temporary reply).
+    pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+    /// Idle connections kept for reuse per process.
+    pub const POOL_MAX: usize = 4;
+    /// Default lifetime of the refresh lease (`token_store.lease`): the holder renews it every
+    /// third of it while its refresh runs; a holder that dies loses it after this long.
+    pub const LEASE_DEFAULT: Duration = Duration::from_secs(10);
+    /// Accepted range of `token_store.lease`.
+    pub const LEASE_MIN: Duration = Duration::from_millis(300);
+    pub const LEASE_MAX: Duration = Duration::from_secs(120);
+    /// How long one fetch waits for another replica's refresh (lease held elsewhere) before it
+    /// gives up with a temporary error.
+    pub const LEASE_WAIT: Duration = Duration::from_secs(30);
+    /// How often a waiting replica looks for the published access token or a free lease.
+    pub const LEASE_POLL: Duration = Duration::from_millis(25);
+    /// Largest value read back from Redis (a sealed record is well under 1 KiB per token).
+    pub const RECORD_MAX: usize = 64 * 1024;
+}

@@ -129,9 +129,23 @@ pub fn token_store(config: &Config) -> Result<TokenStore, RunError> {
     } else if env_key.is_none() {
         check_private(&config.state_dir.join("master.key"), "key file", 0o600)?;
     }
+    if let crate::token::StoreConfig::Redis(r) = &config.token_store {
+        // Replicas must share one key: a key generated here would seal what no other can open.
+        let default_key = config.state_dir.join("master.key");
+        let key_path = config.key_file.as_deref().unwrap_or(&default_key);
+        if env_key.is_none() && !key_path.exists() {
+            return Err(RunError::Store(format!(
+                "token_store is Redis ({}) but there is no master key: every replica must use \
+                 the same one — set AUTHBRIDGE_KEY or `key_file` to the key the other replicas \
+                 use (for the first replica: `head -c 32 /dev/urandom | base64` into a secret)",
+                r.url
+            )));
+        }
+    }
     let key = MasterKey::load_or_create(config.key_file.as_deref(), env_key, &config.state_dir)
         .map_err(|e| RunError::Store(e.to_string()))?;
-    TokenStore::open(&config.state_dir, key).map_err(|e| RunError::Store(e.to_string()))
+    TokenStore::open_with(&config.token_store, &config.state_dir, key)
+        .map_err(|e| RunError::Store(e.to_string()))
 }
 
 /// An existing `path` must not be readable, writable or searchable by group or others.

@@ -30,9 +30,11 @@ fn import_token(config: &Config, account: &str) -> Result<(), Failure> {
     store
         .save_locked(account, &token)
         .map_err(|e| Failure::Runtime(anyhow!("cannot store the token: {e}")))?;
+    let at = store
+        .location(account)
+        .unwrap_or_else(|_| config.state_dir.display().to_string());
     println!(
-        "stored the refresh token for {account} (encrypted) under {}; run `authbridge check` to try it",
-        config.state_dir.display()
+        "stored the refresh token for {account} (encrypted) in {at}; run `authbridge check` to try it"
     );
     Ok(())
 }

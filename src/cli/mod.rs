@@ -3,7 +3,7 @@
 //! or config error.
 //!
 //! One module per subcommand: [`run`], [`check`], [`login`], [`status`], [`import_token`],
-//! [`hash_password`], [`gen_cert`], [`probe`]; `failure.rs` (how a subcommand fails) and `setup.rs` (config
+//! [`hash_password`], [`gen_cert`], [`probe`], [`migrate_store`]; `failure.rs` (how a subcommand fails) and `setup.rs` (config
 //! loading, the async runtime) serve them all, `account_arg.rs` the ACCOUNT argument of `login`
 //! and `import-token`. Room for the planned one, a module of its own:
 //! `reload` (SIGHUP to the running process).
@@ -22,6 +22,7 @@ pub mod gen_cert;
 pub mod hash_password;
 pub mod import_token;
 pub mod login;
+pub mod migrate_store;
 pub mod probe;
 pub mod reload;
 pub mod run;
@@ -137,6 +138,14 @@ pub enum Command {
         /// Probe /readyz (every listener bound, every account able to get a token) instead.
         #[arg(long)]
         ready: bool,
+        /// Config file, for `admin.listen` (default: see `run`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Copy the refresh tokens of the file store (state_dir/tokens) into the shared token store
+    /// (token_store: redis). Never changes the files; an account the shared store already holds
+    /// is kept as it is. Safe to run again.
+    MigrateStore {
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -168,6 +177,7 @@ pub fn dispatch(command: Command) -> Result<(), Failure> {
         Command::HashPassword { allow_line_breaks } => hash_password::run(allow_line_breaks),
         Command::GenCert { out, hosts, force } => gen_cert::run(&out, &hosts, force),
         Command::Probe { url, ready, config } => probe::run(url, ready, config),
+        Command::MigrateStore { config } => migrate_store::run(config),
     }
 }
 

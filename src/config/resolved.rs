@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::limits::Limits;
-use crate::token::{AccountConfig, ProviderConfig};
+use crate::token::{AccountConfig, ProviderConfig, StoreConfig};
 
 use super::keywords::{ClientTlsMode, ListenerMode, LogFormat, Protocol, UpstreamTls};
 
@@ -28,6 +28,8 @@ pub struct Config {
     pub limits: Limits,
     /// `on_reauth_needed`: program and arguments (never empty when set).
     pub on_reauth_needed: Option<Vec<String>>,
+    /// `token_store:`: where refresh tokens are kept.
+    pub token_store: StoreConfig,
 }
 
 /// A mailbox and the local logins that map to it.

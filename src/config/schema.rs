@@ -38,6 +38,29 @@ pub(super) struct RawConfig {
     /// Command run when an account needs a new login: `[program, arg, …]` (no shell).
     #[serde(default)]
     pub(super) on_reauth_needed: Option<RawCommand>,
+    /// Where refresh tokens are kept: `{ type: file }` (default) or `{ type: redis, … }`.
+    #[serde(default)]
+    pub(super) token_store: Option<RawTokenStore>,
+}
+
+/// `token_store:`, by its `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawTokenStore {
+    File {},
+    Redis {
+        url: String,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<SecretSource>,
+        #[serde(default)]
+        key_prefix: Option<String>,
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        #[serde(default)]
+        lease_ms: Option<u64>,
+    },
 }
 
 /// `[program, arg, …]`; a plain string is refused with advice (no shell is ever used).

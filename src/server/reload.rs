@@ -15,7 +15,7 @@
 //!   applies to new sessions.
 //!
 //! Sessions already running keep the settings they started with and are never cut by a reload.
-//! `state_dir`, `key_file`, `log`, `admin` and `limits` on connections need a restart: a
+//! `state_dir`, `key_file`, `token_store`, `log`, `admin` and `limits` on connections need a restart: a
 //! reload that changes one of them is refused and changes nothing.
 
 use std::collections::HashMap;
@@ -521,6 +521,13 @@ fn restart_changes(old: &Config, new: &Config) -> Vec<RestartChange> {
     );
     let admin = |c: &Config| c.admin_listen.map_or("(off)".to_owned(), |a| a.to_string());
     check("admin.listen", admin(old), admin(new));
+    // The store is opened once at start (a Redis connection pool); the description never holds
+    // the password.
+    check(
+        "token_store",
+        format!("{:?}", old.token_store),
+        format!("{:?}", new.token_store),
+    );
     check(
         "limits (connections)",
         format!("{:?}", old.limits.connections),

@@ -124,6 +124,12 @@ impl TokenError {
                 "another token was stored meanwhile; authbridge uses it from the next refresh"
                     .to_owned(),
             ),
+            StoreError::Unavailable { .. } => (
+                ErrorKind::Transient,
+                "authbridge reconnects by itself; check that Redis is running and reachable \
+                 (`authbridge status` shows the store's state)"
+                    .to_owned(),
+            ),
             StoreError::Locked { .. } => (
                 ErrorKind::Transient,
                 "authbridge tries again; if it lasts, look for a hung `authbridge login` or \

@@ -79,6 +79,7 @@ pub use response::{
 pub use settings::TokenSettings;
 pub use state_file::{PersistedStatus, StatusFiles};
 pub use store::{
-    FileStore, MasterKey, StoreBackend, StoreError, StoreLock, StoredToken, TokenStore,
+    CLOCK_SKEW_VAR, FileStore, MasterKey, RedisSettings, RedisStore, SharedAccess, StoreBackend,
+    StoreConfig, StoreError, StoreLock, StoredToken, TokenStore, record,
 };
 pub use unix_time::{MAX_UNIX_SECS, from_unix_secs, unix_secs};

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{Account, Config};
 use crate::token::{
-    MasterKey, PersistedStatus, StatusFiles, TokenError, TokenStore, from_unix_secs,
+    MasterKey, PersistedStatus, StatusFiles, StoreConfig, TokenError, TokenStore, from_unix_secs,
 };
 
 /// A token request may take `limits.token_request_secs` plus this (store reads and writes, the
@@ -62,21 +62,51 @@ impl Judge {
     }
 }
 
+/// With a shared store (Redis), one line on whether it answers (`account` is `token_store`):
+/// `token_store=redis (URL)  state=ok` or `state=failed: <why>`. `None` for files.
+pub fn store_line(config: &Config) -> Option<AccountLine> {
+    let StoreConfig::Redis(_) = &config.token_store else {
+        return None;
+    };
+    let (text, needs_action) = match open_store(config) {
+        Some(store) => match store.health() {
+            Ok(()) => (format!("token_store={}  state=ok", store.describe()), false),
+            Err(e) => (
+                format!("token_store={}  state=failed: {e}", store.describe()),
+                true,
+            ),
+        },
+        None => (
+            "token_store=redis  state=failed: cannot open the store".to_owned(),
+            true,
+        ),
+    };
+    Some(AccountLine {
+        account: "token_store".to_owned(),
+        text,
+        needs_action,
+    })
+}
+
+/// The store for reading clear-text metadata: any key will do, and none is created.
+fn open_store(config: &Config) -> Option<TokenStore> {
+    let key = MasterKey::from_bytes([0; 32], "status (no key needed)");
+    match &config.token_store {
+        StoreConfig::File => config
+            .state_dir
+            .is_dir()
+            .then(|| TokenStore::open(&config.state_dir, key).ok())
+            .flatten(),
+        StoreConfig::Redis(_) => {
+            TokenStore::open_with(&config.token_store, &config.state_dir, key).ok()
+        }
+    }
+}
+
 /// The status line of every configured account.
 pub fn report(config: &Config, judge: &Judge) -> Vec<AccountLine> {
     let files = StatusFiles::new(&config.state_dir);
-    // Only clear-text metadata is read: any key will do, and none is created.
-    let store = config
-        .state_dir
-        .is_dir()
-        .then(|| {
-            TokenStore::open(
-                &config.state_dir,
-                MasterKey::from_bytes([0; 32], "status (no key needed)"),
-            )
-            .ok()
-        })
-        .flatten();
+    let store = open_store(config);
     config
         .accounts
         .iter()

@@ -2,6 +2,8 @@
 //! in-process against it on 127.0.0.1:0, and small line-oriented clients.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -1,6 +1,7 @@
 //! Validation and resolution of the parsed YAML into [`Config`]: each section has its file
 //! (`providers`, `accounts`, `listeners` with relay settings, `limits`); this one resolves the
-//! top-level keys (`state_dir`, `key_file`, `log`, `admin`, `hostname`, `on_reauth_needed`) and
+//! top-level keys (`state_dir`, `key_file`, `log`, `admin`, `hostname`, `on_reauth_needed`;
+//! `token_store` in `token_store.rs`) and
 //! fixes the order sections are checked in, so the first error reported does not depend on
 //! how the code is split. [`require_service`] checks that a file that is to run serves
 //! something.
@@ -10,6 +11,7 @@ mod context;
 mod limits;
 mod listeners;
 mod providers;
+mod token_store;
 
 pub(super) use context::Resolver;
 
@@ -95,6 +97,7 @@ impl Resolver<'_> {
         let admin_listen = self.admin_listen(admin_listen, &listeners)?;
         let limits = self.limits(raw.limits)?;
         let on_reauth_needed = self.on_reauth_needed(raw.on_reauth_needed)?;
+        let token_store = self.token_store(raw.token_store)?;
 
         Ok(Config {
             file: self.file.to_owned(),
@@ -109,6 +112,7 @@ impl Resolver<'_> {
             listeners,
             limits,
             on_reauth_needed,
+            token_store,
         })
     }
 

@@ -50,6 +50,9 @@ pub(super) async fn fetch(
         );
     }
     let ctx = ErrorContext::new(provider, account, "refresh_token");
+    if let Some(shared) = store.shared() {
+        return super::cluster::fetch(slot, store, shared, settings, epoch).await;
+    }
     // Held until the rotated token is saved (or kept): see the module docs.
     let _turn = slot.turn.lock().await;
     let _lock = match store_lock(store, account).await {

@@ -34,6 +34,10 @@
 //! the store refuses it, it is kept in memory, used for the next refresh and saved again in the
 //! background (status and log say the store is behind and why).
 //!
+//! With a shared store (Redis), a delegated account's fetch is cluster-wide single flight
+//! (`cluster.rs`): it adopts the access token another replica published, or takes the store's
+//! refresh lease and publishes its own result; the file backend's path is unchanged.
+//!
 //! Files: `slot.rs` (one account's cache entry, fetch in flight, backoff marks and transitions),
 //! `fetch.rs` (one fetch, under the store's lock from load to save), `rotation.rs` (the
 //! read-modify-writes of the stored token: which token to send, saving a rotated one),
@@ -45,6 +49,7 @@
 #![allow(clippy::result_large_err)]
 
 mod background;
+mod cluster;
 mod fetch;
 mod rotation;
 mod slot;
@@ -297,6 +302,18 @@ impl TokenManager {
         let rx = {
             let mut st = slot.lock();
             st.in_use = true;
+            // When the refused token was had: this slot's last success, if that is the one refused.
+            let obtained = st
+                .cached
+                .as_ref()
+                .filter(|c| c.token.generation == rejected.generation)
+                .and(st.obtained_at)
+                .unwrap_or(now);
+            let digest = slot::sha256(&rejected.token);
+            // Sessions refused with the same token after the first keep the first's record.
+            if st.rejected.is_none_or(|(d, _)| d != digest) {
+                st.rejected = Some((digest, obtained));
+            }
             if let Some(c) = &st.cached
                 && c.token.generation > rejected.generation
                 && c.token.expires_at > now + MIN_VALIDITY

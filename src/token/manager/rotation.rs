@@ -27,6 +27,8 @@ pub(super) struct Chosen {
     pub(super) digest: [u8; 32],
     /// For an unsaved token, its ancestors ([`Unsaved::ancestors`]); empty for a stored one.
     pub(super) ancestors: Vec<[u8; 32]>,
+    /// The store version it is stored as (`None` while it is not in the store).
+    pub(super) version: Option<u64>,
 }
 
 impl Chosen {
@@ -35,6 +37,7 @@ impl Chosen {
             digest: sha256(&s.refresh_token),
             token: s.refresh_token,
             ancestors: Vec::new(),
+            version: Some(s.version),
         }
     }
 
@@ -71,6 +74,7 @@ pub(super) fn settle(store: &TokenStore, slot: &Slot) -> Result<Option<Chosen>, 
         digest: sha256(&pending),
         token: pending,
         ancestors,
+        version: None,
     };
     let expected = match loaded {
         Ok(Some(s)) => {
@@ -95,11 +99,12 @@ pub(super) fn settle(store: &TokenStore, slot: &Slot) -> Result<Option<Chosen>, 
         Ok(None) | Err(_) => None,
     };
     match store.replace(account, &chosen.token, expected) {
-        Ok(_) => {
+        Ok(version) => {
             slot.forget_unsaved(Some(&chosen.digest));
             tracing::info!(account, "the rotated refresh token is stored now");
             Ok(Some(Chosen {
                 ancestors: Vec::new(),
+                version: Some(version),
                 ..chosen
             }))
         }

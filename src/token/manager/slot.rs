@@ -116,6 +116,12 @@ pub(super) struct State {
     pub(super) needs_login_since: Option<SystemTime>,
     /// A rotated refresh token not in the store yet (only the holder of `Slot::turn` changes it).
     pub(super) unsaved: Option<Unsaved>,
+    /// SHA-256 of the last access token the upstream refused, and when this slot got it: a
+    /// shared store's published token is adopted after that only if it is not that one and was
+    /// published after it (`cluster.rs`).
+    pub(super) rejected: Option<([u8; 32], Instant)>,
+    /// When the cached token was fetched or adopted.
+    pub(super) obtained_at: Option<Instant>,
 }
 
 pub(super) struct Cached {
@@ -222,6 +228,7 @@ impl State {
         self.permanent = None;
         self.last_error = None;
         self.last_refresh = Some(SystemTime::now());
+        self.obtained_at = Some(Instant::now());
         self.retry_at = None;
         self.reauth_notified = false;
         self.needs_login_since = None;

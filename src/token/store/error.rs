@@ -45,6 +45,13 @@ pub enum StoreError {
         expected: u64,
         found: Option<u64>,
     },
+    /// The shared store (Redis) cannot be reached or refused the command.
+    #[error(
+        "the shared token store {store} is unavailable: {reason} — sessions with a cached access \
+         token keep working, the others get a temporary failure until it is back; check that \
+         Redis is running and reachable (authbridge reconnects by itself)"
+    )]
+    Unavailable { store: String, reason: String },
     /// Another process (or store handle) held the account's lock for longer than we wait.
     #[error(
         "{} stayed locked for {waited:?}: another authbridge process (`login`, `import-token`, \

@@ -257,7 +257,7 @@ fn read_token_file(path: &Path, account: &str) -> Result<Option<TokenFile>, Stor
     Ok(Some(file))
 }
 
-fn check_account_name(name: &str) -> Result<(), StoreError> {
+pub(super) fn check_account_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_ACCOUNT_NAME
         && !name.starts_with('.')

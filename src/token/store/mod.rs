@@ -4,7 +4,10 @@
 //! Layout:
 //! - `backend.rs`: the contract — [`StoreBackend`] (`load`, `save` with an expected version
 //!   (compare-and-set), `lock`, `stored_at`, `location`), [`StoredToken`], [`StoreLock`].
-//! - `file.rs`: the file backend, one sealed file per account (today's only backend).
+//! - `file.rs`: the file backend, one sealed file per account (the default).
+//! - `redis_backend.rs`: the Redis/Valkey backend replicas share: compare-and-set saves, the
+//!   published access token and the refresh lease (a cluster-wide single flight, used by the
+//!   token manager when [`TokenStore::shared`] says so). `record.rs`: its sealed values.
 //! - `crypto.rs`: [`MasterKey`] and sealing/opening, shared by every backend; `key_file.rs`:
 //!   where the key comes from. `atomic_write.rs`: temp file, fsync, rename, 0600/0700.
 //! - `error.rs`: [`StoreError`].
@@ -30,6 +33,8 @@ mod crypto;
 mod error;
 mod file;
 mod key_file;
+pub mod record;
+mod redis_backend;
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +46,17 @@ pub use backend::{StoreBackend, StoreLock, StoredToken};
 pub use crypto::MasterKey;
 pub use error::StoreError;
 pub use file::FileStore;
+pub use redis_backend::{CLOCK_SKEW_VAR, RedisSettings, RedisStore, SharedAccess};
+
+/// `token_store:` in the config: which backend holds the refresh tokens.
+#[derive(Clone, Debug, Default)]
+pub enum StoreConfig {
+    /// One sealed file per account under `state_dir/tokens` (the default).
+    #[default]
+    File,
+    /// A Redis or Valkey server the replicas share.
+    Redis(RedisSettings),
+}
 
 use crate::secret::SecretString;
 
@@ -60,6 +76,7 @@ struct Shared {
 #[derive(Debug)]
 enum Backend {
     File(FileStore),
+    Redis(RedisStore),
 }
 
 impl TokenStore {
@@ -74,14 +91,62 @@ impl TokenStore {
         })
     }
 
+    /// Opens the backend `config` names; status files stay under `state_dir` either way.
+    pub fn open_with(
+        config: &StoreConfig,
+        state_dir: &Path,
+        key: MasterKey,
+    ) -> Result<TokenStore, StoreError> {
+        match config {
+            StoreConfig::File => TokenStore::open(state_dir, key),
+            StoreConfig::Redis(settings) => {
+                atomic_write::create_private_dir(state_dir)?;
+                let redis = RedisStore::open(settings, key)?;
+                Ok(TokenStore {
+                    inner: Arc::new(Shared {
+                        state_dir: state_dir.to_owned(),
+                        backend: Backend::Redis(redis),
+                    }),
+                })
+            }
+        }
+    }
+
+    /// The shared backend, when the replicas share the store (Redis): the token manager then
+    /// takes the cluster-wide lease and adopts access tokens other replicas published.
+    pub fn shared(&self) -> Option<&RedisStore> {
+        match &self.inner.backend {
+            Backend::File(_) => None,
+            Backend::Redis(r) => Some(r),
+        }
+    }
+
+    /// What kind of store this is and where, for `status`: `file` or the Redis URL.
+    pub fn describe(&self) -> String {
+        match &self.inner.backend {
+            Backend::File(_) => format!("file ({})", self.inner.state_dir.join("tokens").display()),
+            Backend::Redis(r) => format!("redis ({})", r.url()),
+        }
+    }
+
+    /// Whether the store can be used now: always for the file backend; a `PING` for Redis.
+    /// For `status` and readiness.
+    pub fn health(&self) -> Result<(), StoreError> {
+        match &self.inner.backend {
+            Backend::File(_) => Ok(()),
+            Backend::Redis(r) => r.health(),
+        }
+    }
+
     pub fn state_dir(&self) -> &Path {
         &self.inner.state_dir
     }
 
-    /// The file that holds `account`'s token (file backend).
+    /// The file that holds `account`'s token (file backend; for Redis, a name for messages).
     pub fn path(&self, account: &str) -> Result<PathBuf, StoreError> {
         match &self.inner.backend {
             Backend::File(f) => f.path(account),
+            Backend::Redis(r) => r.location(account).map(PathBuf::from),
         }
     }
 
@@ -159,6 +224,7 @@ impl TokenStore {
     fn backend(&self) -> &dyn StoreBackend {
         match &self.inner.backend {
             Backend::File(f) => f,
+            Backend::Redis(r) => r,
         }
     }
 }
