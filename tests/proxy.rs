@@ -297,7 +297,10 @@ async fn check_uses_https_proxy_from_the_environment() {
     };
     // No proxy in the environment: the token service (proxy sources only) cannot be reached.
     let out = run(None);
-    assert!(out.contains("account tickets: token FAILED"), "{out}");
+    assert!(
+        out.contains("account tickets: FAILED: could not get a token"),
+        "{out}"
+    );
     assert!(out.contains("no HTTPS_PROXY/HTTP_PROXY set"), "{out}");
 
     let with_credentials = format!(
