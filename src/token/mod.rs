@@ -82,4 +82,4 @@ pub use store::{
     CLOCK_SKEW_VAR, FileStore, MasterKey, RedisSettings, RedisStore, SharedAccess, StoreBackend,
     StoreConfig, StoreError, StoreLock, StoredToken, TokenStore, record,
 };
-pub use unix_time::{MAX_UNIX_SECS, from_unix_secs, unix_secs};
+pub use unix_time::{Civil, MAX_UNIX_SECS, civil, from_unix_secs, unix_secs};
