@@ -23,10 +23,23 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let token = SecretString::new(text.to_owned());
         let version = data.len() as u64;
-        let sealed =
-            record::seal(&key, RecordKind::Refresh, "tickets", version, 0, None, &token).unwrap();
+        let sealed = record::seal(
+            &key,
+            RecordKind::Refresh,
+            "tickets",
+            version,
+            0,
+            None,
+            &token,
+        )
+        .unwrap();
         let p = record::parse(sealed.as_bytes(), RecordKind::Refresh, "tickets").unwrap();
-        assert_eq!(record::open(&key, RecordKind::Refresh, &p).unwrap().expose(), text);
+        assert_eq!(
+            record::open(&key, RecordKind::Refresh, &p)
+                .unwrap()
+                .expose(),
+            text
+        );
         assert!(record::parse(sealed.as_bytes(), RecordKind::Access, "tickets").is_err());
         assert!(record::parse(sealed.as_bytes(), RecordKind::Refresh, "other").is_err());
     }
