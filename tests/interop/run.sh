@@ -764,7 +764,13 @@ upstream_postfix_stop() {
 		sleep 0.1
 	done
 	wait "$POSTFIX_PID" 2>/dev/null
-	! (exec 3<>"/dev/tcp/127.0.0.1/$POSTFIX_SUBMISSION") 2>/dev/null
+	# master's smtpd children inherit the listening socket and notice master's exit a moment
+	# later: the port closes when the last of them has gone (bounded wait).
+	for i in $(seq 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$POSTFIX_SUBMISSION") 2>/dev/null || return 0
+		sleep 0.1
+	done
+	return 1
 }
 upstream_postfix_start() {
 	/usr/lib/postfix/sbin/master -c "$T/postfix/etc" >>"$T/postfix.stdout" 2>&1 &
