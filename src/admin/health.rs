@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::router::{Reply, reply, text};
 use super::{AdminState, View};
-use crate::token::status_report::{Judge, report};
+use crate::token::status_report::{Judge, report_with};
 
 /// A cached access token valid for less than this does not make an account ready by itself: a
 /// login arriving now would wait for a refresh.
@@ -56,25 +56,28 @@ fn readiness(view: &View, draining: bool, now: SystemTime) -> (bool, String) {
         now,
         ..Judge::now(&view.config)
     };
-    let accounts: Vec<_> = report(&view.config, &judge)
-        .into_iter()
-        .filter(|line| {
-            let cached = valid_until
-                .get(&line.account)
-                .copied()
-                .flatten()
-                .is_some_and(|t| t > now + MIN_VALIDITY);
-            line.needs_action && !cached
-        })
-        .map(|line| {
-            let state = line
-                .text
-                .split_once("  state=")
-                .map_or(line.text.as_str(), |(_, s)| s)
-                .to_owned();
-            json!({ "name": line.account, "state": state, "status": line.text })
-        })
-        .collect();
+    // Only accounts without a usable cached token are judged, with the server's own store.
+    let cached = |name: &str| {
+        valid_until
+            .get(name)
+            .copied()
+            .flatten()
+            .is_some_and(|t| t > now + MIN_VALIDITY)
+    };
+    let accounts: Vec<_> = report_with(&view.config, Some(view.tokens.store()), &judge, |a| {
+        !cached(&a.name)
+    })
+    .into_iter()
+    .filter(|line| line.needs_action)
+    .map(|line| {
+        let state = line
+            .text
+            .split_once("  state=")
+            .map_or(line.text.as_str(), |(_, s)| s)
+            .to_owned();
+        json!({ "name": line.account, "state": state, "status": line.text })
+    })
+    .collect();
     let ready = !draining && listeners.is_empty() && accounts.is_empty();
     let mut body = json!({
         "ready": ready,

@@ -105,16 +105,25 @@ fn open_store(config: &Config) -> Option<TokenStore> {
 
 /// The status line of every configured account.
 pub fn report(config: &Config, judge: &Judge) -> Vec<AccountLine> {
+    report_with(config, open_store(config).as_ref(), judge, |_| true)
+}
+
+/// The status lines of the accounts `wanted` selects, reading metadata from `store` (a running
+/// server passes its own: no second store, no Redis connection per call).
+pub fn report_with(
+    config: &Config,
+    store: Option<&TokenStore>,
+    judge: &Judge,
+    wanted: impl Fn(&Account) -> bool,
+) -> Vec<AccountLine> {
     let files = StatusFiles::new(&config.state_dir);
-    let store = open_store(config);
     config
         .accounts
         .iter()
+        .filter(|a| wanted(a))
         .map(|a| {
             let persisted = files.load(&a.name);
-            let stored_at = store
-                .as_ref()
-                .map(|s| s.stored_at(&a.name).map_err(|e| e.to_string()));
+            let stored_at = store.map(|s| s.stored_at(&a.name).map_err(|e| e.to_string()));
             line(a, persisted.as_ref(), stored_at, judge)
         })
         .collect()
