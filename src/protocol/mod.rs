@@ -16,6 +16,7 @@ use bytes::BytesMut;
 
 use crate::secret::{SecretBytes, SecretString};
 
+pub mod first_replies;
 pub mod imap;
 pub mod line;
 pub mod pop3;
