@@ -55,6 +55,8 @@ pub struct Shared {
     /// Upstream connections opened before login, counted across every listener.
     pub early: Arc<EarlyUpstreams>,
     pub metrics: Arc<Metrics>,
+    /// What this listener's sessions learned about its upstream (IMAP capabilities).
+    pub upstream_memory: Arc<upstream::UpstreamMemory>,
 }
 
 /// Stop signals: `graceful` asks pre-login sessions to say goodbye; `hard` ends piped sessions.
@@ -348,9 +350,18 @@ fn connect_upstream(shared: &Shared) -> UpstreamSlot {
     let timeouts = shared.limits.timeouts.clone();
     let metrics = Arc::clone(&shared.metrics);
     let name = l.name.clone();
+    let memory = Arc::clone(&shared.upstream_memory);
     let task = tokio::spawn(async move {
         let begun = Instant::now();
-        let conn = upstream::connect(&upstream, protocol, relay, &hostname, &timeouts).await;
+        let conn = upstream::connect_with(
+            &upstream,
+            protocol,
+            relay,
+            &hostname,
+            &timeouts,
+            Some(memory),
+        )
+        .await;
         if conn.is_ok() {
             metrics.upstream_connected(&name, begun.elapsed());
         }
