@@ -86,6 +86,8 @@ pub struct ImapUpstream {
     /// The token of a one-line `AUTHENTICATE` sent on assumed capabilities, kept to repeat it in
     /// the continuation form if the upstream turns out not to take SASL-IR any more.
     retry_blob: Option<SecretString>,
+    /// The running `AUTHENTICATE` was sent on remembered capabilities.
+    assumed_login: bool,
 }
 
 impl ImapUpstream {
@@ -108,6 +110,7 @@ impl ImapUpstream {
             caps_tag: None,
             verified: None,
             retry_blob: None,
+            assumed_login: false,
         }
     }
 
@@ -320,6 +323,7 @@ impl ImapUpstream {
                     Status::Ok => {
                         self.state = State::Done;
                         self.retry_blob = None;
+                        self.assumed_login = false;
                         Some(UpStep::AuthOk {
                             untagged: std::mem::take(&mut self.untagged),
                             text,
@@ -328,7 +332,8 @@ impl ImapUpstream {
                     Status::No | Status::Bad => {
                         // Sent on remembered capabilities that the upstream no longer has:
                         // not a refusal of the token.
-                        if let Some(blob) = self.retry_blob.take()
+                        let retry_blob = self.retry_blob.take();
+                        if std::mem::take(&mut self.assumed_login)
                             && let Some(verified) = self.verified.clone()
                         {
                             if !has_capability(&verified, "AUTH=XOAUTH2") {
@@ -336,7 +341,9 @@ impl ImapUpstream {
                                     self.fail("upstream does not offer AUTH=XOAUTH2".into()),
                                 );
                             }
-                            if !has_capability(&verified, "SASL-IR") {
+                            if let Some(blob) = retry_blob
+                                && !has_capability(&verified, "SASL-IR")
+                            {
                                 tracing::debug!(
                                     "imap upstream no longer offers SASL-IR; repeating AUTHENTICATE with a continuation"
                                 );
@@ -467,6 +474,7 @@ impl UpstreamProtocol for ImapUpstream {
         let blob = sasl::xoauth2(mailbox, token);
         self.untagged.clear();
         let assumed = std::mem::take(&mut self.ask_with_login);
+        self.assumed_login = assumed;
         if assumed {
             // Verified in the same round trip as the login (module docs).
             self.send("CAPABILITY", out);
