@@ -44,5 +44,5 @@ dump=$(ls -t "$data"/callgrind.*.out.* 2>/dev/null | head -1)
 total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$dump" | head -1)
 [ -n "$total" ] || total=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$dump" | head -1)
 bytes=$(cat "$data/fetched")
-echo "callgrind-fetch: git $(git -C "$repo" rev-parse --short HEAD), $rounds × FETCH of a ${size} MB message ($bytes bytes)"
+echo "callgrind-fetch: binaries $bin (git $(git -C "$repo" rev-parse --short HEAD) checked out), $rounds × FETCH of a ${size} MB message ($bytes bytes)"
 echo "  instructions (Ir): $total total, $((total / (bytes / 1048576))) per MB"

@@ -32,5 +32,5 @@ sleep 1
 dump=$(ls -t "$data"/callgrind.*.out.* 2>/dev/null | head -1)
 total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$dump" | head -1)
 [ -n "$total" ] || total=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$dump" | head -1)
-echo "callgrind-login: git $(git -C "$repo" rev-parse --short HEAD), $n warm IMAP logins"
+echo "callgrind-login: binaries $bin (git $(git -C "$repo" rev-parse --short HEAD) checked out), $n warm IMAP logins"
 echo "  instructions (Ir): $total total, $((total / n)) per login"

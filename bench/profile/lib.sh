@@ -49,6 +49,14 @@ start_stack() {
       -e "s#port: 18587#port: $up_smtp#" -e "s#port: 18993#port: $up_imap#" -e "s#port: 18995#port: $up_pop3#" \
       -e "s#level: info#level: warn#" \
       "$repo/config/sandbox.yaml" >"$data/authbridge.yaml"
+  if [ $# -gt 0 ]; then
+    # Under valgrind everything is ~50× slower (argon2, TLS): wide deadlines.
+    printf 'limits:\n' >>"$data/authbridge.yaml"
+    for k in login_budget token_request upstream_auth upstream_setup upstream_connect \
+             upstream_tls_handshake capabilities_wait client_write client_tls_handshake; do
+      printf '  %s_secs: 60\n' "$k" >>"$data/authbridge.yaml"
+    done
+  fi
   "$bin/authbridge" check --config "$data/authbridge.yaml" >"$data/check.log" 2>&1 \
     || { echo "authbridge check failed:"; cat "$data/check.log"; exit 1; }
   "$@" "$bin/authbridge" run --config "$data/authbridge.yaml" >"$data/authbridge.log" 2>&1 &
