@@ -78,7 +78,6 @@ impl FirstReplies {
             out.extend_from_slice(input);
             return Verdict::Done;
         }
-        self.bytes = self.bytes.saturating_add(input.len());
         let mut rest = input;
         while !rest.is_empty() {
             let (chunk, complete) = match rest.iter().position(|b| *b == b'\n') {
@@ -86,6 +85,7 @@ impl FirstReplies {
                 None => (rest, false),
             };
             rest = &rest[chunk.len()..];
+            self.bytes = self.bytes.saturating_add(chunk.len());
             if self.line.len().saturating_add(chunk.len()) > LINE_MAX {
                 // A long line is mailbox data, never the refusal.
                 return self.finish(chunk, rest, out);
@@ -96,6 +96,12 @@ impl FirstReplies {
             }
             let line = std::mem::take(&mut self.line);
             match self.judge(&line) {
+                // The byte bound is checked at line ends, so it does not depend on how the
+                // input was chunked.
+                Judged::Pass if self.bytes > BYTES_MAX => {
+                    out.extend_from_slice(&line);
+                    return self.finish(&[], rest, out);
+                }
                 Judged::Pass => out.extend_from_slice(&line),
                 Judged::Done => {
                     out.extend_from_slice(&line);
@@ -107,9 +113,6 @@ impl FirstReplies {
                     return Verdict::NotConnected { upstream: text };
                 }
             }
-        }
-        if self.bytes > BYTES_MAX {
-            return self.finish(&[], &[], out);
         }
         Verdict::Watching
     }
@@ -324,6 +327,24 @@ mod tests {
             run(WatchKind::Imap, &many, 999),
             (many.clone(), Verdict::Done)
         );
+    }
+
+    /// The byte bound does not depend on the chunking: a refusal past it passes unchanged
+    /// however the bytes come.
+    #[test]
+    fn the_byte_bound_is_the_same_in_any_chunking() {
+        let mut input = Vec::new();
+        while input.len() <= BYTES_MAX {
+            input.extend_from_slice(b"* 1 EXISTS\r\n");
+        }
+        input.extend_from_slice(b"a2 BAD User is authenticated but not connected.\r\n");
+        for n in [1, 7, 4096, BYTES_MAX, BYTES_MAX + 3, input.len()] {
+            assert_eq!(
+                run(WatchKind::Imap, &input, n),
+                (input.clone(), Verdict::Done),
+                "{n}"
+            );
+        }
     }
 
     #[test]
