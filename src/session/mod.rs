@@ -8,6 +8,7 @@
 
 pub mod early;
 pub mod relay;
+pub mod reply_watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -120,6 +121,7 @@ where
         upstream: UpstreamSlot::Taken,
         caps_asked: false,
         early: None,
+        account: None,
     };
     let mut client = MaybeTls::Plain(stream);
     if shared.listener.tls == ClientTlsMode::Implicit {
@@ -228,6 +230,7 @@ where
         upstream,
         caps_asked: false,
         early,
+        account: None,
     };
     let mut client = MaybeTls::Plain(stream);
     if l.tls == ClientTlsMode::Implicit {
@@ -271,6 +274,16 @@ where
         input: up_leftover,
         ..
     } = *conn;
+    // SMTP: the upstream's replies are watched for refusals with a known fix (logged once).
+    let watch = session
+        .account
+        .take()
+        .filter(|_| l.protocol == Protocol::Smtp)
+        .map(|account| reply_watch::Subject {
+            mailbox: shared.mailboxes.get(&account).cloned().unwrap_or_default(),
+            account,
+            listener: l.name.clone(),
+        });
     let idle = shared.limits.timeouts.pipe_idle;
     if let Some(settings) = &shared.listener.relay {
         // After a refused message body the connector connection is dropped; the next command
@@ -293,6 +306,7 @@ where
         }
         return;
     }
+    let up = reply_watch::Watched::new(up, watch, &up_leftover);
     tokio::select! {
         end = pipe_counted(client, up, &leftover, &up_leftover, idle, shared.metrics.piped(&l.name)) => match end {
             PipeEnd::Closed { up, down } => info!(bytes_up = up, bytes_down = down, secs = started.elapsed().as_secs(), "session ended"),
@@ -311,6 +325,8 @@ struct Session {
     caps_asked: bool,
     /// Counts this session's upstream connection as a pre-login one until login.
     early: Option<EarlySlot>,
+    /// The account whose upstream login was tried last (for the piped session's hints).
+    account: Option<String>,
 }
 
 /// Start the upstream setup of `shared`'s listener in its own task.
@@ -548,6 +564,7 @@ impl Session {
                 }
             };
         }
+        self.account = Some(account.to_string());
         let mut phase = "upstream connection";
         let res =
             tokio::time::timeout_at(deadline, self.upstream_login(&account, &mut phase)).await;
