@@ -81,7 +81,10 @@ pub fn run(config: Option<PathBuf>, mut opts: Options) -> Result<(), Failure> {
         match &opts.login {
             None if local_send::needs_login(l) => {
                 return Err(Failure::Usage(anyhow!(
-                    "the send test goes through listener {}, which needs a local login: give                      --login USER (the password is read from {PASSWORD_ENV}, else asked on the                      terminal, else read from stdin), or use --direct to send from check straight                      to the upstream",
+                    "the send test goes through listener {}, which needs a local login: give \
+                     --login USER (the password is read from {PASSWORD_ENV}, else asked on the \
+                     terminal, else read from stdin), or use --direct to send from check \
+                     straight to the upstream",
                     l.name
                 )));
             }
