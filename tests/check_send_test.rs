@@ -365,3 +365,43 @@ async fn relay_listener_without_login() {
     );
     assert_eq!(env.sandbox.connector_counters().connector_accepted, 1);
 }
+
+/// The local hop trusts exactly the listener's configured certificate: when the file holds
+/// another one than the running authbridge presents (renewed but not reloaded, or another program
+/// on the port), nothing is sent — not even the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_certificate_on_the_listener_is_refused() {
+    let env = Env::start().await;
+    pin_listen(&env, "smtp-starttls");
+    // A renewed pair in the files; the running authbridge still presents the old certificate.
+    let (cert, key) = authbridge::tls::self_signed_localhost().unwrap();
+    std::fs::write(env.dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(env.dir.path().join("key.pem"), key.expose()).unwrap();
+    let (code, out) = check(
+        &env,
+        &[
+            "--send-test",
+            MAILBOX,
+            "--login",
+            USER,
+            "--listener",
+            "smtp-starttls",
+        ],
+        Pw::Env(PASSWORD),
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    let line = send_test_line(&out);
+    assert!(
+        line.contains("TLS handshake with")
+            && line.contains("presented another certificate than the one in"),
+        "{out}"
+    );
+    assert!(
+        !env.sandbox
+            .messages()
+            .iter()
+            .any(|m| m.text().contains("send-test")),
+        "{out}"
+    );
+}

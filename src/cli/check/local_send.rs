@@ -267,7 +267,7 @@ fn auth_plain(login: &LocalLogin) -> Zeroizing<String> {
     let b64 = base64::encoded_len(raw.len(), true).unwrap_or(0);
     let mut line = Zeroizing::new(String::with_capacity(b64 + 13));
     line.push_str("AUTH PLAIN ");
-    STANDARD.encode_string(&raw[..], &mut *line);
+    STANDARD.encode_string(&raw[..], &mut line);
     line.push_str("\r\n");
     line
 }

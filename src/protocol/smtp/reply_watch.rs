@@ -90,9 +90,7 @@ impl ReplyWatch {
                 }
                 self.line.extend_from_slice(&part[..part.len().min(room)]);
             }
-            let Some(end) = end else {
-                return None;
-            };
+            let end = end?;
             bytes = &bytes[end + 1..];
             let collected = self.state == Line::Collecting;
             self.state = Line::Start;
@@ -148,7 +146,8 @@ mod tests {
 
     #[test]
     fn table() {
-        let cases: &[(&[u8], Option<(&str, u16)>)] = &[
+        type Case<'a> = (&'a [u8], Option<(&'a str, u16)>);
+        let cases: &[Case] = &[
             (SEND_AS, Some(("send_as_denied", 554))),
             (
                 b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 Start mail input\r\n",
