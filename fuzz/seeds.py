@@ -129,3 +129,24 @@ relay_seed("overlong-line", 0x09, b"", b"MAIL FROM:<" + b"a" * 100 + b"@contoso.
 relay_seed("quoted-local-part", 0x02, b"",
            b"MAIL FROM:<\"tickets@contoso.com>\"@evil.example>\r\nRCPT TO:<alerts@contoso.com>\r\n"
            b"MAIL FROM:<\"tickets\"@Contoso.com>\r\nMAIL FROM:<\"a\\\\\"b\"@contoso.com>\r\nQUIT\r\n")
+
+# The piped SMTP session's reply watch: byte 0 = split selector, then upstream bytes (replies only).
+def reply_watch_seed(name, sel, data):
+    d = os.path.join(corpus, "smtp_reply_watch")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "seed-" + name), "wb") as f:
+        f.write(bytes([sel]) + data)
+
+
+_, PHPMAILER_REPLIES = sides(os.path.join(src, "smtp-phpmailer-glpi10-login.txt"))
+reply_watch_seed("glpi-session", 0x40, PHPMAILER_REPLIES)
+reply_watch_seed("send-as-denied", 0x80,
+                 b"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n354 Start mail input; end with <CRLF>.<CRLF>\r\n"
+                 b"554 5.2.252 SendAsDenied; tickets@contoso.com not allowed to send as boss@contoso.com; "
+                 b"STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied\r\n")
+reply_watch_seed("multiline", 0x13,
+                 b"550-5.7.60 SMTP; Client does not have permissions\r\n550 to send as this sender\r\n")
+reply_watch_seed("throttled", 0x07, b"432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [h]\n")
+reply_watch_seed("direct-send", 0xff,
+                 b"550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources [h]\r\n")
+reply_watch_seed("long-line", 0x21, b"554 " + b"x" * 600 + b" SendAsDenied\r\n250 ok\r\n")

@@ -122,10 +122,10 @@ pub static KNOWN: &[Known] = &[
     },
     Known {
         id: "reject_direct_send",
-        symptom: "`550 5.7.68` at RCPT TO (relay listener)",
-        patterns: &["5.7.68"],
-        cause: "the tenant rejects Direct Send and no inbound connector matched this host",
-        fix: "add an inbound connector for this host's IP or certificate (as for 5.7.64); Reject Direct Send then lets it through",
+        symptom: "`550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources` at RCPT TO (relay listener)",
+        patterns: &["5.7.68", "TenantInboundAttribution"],
+        cause: "the tenant rejects Direct Send (`Set-OrganizationConfig -RejectDirectSend $true`) and no inbound connector matched this host, so mail from your own domain counts as unauthorised",
+        fix: "Exchange admin center > Mail flow > Connectors: add an inbound connector \"from your organization's email server\" that matches this host's public IP, or a TLS certificate whose name is one of your accepted domains (then set `client_cert`/`client_key` on the relay listener); Reject Direct Send lets connector mail through. Turning it off (`Set-OrganizationConfig -RejectDirectSend $false`) also works but reopens Direct Send to anyone",
     },
     Known {
         id: "client_not_authenticated",
@@ -196,6 +196,23 @@ pub static KNOWN: &[Known] = &[
         patterns: &[],
         cause: "the token was issued to another user than {mailbox}",
         fix: "run `authbridge login {account}` and sign in as {mailbox}, or give the signed-in user FullAccess on {mailbox} (`Add-MailboxPermission`)",
+    },
+    Known {
+        id: "smtp_concurrency_limit",
+        symptom: "`432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded` (or `432 4.3.2 concurrent connection limit exceeded`)",
+        patterns: &[
+            "sender thread limit exceeded",
+            "concurrent connection limit exceeded",
+        ],
+        cause: "more than three SMTP connections sent as {mailbox} at once; Exchange Online allows three per mailbox",
+        fix: "a temporary refusal: the application should retry later (GLPI retries from its mail queue); send over fewer parallel connections (one mail queue worker), or spread the senders over more mailboxes",
+    },
+    Known {
+        id: "wrong_tenant",
+        symptom: "`check`: token `tid` differs from the provider's configured tenant id",
+        patterns: &[],
+        cause: "the token was issued by another tenant than the one configured for {account}",
+        fix: "put the tenant of {mailbox} in the provider's `tenant` (its tenant id: Entra admin center > Overview), or, for a multi-tenant app, grant admin consent in the mailbox's tenant and sign in there (`authbridge login {account}`)",
     },
 ];
 

@@ -307,12 +307,14 @@ async fn service_principal_not_registered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_as_denied_only_after_data_and_send_test() {
     let env = Env::start().await;
-    // A healthy send test: the message arrives.
-    let (code, out) = check(&env, &["--send-test", "someone@contoso.com"]).await;
+    // A healthy send test (--direct: from check to each upstream): the message arrives.
+    let (code, out) = check(&env, &["--send-test", "someone@contoso.com", "--direct"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert_line(
         &out,
-        &["test message to someone@contoso.com accepted by the upstream: 250"],
+        &[
+            "test message to someone@contoso.com accepted by the upstream (--direct: sent from check, not through the local listener): 250",
+        ],
     );
     let sent: Vec<_> = env
         .sandbox
@@ -334,7 +336,7 @@ async fn send_as_denied_only_after_data_and_send_test() {
     // Without a message nothing shows it: MAIL FROM and RCPT TO are accepted.
     let (code, out) = check(&env, &[]).await;
     assert_eq!(code, Some(0), "{out}");
-    let (code, out) = check(&env, &["--send-test", "someone@contoso.com"]).await;
+    let (code, out) = check(&env, &["--send-test", "someone@contoso.com", "--direct"]).await;
     assert_eq!(code, Some(1), "{out}");
     assert_line(
         &out,
@@ -344,7 +346,7 @@ async fn send_as_denied_only_after_data_and_send_test() {
             "Add-RecipientPermission",
         ],
     );
-    let (code, out) = check(&env, &["--send-test", "not an address"]).await;
+    let (code, out) = check(&env, &["--send-test", "not an address", "--direct"]).await;
     assert_eq!(code, Some(2), "{out}");
 }
 
@@ -394,6 +396,93 @@ async fn relay_connector_without_attribution() {
         ],
     );
     assert_eq!(env.sandbox.connector_counters().connector_accepted, 0);
+}
+
+/// The tenant rejects Direct Send and no connector matches: `550 5.7.68 TenantInboundAttribution`
+/// at RCPT TO, its own cause and fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_with_reject_direct_send() {
+    let env = Env::start().await;
+    let yaml = std::fs::read_to_string(&env.config_path).unwrap();
+    let yaml = format!(
+        "{yaml}  - name: relay\n    protocol: smtp\n    mode: relay\n    listen: 127.0.0.1:0\n    \
+         allowed_senders: [glpi@contoso.com]\n    upstream: {{ host: 127.0.0.1, port: {}, tls: starttls, server_name: localhost, ca_file: ca.pem }}\n",
+        env.sandbox.connector_addr().port()
+    );
+    std::fs::write(&env.config_path, yaml).unwrap();
+    env.sandbox.set_connector_reject_direct_send(true);
+    let (code, out) = check(&env, &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert_line(
+        &out,
+        &[
+            "listener relay (relay → 127.0.0.1:",
+            "RCPT TO refused: the tenant rejects Direct Send (`Set-OrganizationConfig -RejectDirectSend $true`)",
+            "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources",
+            "fix: Exchange admin center > Mail flow > Connectors: add an inbound connector",
+        ],
+    );
+    let (_, json) = check(&env, &["--json"]).await;
+    assert!(json.contains("\"id\": \"reject_direct_send\""), "{json}");
+    // A sender outside the accepted domains still meets plain TenantAttribution.
+    let yaml = std::fs::read_to_string(&env.config_path).unwrap().replace(
+        "allowed_senders: [glpi@contoso.com]",
+        "allowed_senders: [glpi@fabrikam.com]",
+    );
+    std::fs::write(&env.config_path, yaml).unwrap();
+    let (_, out) = check(&env, &[]).await;
+    assert_line(&out, &["listener relay", "550 5.7.64 TenantAttribution"]);
+    // With the connector matching this host, Reject Direct Send lets it through.
+    env.sandbox
+        .set_connector_allowed_ips(&["127.0.0.1".parse().unwrap()]);
+    let (code, out) = check(&env, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+}
+
+/// The token's `tid` against the configured tenant: equal, another tenant (a multi-tenant app
+/// consented elsewhere), and a domain-name tenant (not compared offline, said so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_tenant_compared_with_the_configured_tenant_id() {
+    let env = Env::start_with(app_only()).await;
+    let tid = env.sandbox.tenant_id();
+    // Domain-name tenant (the env's default): not compared, and why.
+    let (code, out) = check(&env, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_line(
+        &out,
+        &[
+            "account tickets: tenant: token tid=",
+            "not compared: the provider's tenant is the domain name contoso.onmicrosoft.com",
+            "put the tenant id in the provider's `tenant`",
+        ],
+    );
+    // The tenant id in the config (and the token URL): compared, equal.
+    let yaml = std::fs::read_to_string(&env.config_path)
+        .unwrap()
+        .replace(env.sandbox.tenant(), &tid);
+    std::fs::write(&env.config_path, yaml).unwrap();
+    let (code, out) = check(&env, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_line(
+        &out,
+        &[&format!(
+            "account tickets: tenant: the token's tid is the configured tenant {tid}"
+        )],
+    );
+    // A token from another tenant.
+    let other = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    env.sandbox.set_token_tid(Some(other));
+    let (code, out) = check(&env, &[]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert_line(
+        &out,
+        &[
+            "account tickets: FAILED: the token was issued by another tenant than the one configured for tickets",
+            &format!("(token tid={other}, configured tenant {tid})"),
+            "fix: put the tenant of tickets@contoso.com in the provider's `tenant`",
+            "grant admin consent in the mailbox's tenant",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ pub const USAGE: &str =
                                 [--imap-starttls-port N] [--pop3-port N] [--pop3-starttls-port N]
                                 [--connector-port N] [--connector-allow-ip IP]...
                                 [--connector-cert-name NAME]... [--connector-starttls on|off]
+                                [--connector-reject-direct-send on|off]
                                 [--max-sessions N] [--idle-timeout SECS] [--opaque-tokens on|off]
 
 Starts a fake Entra ID token service, a fake Exchange Online (SMTP, IMAP, POP3) and a fake inbound
@@ -37,7 +38,9 @@ endpoints and runs until SIGINT or SIGTERM. --max-sessions: concurrent sessions 
 Exchange's failure modes are switched at run time on the token service: POST /_sandbox/mailbox
 with JSON keys mailbox, smtp_auth_disabled, imap_disabled, pop_disabled, send_as_denied;
 POST /_sandbox/app with client_id, roles (a list), service_principal, mailbox, mailbox_permission;
-POST /_sandbox/tokens with opaque; the connector's with POST /_sandbox/connector.";
+POST /_sandbox/tokens with opaque, tid (another tenant's id in access tokens, null: the own); the connector's with POST /_sandbox/connector (allowed_ips,
+allowed_cert_names, starttls, reject_direct_send: 550 5.7.68 TenantInboundAttribution for an
+unattributed sender from an accepted domain).";
 
 /// Parsed `serve` arguments.
 #[derive(Debug, Clone)]
@@ -113,6 +116,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
             ),
             "--connector-cert-name" => cert_names.get_or_insert_with(Vec::new).push(value),
             "--connector-starttls" => options.connector_starttls = on_off(&flag, &value)?,
+            "--connector-reject-direct-send" => {
+                options.connector_reject_direct_send = on_off(&flag, &value)?
+            }
             "--opaque-tokens" => options.opaque_tokens = on_off(&flag, &value)?,
             _ => return Err(format!("unknown option {flag:?}")),
         }

@@ -4,12 +4,21 @@
 //! FACTS.md "Relay connector": the connector takes mail only from an allow-listed (static) IP or
 //! from a sender whose TLS client certificate names a tenant domain (CN or SAN) with the full chain
 //! sent in STARTTLS; anything else gets `550 5.7.64 TenantAttribution; Relay Access Denied` at
-//! RCPT TO. A certificate that does not verify counts as no certificate. The SMTP dialogue itself
-//! lives in `smtp.rs` (connector mode); this module holds the settings and the decisions.
+//! RCPT TO. A certificate that does not verify counts as no certificate. With Reject Direct Send
+//! switched on (`Set-OrganizationConfig -RejectDirectSend $true`), an unattributed sender whose
+//! envelope sender (MAIL FROM) is in one of the tenant's accepted domains gets [`REJECT_DIRECT_SEND`]
+//! (`550 5.7.68`) instead. The SMTP dialogue itself lives in `smtp.rs` (connector mode); this
+//! module holds the settings and the decisions.
 
 use std::net::IpAddr;
 
 use rustls::pki_types::CertificateDer;
+
+/// Exchange Online's refusal of an unattributed sender (no inbound connector matched).
+pub(crate) const TENANT_ATTRIBUTION: &str = "550 5.7.64 TenantAttribution; Relay Access Denied";
+/// Exchange Online's refusal when the tenant rejects Direct Send and no inbound connector matched
+/// a sender using one of the tenant's accepted domains (docs/microsoft.md, "check diagnostics").
+pub(crate) const REJECT_DIRECT_SEND: &str = "550 5.7.68 TenantInboundAttribution; Direct Send not allowed for this organization from unauthorized sources";
 
 /// The connector's allow-lists, changeable while the sandbox runs.
 #[derive(Clone, Debug)]
@@ -17,6 +26,28 @@ pub(crate) struct Settings {
     pub allowed_ips: Vec<IpAddr>,
     pub allowed_cert_names: Vec<String>,
     pub starttls: bool,
+    /// The tenant's Reject Direct Send setting. Its accepted domains are modelled by
+    /// `allowed_cert_names` (a certificate connector's names must be accepted domains).
+    pub reject_direct_send: bool,
+}
+
+/// The refusal (without the trailing `[host]`) for a sender the connector did not attribute,
+/// given its envelope sender.
+pub(crate) fn refusal(settings: &Settings, mail_from: &str) -> &'static str {
+    let domain = mail_from
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or_default();
+    let accepted = !domain.is_empty()
+        && settings
+            .allowed_cert_names
+            .iter()
+            .any(|n| name_matches(n, domain));
+    if settings.reject_direct_send && accepted {
+        REJECT_DIRECT_SEND
+    } else {
+        TENANT_ATTRIBUTION
+    }
 }
 
 /// What the client's TLS certificate amounted to, decided once after the handshake.
@@ -169,6 +200,7 @@ mod tests {
             allowed_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))],
             allowed_cert_names: vec!["contoso.com".into()],
             starttls: true,
+            reject_direct_send: false,
         };
         let here = IpAddr::V4(Ipv4Addr::LOCALHOST);
         assert_eq!(
@@ -181,5 +213,20 @@ mod tests {
             attribute(&settings, mapped, &ClientCert::None),
             Ok(Attribution::Ip(_))
         ));
+    }
+
+    #[test]
+    fn reject_direct_send_only_for_accepted_domains() {
+        let mut s = Settings {
+            allowed_ips: Vec::new(),
+            allowed_cert_names: vec!["contoso.com".into()],
+            starttls: true,
+            reject_direct_send: false,
+        };
+        assert_eq!(refusal(&s, "glpi@contoso.com"), TENANT_ATTRIBUTION);
+        s.reject_direct_send = true;
+        assert_eq!(refusal(&s, "glpi@Contoso.COM"), REJECT_DIRECT_SEND);
+        assert_eq!(refusal(&s, "glpi@fabrikam.com"), TENANT_ATTRIBUTION);
+        assert_eq!(refusal(&s, ""), TENANT_ATTRIBUTION);
     }
 }

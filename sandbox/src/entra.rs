@@ -168,6 +168,9 @@ pub(crate) struct Entra {
     pub device_code_lifetime: Duration,
     pub device_code_interval: Duration,
     pub authorize_user: Option<String>,
+    /// `tid` put into access tokens instead of this tenant's id (a token "from another tenant",
+    /// as a multi-tenant app consented elsewhere gets): `check` must notice.
+    pub tid_override: Option<String>,
     clients: HashMap<String, Client>,
     refresh: HashMap<String, RefreshToken>,
     families: HashMap<u64, FamilyState>,
@@ -248,6 +251,7 @@ impl Entra {
             device_code_lifetime: opts.device_code_lifetime,
             device_code_interval: opts.device_code_interval,
             authorize_user: opts.authorize_user.clone(),
+            tid_override: None,
             clients: HashMap::new(),
             refresh: HashMap::new(),
             families: HashMap::new(),
@@ -265,8 +269,11 @@ impl Entra {
         }
     }
 
+    /// Entra takes a tenant's domain name or its id (GUID) in the endpoint path, and the
+    /// multi-tenant aliases.
     pub(crate) fn tenant_ok(&self, tenant: &str) -> bool {
         tenant.eq_ignore_ascii_case(&self.tenant)
+            || tenant.eq_ignore_ascii_case(&self.tenant_id())
             || tenant.eq_ignore_ascii_case("common")
             || tenant.eq_ignore_ascii_case("organizations")
     }
@@ -443,7 +450,10 @@ impl Entra {
         use base64::Engine;
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let now = unix_secs(SystemTime::now());
-        let tid = self.tenant_id();
+        let tid = self
+            .tid_override
+            .clone()
+            .unwrap_or_else(|| self.tenant_id());
         let mut claims = json!({
             "aud": aud,
             "iss": format!("https://sts.windows.net/{tid}/"),
@@ -479,7 +489,7 @@ impl Entra {
     }
 
     /// The tenant's id as a GUID (stable per tenant name).
-    fn tenant_id(&self) -> String {
+    pub(crate) fn tenant_id(&self) -> String {
         let h = Sha256::digest(self.tenant.to_ascii_lowercase().as_bytes());
         let x: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
         format!(

@@ -341,9 +341,16 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
             json_reply(200, json!({"ok": true}))
         }
         (&Method::POST, ["tokens"]) => {
-            // {"opaque": true}: issue opaque access tokens instead of JWTs from now on.
+            // {"opaque": true}: issue opaque access tokens instead of JWTs from now on;
+            // {"tid": "<guid>"} / {"tid": null}: access tokens carry another tenant's id / the
+            // tenant's own again.
             if let Some(o) = input.get("opaque").and_then(Value::as_bool) {
                 shared.entra().opaque_tokens = o;
+            }
+            match input.get("tid") {
+                Some(Value::String(t)) => shared.entra().tid_override = Some(t.clone()),
+                Some(Value::Null) => shared.entra().tid_override = None,
+                _ => {}
             }
             json_reply(200, json!({"ok": true}))
         }
@@ -355,12 +362,13 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                     "allowed_ips": c.allowed_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
                     "allowed_cert_names": c.allowed_cert_names,
                     "starttls": c.starttls,
+                    "reject_direct_send": c.reject_direct_send,
                 }),
             )
         }
         (&Method::POST, ["connector"]) => {
             // Any of: {"allowed_ips": ["192.0.2.7"], "allowed_cert_names": ["contoso.com"],
-            // "starttls": false}; absent keys stay as they are.
+            // "starttls": false, "reject_direct_send": true}; absent keys stay as they are.
             let strings = |k: &str| -> Option<Vec<String>> {
                 input.get(k).and_then(Value::as_array).map(|a| {
                     a.iter()
@@ -385,6 +393,9 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
             }
             if let Some(on) = input.get("starttls").and_then(Value::as_bool) {
                 c.starttls = on;
+            }
+            if let Some(on) = input.get("reject_direct_send").and_then(Value::as_bool) {
+                c.reject_direct_send = on;
             }
             json_reply(200, json!({"ok": true}))
         }

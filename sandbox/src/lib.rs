@@ -97,6 +97,11 @@ pub struct SandboxOptions {
     /// Whether the connector offers STARTTLS. Default true; false mimics a connector (or a
     /// man in the middle) that does not.
     pub connector_starttls: bool,
+    /// The tenant rejects Direct Send (`Set-OrganizationConfig -RejectDirectSend $true`): an
+    /// unattributed sender whose MAIL FROM domain is an accepted domain (one of the connector's
+    /// certificate names) gets `550 5.7.68 TenantInboundAttribution` at RCPT TO instead of
+    /// `5.7.64 TenantAttribution`. Default false.
+    pub connector_reject_direct_send: bool,
     /// Issue opaque access tokens (like Google's) instead of JWT-shaped ones. Default false.
     pub opaque_tokens: bool,
 }
@@ -118,6 +123,7 @@ impl Default for SandboxOptions {
             connector_allowed_ips: Vec::new(),
             connector_allowed_cert_names: vec!["contoso.com".to_string()],
             connector_starttls: true,
+            connector_reject_direct_send: false,
             opaque_tokens: false,
         }
     }
@@ -437,6 +443,7 @@ impl Sandbox {
                 allowed_ips: opts.connector_allowed_ips.clone(),
                 allowed_cert_names: opts.connector_allowed_cert_names.clone(),
                 starttls: opts.connector_starttls,
+                reject_direct_send: opts.connector_reject_direct_send,
             }),
             connector_counters: Mutex::new(ConnectorCounters::default()),
             mail_connections: AtomicU64::new(0),
@@ -586,6 +593,11 @@ impl Sandbox {
         lock(&self.shared.connector).starttls = offered;
     }
 
+    /// Switch the tenant's Reject Direct Send (applies to following RCPT TO commands).
+    pub fn set_connector_reject_direct_send(&self, on: bool) {
+        lock(&self.shared.connector).reject_direct_send = on;
+    }
+
     /// The names a client certificate must carry now.
     pub fn connector_allowed_cert_names(&self) -> Vec<String> {
         lock(&self.shared.connector).allowed_cert_names.clone()
@@ -695,6 +707,18 @@ impl Sandbox {
     /// Issue opaque (non-JWT) access tokens from now on, as Google and some custom providers do.
     pub fn set_opaque_tokens(&self, opaque: bool) {
         self.shared.entra().opaque_tokens = opaque;
+    }
+
+    /// The tenant's id (a GUID derived from its name), as access tokens carry it in `tid`; the
+    /// token endpoints take it in place of the tenant's name.
+    pub fn tenant_id(&self) -> String {
+        self.shared.entra().tenant_id()
+    }
+
+    /// Access tokens issued from now on carry this `tid` instead of the tenant's id (`None`:
+    /// the tenant's own again) — a token from another tenant.
+    pub fn set_token_tid(&self, tid: Option<&str>) {
+        self.shared.entra().tid_override = tid.map(str::to_string);
     }
 
     /// Register a confidential client that authenticates with client assertions signed by the

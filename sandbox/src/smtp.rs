@@ -411,10 +411,9 @@ impl Session {
                     if let Err(why) = connector::attribute(&settings, peer.ip, &peer.cert) {
                         tracing::debug!(rcpt = %to, %why, "sandbox connector: relay denied");
                         self.shared.count_connector(|c| c.connector_refused += 1);
-                        let r = format!(
-                            "550 5.7.64 TenantAttribution; Relay Access Denied [{}]",
-                            self.host()
-                        );
+                        let from = self.txn.as_ref().map(|t| t.from.as_str()).unwrap_or("");
+                        let r =
+                            format!("{} [{}]", connector::refusal(&settings, from), self.host());
                         self.reply(&r);
                         return;
                     }

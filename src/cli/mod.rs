@@ -61,10 +61,32 @@ pub enum Command {
         /// Print the findings as one JSON document (accounts, listeners, each with findings).
         #[arg(long)]
         json: bool,
-        /// Also send one real test message to ADDRESS through every SMTP upstream (as GLPI's
-        /// "Send a test to you" does) and report the upstream's final reply.
+        /// Also send one real test message to ADDRESS through the full path — the running
+        /// authbridge's local SMTP listener, a local login, the upstream — as GLPI's "Send a test
+        /// to you" does, and report the final reply.
         #[arg(long, value_name = "ADDRESS")]
         send_test: Option<String>,
+        /// The local username the send test logs in with; its password comes from
+        /// $AUTHBRIDGE_CHECK_PASSWORD, else the terminal, else stdin (never the command line).
+        #[arg(
+            long,
+            value_name = "USER",
+            requires = "send_test",
+            conflicts_with = "direct"
+        )]
+        login: Option<String>,
+        /// The SMTP listener the send test goes through (default: the first SMTP listener).
+        #[arg(
+            long,
+            value_name = "NAME",
+            requires = "send_test",
+            conflicts_with = "direct"
+        )]
+        listener: Option<String>,
+        /// Send the test message from check straight to every SMTP upstream instead (no local
+        /// listener, no local password needed).
+        #[arg(long, requires = "send_test")]
+        direct: bool,
     },
     /// First delegated authorisation of ACCOUNT (browser with PKCE by default). The local
     /// password is not needed; a running authbridge picks the new token up without a restart.
@@ -159,7 +181,20 @@ pub fn dispatch(command: Command) -> Result<(), Failure> {
             config,
             json,
             send_test,
-        } => check::run(config, check::Options { json, send_test }),
+            login,
+            listener,
+            direct,
+        } => check::run(
+            config,
+            check::Options {
+                json,
+                send_test,
+                direct,
+                listener,
+                login,
+                password: None,
+            },
+        ),
         Command::Login {
             account,
             device_code,

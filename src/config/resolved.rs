@@ -57,6 +57,9 @@ pub struct Listener {
     pub mode: ListenerMode,
     pub tls: ClientTlsMode,
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificate file behind `server_tls` (resolved path), for `check --send-test`, which
+    /// trusts exactly that certificate when it connects to this listener.
+    pub server_cert: Option<PathBuf>,
     pub upstream: Upstream,
     /// Set for `mode: relay` listeners.
     pub relay: Option<Relay>,

@@ -8,6 +8,7 @@
 
 pub mod early;
 pub mod relay;
+pub mod reply_watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -124,6 +125,7 @@ where
         caps_asked: false,
         early: None,
         logged_in: None,
+        account: None,
     };
     let mut client = MaybeTls::Plain(stream);
     if shared.listener.tls == ClientTlsMode::Implicit {
@@ -233,6 +235,7 @@ where
         caps_asked: false,
         early,
         logged_in: None,
+        account: None,
     };
     let mut client = MaybeTls::Plain(stream);
     if l.tls == ClientTlsMode::Implicit {
@@ -276,6 +279,16 @@ where
         input: up_leftover,
         ..
     } = *conn;
+    // SMTP: the upstream's replies are watched for refusals with a known fix (logged once).
+    let reply_subject = session
+        .account
+        .take()
+        .filter(|_| l.protocol == Protocol::Smtp)
+        .map(|account| reply_watch::Subject {
+            mailbox: shared.mailboxes.get(&account).cloned().unwrap_or_default(),
+            account,
+            listener: l.name.clone(),
+        });
     let idle = shared.limits.timeouts.pipe_idle;
     if let Some(settings) = &shared.listener.relay {
         // After a refused message body the connector connection is dropped; the next command
@@ -308,6 +321,7 @@ where
         Protocol::Pop3 => Some(FirstReplies::new(WatchKind::Pop3, &mailbox)),
         Protocol::Smtp => None,
     };
+    let up = reply_watch::Watched::new(up, reply_subject, &up_leftover);
     tokio::select! {
         end = pipe_watched(client, up, &leftover, &up_leftover, idle, shared.metrics.piped(&l.name), watch) => match end {
             PipeEnd::Closed { up, down } => info!(bytes_up = up, bytes_down = down, secs = started.elapsed().as_secs(), "session ended"),
@@ -338,6 +352,8 @@ struct Session {
     early: Option<EarlySlot>,
     /// After the upstream login: (account, mailbox), for the watch over the first replies.
     logged_in: Option<(String, String)>,
+    /// The account whose upstream login was tried last (for the piped session's hints).
+    account: Option<String>,
 }
 
 /// Start the upstream setup of `shared`'s listener in its own task.
@@ -584,6 +600,7 @@ impl Session {
                 }
             };
         }
+        self.account = Some(account.to_string());
         let mut phase = "upstream connection";
         let res =
             tokio::time::timeout_at(deadline, self.upstream_login(&account, &mut phase)).await;

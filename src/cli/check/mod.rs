@@ -4,11 +4,13 @@
 //! listener × account the upstream login is tried followed by the first command the real client
 //! runs (IMAP `EXAMINE INBOX`, POP3 `STAT`, SMTP `MAIL FROM`/`RCPT TO`/`RSET`; relay listeners:
 //! EHLO, STARTTLS, `MAIL FROM`/`RCPT TO`, `RSET`). Every refusal is mapped to its cause and fix
-//! (`crate::diagnosis`). `--send-test ADDR` sends one real message per SMTP upstream;
-//! `--json` prints the report as JSON. Any failure is exit 1. Before exiting it waits (bounded)
+//! (`crate::diagnosis`). `--send-test ADDR` sends one real message through a running
+//! authbridge's local SMTP listener with a local login (the full path, `local_send.rs`), or with
+//! `--direct` from here straight to every SMTP upstream; `--json` prints the report as JSON. Any failure is exit 1. Before exiting it waits (bounded)
 //! until the token manager has written each account's outcome to its status file, so
 //! `authbridge status` shows what this check found.
 
+mod local_send;
 mod probe;
 mod report;
 
@@ -24,8 +26,10 @@ use super::failure::Failure;
 use super::setup::{load, log_format, runtime};
 use crate::config::{Config, Protocol, SenderRule};
 use crate::diagnosis::{self, Context, Known};
-use crate::token::claims::{self, Inspection};
-use crate::token::{Flow, StatusFiles};
+use crate::secret::SecretString;
+use crate::token::claims::{self, Claims, Inspection};
+use crate::token::{Flow, ProviderKind, StatusFiles};
+use local_send::{LocalLogin, LocalOutcome};
 use probe::{Outcome, SendTest};
 pub use report::{AccountReport, Finding, ListenerReport, Report, Status, TokenSummary};
 
@@ -34,19 +38,33 @@ pub use report::{AccountReport, Finding, ListenerReport, Report, Status, TokenSu
 const STATUS_SETTLE: Duration = Duration::from_secs(5);
 /// How often it looks meanwhile.
 const STATUS_POLL: Duration = Duration::from_millis(20);
+/// The environment variable `check --send-test --login USER` takes the local password from.
+pub const PASSWORD_ENV: &str = "AUTHBRIDGE_CHECK_PASSWORD";
+/// Longest local password read from stdin.
+const MAX_PASSWORD: u64 = 64 * 1024;
 
 /// What `authbridge check` was asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Print the report as JSON.
     pub json: bool,
-    /// Send one test message to this address through every SMTP upstream.
+    /// Send one test message to this address: through the local listener (the full path), or
+    /// with `direct` through every SMTP upstream.
     pub send_test: Option<String>,
+    /// `--direct`: the test message goes from `check` straight to the upstream (no local
+    /// listener, no local login).
+    pub direct: bool,
+    /// `--listener NAME`: the SMTP listener the test message goes through (default: the first).
+    pub listener: Option<String>,
+    /// `--login USER`: the local username for the send test.
+    pub login: Option<String>,
+    /// Its password (from [`PASSWORD_ENV`], the terminal or stdin; never from argv).
+    pub password: Option<SecretString>,
 }
 
 /// Runs `authbridge check [--config PATH] [--json] [--send-test ADDR]`; a config error is a
 /// usage failure (exit 2), a failed check a runtime failure (exit 1).
-pub fn run(config: Option<PathBuf>, opts: Options) -> Result<(), Failure> {
+pub fn run(config: Option<PathBuf>, mut opts: Options) -> Result<(), Failure> {
     let config = load(config)?;
     crate::config::refuse_example_passwords(&config).map_err(|e| Failure::Usage(e.into()))?;
     if let Some(to) = &opts.send_test
@@ -55,6 +73,24 @@ pub fn run(config: Option<PathBuf>, opts: Options) -> Result<(), Failure> {
         return Err(Failure::Usage(anyhow!(
             "--send-test needs a mail address like someone@example.com, got {to:?}"
         )));
+    }
+    if opts.send_test.is_some() && !opts.direct {
+        let (_, l) = send_test_listener(&config, opts.listener.as_deref())
+            .map_err(|e| Failure::Usage(anyhow!(e)))?;
+        local_send::target(l).map_err(|e| Failure::Usage(anyhow!(e)))?;
+        match &opts.login {
+            None if local_send::needs_login(l) => {
+                return Err(Failure::Usage(anyhow!(
+                    "the send test goes through listener {}, which needs a local login: give \
+                     --login USER (the password is read from {PASSWORD_ENV}, else asked on the \
+                     terminal, else read from stdin), or use --direct to send from check \
+                     straight to the upstream",
+                    l.name
+                )));
+            }
+            None => {}
+            Some(user) => opts.password = Some(read_password(user)?),
+        }
     }
     crate::telemetry::init(
         Some("warn"),
@@ -74,6 +110,84 @@ pub fn run(config: Option<PathBuf>, opts: Options) -> Result<(), Failure> {
         Err(Failure::Runtime(anyhow!(
             "some checks failed (see the report above)"
         )))
+    }
+}
+
+/// The local password for `user`: [`PASSWORD_ENV`], else asked on the terminal, else the whole
+/// of stdin (one trailing newline dropped).
+fn read_password(user: &str) -> Result<SecretString, Failure> {
+    use std::io::{IsTerminal, Read};
+    let password = if let Some(p) = std::env::var_os(PASSWORD_ENV) {
+        SecretString::new(
+            p.into_string()
+                .map_err(|_| Failure::Usage(anyhow!("{PASSWORD_ENV} is not UTF-8")))?,
+        )
+    } else if std::io::stdin().is_terminal() {
+        SecretString::new(
+            rpassword::prompt_password(format!("local password of {user}: "))
+                .map_err(|e| Failure::Runtime(anyhow!("cannot read the password: {e}")))?,
+        )
+    } else {
+        let mut bytes = zeroize::Zeroizing::new(Vec::new());
+        std::io::stdin()
+            .take(MAX_PASSWORD)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure::Runtime(anyhow!("cannot read the password from stdin: {e}")))?;
+        let mut end = bytes.len();
+        if bytes[..end].ends_with(b"\n") {
+            end -= 1;
+            if bytes[..end].ends_with(b"\r") {
+                end -= 1;
+            }
+        }
+        let text = std::str::from_utf8(&bytes[..end])
+            .map_err(|_| Failure::Usage(anyhow!("the password on stdin is not UTF-8")))?;
+        SecretString::new(text.to_string())
+    };
+    if password.expose().is_empty() {
+        return Err(Failure::Usage(anyhow!(
+            "empty local password for {user}: set {PASSWORD_ENV}, type it at the prompt, or pipe \
+             it in on stdin"
+        )));
+    }
+    Ok(password)
+}
+
+/// The SMTP listener a send test goes through: the one named, else the first SMTP listener.
+fn send_test_listener<'c>(
+    config: &'c Config,
+    name: Option<&str>,
+) -> Result<(usize, &'c crate::config::Listener), String> {
+    let smtp: Vec<(usize, &crate::config::Listener)> = config
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.protocol == Protocol::Smtp)
+        .collect();
+    let names = || {
+        smtp.iter()
+            .map(|(_, l)| l.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => smtp
+            .iter()
+            .find(|(_, l)| l.name == n)
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "--listener {n}: no SMTP listener of that name in {} (SMTP listeners: {})",
+                    config.file.display(),
+                    names()
+                )
+            }),
+        None => smtp.first().copied().ok_or_else(|| {
+            format!(
+                "--send-test needs an SMTP listener, and {} has none",
+                config.file.display()
+            )
+        }),
     }
 }
 
@@ -116,8 +230,12 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
         ],
         accounts: Vec::new(),
         listeners: Vec::new(),
+        send_test: Vec::new(),
     };
-    report.findings.extend(listen_addresses_free(config));
+    let local_send = opts.send_test.is_some() && !opts.direct;
+    report
+        .findings
+        .extend(listen_addresses_free(config, local_send));
     for (name, p) in &config.providers {
         report.findings.push(
             Finding::ok(format!(
@@ -167,6 +285,7 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
                     for k in diagnosis::claims_problems(c, None, &a.mailbox) {
                         ar.findings.push(known_finding(k, &ctx, None));
                     }
+                    ar.findings.extend(tenant_finding(config, index, c));
                 }
                 ar.token = Some(summary);
                 got.push(Got {
@@ -183,7 +302,11 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
         report.accounts.push(ar);
     }
     let mut sent_through: HashSet<(String, u16, String)> = HashSet::new();
-    let send_to = opts.send_test.as_deref().map(|to| SendTest { to });
+    let send_to = opts
+        .send_test
+        .as_deref()
+        .filter(|_| opts.direct)
+        .map(|to| SendTest { to });
     // (listener index, account index, outcome) of every login probe, for the second pass.
     let mut logins: Vec<(usize, usize, Outcome)> = Vec::new();
     for (li, l) in config.listeners.iter().enumerate() {
@@ -273,9 +396,174 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
         }
     }
     refine_generic_refusals(config, &got, &logins, &mut report);
+    if let Some(to) = opts.send_test.as_deref().filter(|_| local_send) {
+        report
+            .send_test
+            .push(send_test_through_listener(config, opts, to).await);
+    }
     status_files_settled(config, &mut report).await;
     report.settle();
     report
+}
+
+/// `--send-test` through the running authbridge's listener: the finding, with the path taken.
+async fn send_test_through_listener(config: &Config, opts: &Options, to: &str) -> Finding {
+    let (li, l) = match send_test_listener(config, opts.listener.as_deref()) {
+        Ok(v) => v,
+        Err(e) => return Finding::failed(e, None),
+    };
+    let login = match (&opts.login, &opts.password) {
+        (Some(u), Some(p)) => Some(LocalLogin {
+            username: u.clone(),
+            password: p.clone(),
+        }),
+        _ => None,
+    };
+    // From: the login's mailbox on an auth listener; a relay listener's allowed sender.
+    let account = login.as_ref().and_then(|lg| {
+        config
+            .accounts
+            .iter()
+            .position(|a| a.logins.iter().any(|x| x.username == lg.username))
+    });
+    let from = if l.relay.is_some() {
+        relay_sender(config, li)
+    } else {
+        account
+            .or((!config.accounts.is_empty()).then_some(0))
+            .map(|i| config.accounts[i].mailbox.clone())
+            .unwrap_or_else(|| relay_sender(config, li))
+    };
+    let addr = local_send::target(l).map_or_else(|e| e, |a| a.to_string());
+    let path = format!(
+        "full path: listener {} at {addr} ({}, {}) → authbridge → upstream {}:{}",
+        l.name,
+        match l.tls {
+            crate::config::ClientTlsMode::None => "no TLS",
+            crate::config::ClientTlsMode::Starttls => "STARTTLS",
+            crate::config::ClientTlsMode::Implicit => "implicit TLS",
+        },
+        match &login {
+            Some(lg) => format!("local login {}", lg.username),
+            None => "no login".to_string(),
+        },
+        l.upstream.host,
+        l.upstream.port
+    );
+    let ctx = match account {
+        Some(i) => context(config, i, Some(Protocol::Smtp), true),
+        None => Context {
+            mailbox: &from,
+            protocol: Some(Protocol::Smtp),
+            ..Default::default()
+        },
+    };
+    let ctx = Context {
+        mailbox: &from,
+        ..ctx
+    };
+    let outcome = local_send::send(config, l, login.as_ref(), &from, to).await;
+    match outcome {
+        LocalOutcome::Accepted(text) => Finding::ok(format!(
+            "test message from {from} to {to} accepted ({path}): {text}"
+        )),
+        LocalOutcome::NotListening(e) => Finding::failed(
+            format!("{e} ({path})"),
+            Some(format!(
+                "start authbridge first (`authbridge run --config {}` or its service), or use \
+                 --direct to send from check straight to the upstream",
+                config.file.display()
+            )),
+        )
+        .with_id("send_test_not_listening"),
+        LocalOutcome::LocalLoginRefused(text) => Finding::failed(
+            format!(
+                "listener {} refused the local login {}: {text} ({path})",
+                l.name,
+                opts.login.as_deref().unwrap_or_default()
+            ),
+            Some(format!(
+                "give --login a username from the `logins` of an account in {} and its password \
+                 as the application has it (from {PASSWORD_ENV}, the terminal or stdin); \
+                 `authbridge hash-password` makes a new hash for the config",
+                config.file.display()
+            )),
+        )
+        .with_id("send_test_local_login"),
+        LocalOutcome::Refused { command, text } => match diagnosis::recognise(&text) {
+            Some(k) => {
+                let mut f = known_finding(k, &ctx, Some(&text));
+                f.what = format!("{command} refused: {} ({path})", f.what);
+                f
+            }
+            None => Finding::failed(
+                format!("{command} refused: {text} ({path})"),
+                Some(diagnosis::hint(&text, &ctx)),
+            ),
+        },
+        LocalOutcome::Broken(e) => Finding::failed(format!("{e} ({path})"), None),
+    }
+}
+
+/// The token's `tid` against the tenant the provider's token endpoint names (Microsoft): equal
+/// or not when that is a tenant id; when it is a domain name or `common`/`organizations`, the
+/// comparison needs the tenant's id, which `check` does not look up online — it says so.
+fn tenant_finding(config: &Config, index: usize, c: &Claims) -> Option<Finding> {
+    let a = &config.accounts[index];
+    if a.provider.kind != ProviderKind::Microsoft {
+        return None;
+    }
+    let tid = c.tid.as_deref()?;
+    let tenant = tenant_of(&a.provider.endpoints.token_url)?;
+    if is_tenant_id(&tenant) {
+        if tenant.eq_ignore_ascii_case(tid) {
+            return Some(Finding::ok(format!(
+                "tenant: the token's tid is the configured tenant {tenant}"
+            )));
+        }
+        let ctx = context(config, index, None, c.is_delegated());
+        let k = diagnosis::by_id("wrong_tenant");
+        let mut f = known_finding(k, &ctx, None);
+        f.what = format!("{} (token tid={tid}, configured tenant {tenant})", f.what);
+        return Some(f);
+    }
+    let why = if ["common", "organizations", "consumers"]
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(&tenant))
+    {
+        format!(
+            "the provider's tenant is `{tenant}`, so the token comes from the signed-in user's \
+             tenant"
+        )
+    } else {
+        format!(
+            "the provider's tenant is the domain name {tenant}, whose tenant id check does not \
+             look up online"
+        )
+    };
+    Some(Finding::ok(format!(
+        "tenant: token tid={tid}, not compared: {why} (put the tenant id in the provider's \
+         `tenant` to have check compare it)"
+    )))
+}
+
+/// The tenant segment of a Microsoft token endpoint (`…/{tenant}/oauth2/v2.0/token`).
+fn tenant_of(token_url: &str) -> Option<String> {
+    let url = url::Url::parse(token_url).ok()?;
+    let segments: Vec<&str> = url.path_segments()?.collect();
+    let at = segments.iter().position(|s| *s == "oauth2")?;
+    let tenant = segments.get(at.checked_sub(1)?)?;
+    (!tenant.is_empty()).then(|| tenant.to_string())
+}
+
+/// A GUID in its 8-4-4-4-12 hex form.
+fn is_tenant_id(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn context(
@@ -415,7 +703,7 @@ fn relay_sender(config: &Config, listener: usize) -> String {
 
 /// Tries to bind every listener's address (and the admin listener's): `run` would fail on one
 /// that is taken. Port 0 (any free port) is not tried. Returns true when all are free.
-fn listen_addresses_free(config: &Config) -> Vec<Finding> {
+fn listen_addresses_free(config: &Config, running: bool) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut sockets: Vec<(String, String, SocketAddr)> = config
         .listeners
@@ -433,9 +721,14 @@ fn listen_addresses_free(config: &Config) -> Vec<Finding> {
         sockets.push(("admin listener".into(), "admin.listen".into(), admin));
     }
     let mut free = Vec::new();
+    let mut taken = Vec::new();
     for (what, key, addr) in sockets.into_iter().filter(|(_, _, a)| a.port() != 0) {
         match std::net::TcpListener::bind(addr) {
             Ok(_) => free.push(addr.to_string()),
+            // The send test goes through the running authbridge: its addresses are taken.
+            Err(e) if running && e.kind() == std::io::ErrorKind::AddrInUse => {
+                taken.push(addr.to_string())
+            }
             Err(e) => {
                 let why = match e.kind() {
                     std::io::ErrorKind::AddrInUse => format!(
@@ -457,6 +750,15 @@ fn listen_addresses_free(config: &Config) -> Vec<Finding> {
     }
     if !free.is_empty() {
         findings.push(Finding::ok(format!("free ({})", free.join(", "))).about("listen addresses"));
+    }
+    if !taken.is_empty() {
+        findings.push(
+            Finding::ok(format!(
+                "in use ({}) — by the running authbridge the send test goes through",
+                taken.join(", ")
+            ))
+            .about("listen addresses"),
+        );
     }
     findings
 }

@@ -177,7 +177,8 @@ async fn smtp_transaction(
         None => Outcome::Ok(format!("{prefix}, MAIL FROM/RCPT TO/RSET OK")),
         Some(s) => match smtp(conn, &test_message(from, s.to), limit).await {
             Ok(r) if r.ok => Outcome::Ok(format!(
-                "test message to {} accepted by the upstream: {}",
+                "test message to {} accepted by the upstream (--direct: sent from check, not \
+                 through the local listener): {}",
                 s.to, r.text
             )),
             Ok(r) => Outcome::CommandRefused {
@@ -192,7 +193,7 @@ async fn smtp_transaction(
 }
 
 /// A short plain-text message, its final `.` line included (no line starts with a dot).
-fn test_message(from: &str, to: &str) -> String {
+pub(super) fn test_message(from: &str, to: &str) -> String {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -158,6 +158,10 @@ pub struct Report {
     pub findings: Vec<Finding>,
     pub accounts: Vec<AccountReport>,
     pub listeners: Vec<ListenerReport>,
+    /// `--send-test` through the local listener (the full path); empty otherwise (`--direct`
+    /// reports under each listener).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub send_test: Vec<Finding>,
 }
 
 impl Report {
@@ -171,6 +175,7 @@ impl Report {
             l.ok = fine(&l.findings);
         }
         self.ok = fine(&self.findings)
+            && fine(&self.send_test)
             && self.accounts.iter().all(|a| a.ok)
             && self.listeners.iter().all(|l| l.ok);
     }
@@ -211,6 +216,9 @@ impl Report {
             for f in &l.findings {
                 line(out, &subject, f);
             }
+        }
+        for f in &self.send_test {
+            line(out, "send test", f);
         }
         let _ = writeln!(
             out,

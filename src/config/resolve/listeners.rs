@@ -82,6 +82,12 @@ impl Resolver<'_> {
                 ),
             ));
         }
+        let server_cert = match l.tls {
+            ClientTlsMode::None => None,
+            ClientTlsMode::Starttls | ClientTlsMode::Implicit => {
+                l.cert.as_ref().map(|c| self.path(c))
+            }
+        };
         let server_tls = match l.tls {
             ClientTlsMode::None => None,
             ClientTlsMode::Starttls | ClientTlsMode::Implicit => {
@@ -129,6 +135,7 @@ impl Resolver<'_> {
             mode: l.mode,
             tls: l.tls,
             server_tls,
+            server_cert,
             upstream: Upstream {
                 host: u.host,
                 port: u.port,

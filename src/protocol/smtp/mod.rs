@@ -11,6 +11,7 @@ pub mod relay;
 #[cfg(test)]
 mod relay_tests;
 mod reply;
+pub mod reply_watch;
 mod upstream;
 
 pub use client::SmtpClient;
