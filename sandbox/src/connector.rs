@@ -6,6 +6,12 @@
 //! sent in STARTTLS; anything else gets `550 5.7.64 TenantAttribution; Relay Access Denied` at
 //! RCPT TO. A certificate that does not verify counts as no certificate. The SMTP dialogue itself
 //! lives in `smtp.rs` (connector mode); this module holds the settings and the decisions.
+//!
+//! With [`PasswordAuth`] set, the same listener plays a transactional provider's SMTP endpoint
+//! instead (Amazon SES, Postmark): after STARTTLS it offers `AUTH` with the configured
+//! mechanisms, takes the one username and password (`235 2.7.0`, else `535 5.7.8`), and
+//! requires the login before MAIL (`530 5.7.0 Authentication required`); a logged-in sender is
+//! not subject to the tenant attribution.
 
 use std::net::IpAddr;
 
@@ -17,6 +23,49 @@ pub(crate) struct Settings {
     pub allowed_ips: Vec<IpAddr>,
     pub allowed_cert_names: Vec<String>,
     pub starttls: bool,
+    /// Require SMTP AUTH with a password (a transactional provider).
+    pub auth: Option<PasswordAuth>,
+}
+
+/// The one login a provider-like connector takes, and what it offers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswordAuth {
+    pub username: String,
+    pub password: String,
+    /// Advertised after TLS, e.g. `["PLAIN", "LOGIN"]`; only PLAIN and LOGIN are understood.
+    pub mechanisms: Vec<String>,
+}
+
+impl PasswordAuth {
+    pub fn new(username: &str, password: &str) -> PasswordAuth {
+        PasswordAuth {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            mechanisms: vec!["PLAIN".into(), "LOGIN".into()],
+        }
+    }
+
+    /// Whether `mechanism` is offered.
+    pub(crate) fn offers(&self, mechanism: &str) -> bool {
+        self.mechanisms
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(mechanism))
+    }
+
+    /// Check an RFC 4616 PLAIN message (`authzid \0 authcid \0 passwd`, decoded).
+    pub(crate) fn check_plain(&self, decoded: &[u8]) -> bool {
+        let mut parts = decoded.split(|b| *b == 0);
+        let (Some(authzid), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        (authzid.is_empty() || authzid == user) && self.check(user, pass)
+    }
+
+    pub(crate) fn check(&self, user: &[u8], pass: &[u8]) -> bool {
+        user == self.username.as_bytes() && pass == self.password.as_bytes()
+    }
 }
 
 /// What the client's TLS certificate amounted to, decided once after the handshake.
@@ -136,6 +185,18 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
+    fn password_auth_checks_plain_and_login() {
+        let a = PasswordAuth::new("relay-user", "s3cret");
+        assert!(a.check_plain(b"\0relay-user\0s3cret"));
+        assert!(a.check_plain(b"relay-user\0relay-user\0s3cret"));
+        assert!(!a.check_plain(b"other\0relay-user\0s3cret"));
+        assert!(!a.check_plain(b"\0relay-user\0wrong"));
+        assert!(!a.check_plain(b"\0relay-user\0s3cret\0"));
+        assert!(a.check(b"relay-user", b"s3cret"));
+        assert!(a.offers("login") && !a.offers("CRAM-MD5"));
+    }
+
+    #[test]
     fn names_match() {
         assert!(name_matches("contoso.com", "Contoso.COM"));
         assert!(name_matches("contoso.com.", "contoso.com"));
@@ -169,6 +230,7 @@ mod tests {
             allowed_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))],
             allowed_cert_names: vec!["contoso.com".into()],
             starttls: true,
+            auth: None,
         };
         let here = IpAddr::V4(Ipv4Addr::LOCALHOST);
         assert_eq!(

@@ -48,12 +48,44 @@ pub struct Shared {
     pub credentials: Arc<Credentials>,
     pub failures: Arc<FailureTracker>,
     pub tokens: Arc<TokenManager>,
-    /// Account name → mailbox.
-    pub mailboxes: HashMap<String, String>,
+    /// Account name → the token it uses and the XOAUTH2 `user=` it sends.
+    pub mailboxes: HashMap<String, Identity>,
     pub limits: Limits,
     /// Upstream connections opened before login, counted across every listener.
     pub early: Arc<EarlyUpstreams>,
     pub metrics: Arc<Metrics>,
+}
+
+/// How an account logs in upstream: whose token (its own, or `token_from`'s) and which
+/// XOAUTH2 `user=` this listener's protocol sends (see [`Account::xoauth2_user`]).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The account whose token is used.
+    pub token_account: String,
+    /// The XOAUTH2 `user=` per protocol.
+    pub imap_pop3_user: String,
+    pub smtp_user: String,
+    /// The signed-in user whose token opens a shared mailbox (empty otherwise), for hints.
+    pub delegate: String,
+}
+
+impl Identity {
+    pub fn of(account: &crate::config::Account) -> Identity {
+        Identity {
+            token_account: account.token_account().to_owned(),
+            imap_pop3_user: account.xoauth2_user(Protocol::Imap).to_owned(),
+            smtp_user: account.xoauth2_user(Protocol::Smtp).to_owned(),
+            delegate: account.delegate().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// The XOAUTH2 `user=` for `protocol`.
+    pub fn user(&self, protocol: Protocol) -> &str {
+        match protocol {
+            Protocol::Smtp => &self.smtp_user,
+            Protocol::Imap | Protocol::Pop3 => &self.imap_pop3_user,
+        }
+    }
 }
 
 /// Stop signals: `graceful` asks pre-login sessions to say goodbye; `hard` ends piped sessions.
@@ -629,13 +661,15 @@ impl Session {
         phase: &mut &'static str,
     ) -> (LoginOutcome, LoginResult) {
         let shared = Arc::clone(&self.shared);
-        let Some(mailbox) = shared.mailboxes.get(account).cloned() else {
+        let Some(identity) = shared.mailboxes.get(account).cloned() else {
             let why = format!("account {account} has no mailbox configured");
             return (
                 LoginOutcome::Unavailable(why),
                 LoginResult::token_unavailable,
             );
         };
+        let mailbox = identity.user(shared.listener.protocol).to_owned();
+        let token_account = identity.token_account.as_str();
         let auth_limit = shared.limits.timeouts.upstream_auth;
         *phase = "upstream connection";
         let conn = match self
@@ -653,10 +687,10 @@ impl Session {
             }
         };
         *phase = "token endpoint";
-        let token = match shared.tokens.access_token(account).await {
+        let token = match shared.tokens.access_token(token_account).await {
             Ok(t) => t,
             Err(e) => {
-                warn!(account, error = %e, "login failed: no access token");
+                warn!(account, token_from = token_account, error = %e, "login failed: no access token");
                 return (unavailable(&e), LoginResult::token_unavailable);
             }
         };
@@ -670,7 +704,13 @@ impl Session {
                 if let Err(refused) =
                     mailbox_opens(conn, shared.listener.protocol, auth_limit).await
                 {
-                    return not_connected(account, &mailbox, shared.listener.protocol, refused);
+                    return not_connected(
+                        account,
+                        &mailbox,
+                        &identity.delegate,
+                        shared.listener.protocol,
+                        refused,
+                    );
                 }
                 info!(account, mailbox = %mailbox, "login ok");
                 return (LoginOutcome::Success { untagged, text }, LoginResult::ok);
@@ -683,7 +723,11 @@ impl Session {
         };
         info!(account, upstream = %rejected, "upstream refused the access token; refreshing it and retrying once");
         *phase = "token endpoint";
-        let token = match shared.tokens.refresh_after_rejection(account, &token).await {
+        let token = match shared
+            .tokens
+            .refresh_after_rejection(token_account, &token)
+            .await
+        {
             Ok(t) => t,
             Err(e) => {
                 warn!(account, error = %e, "login failed: token refresh after an upstream rejection failed");
@@ -699,7 +743,13 @@ impl Session {
                 if let Err(refused) =
                     mailbox_opens(conn, shared.listener.protocol, auth_limit).await
                 {
-                    return not_connected(account, &mailbox, shared.listener.protocol, refused);
+                    return not_connected(
+                        account,
+                        &mailbox,
+                        &identity.delegate,
+                        shared.listener.protocol,
+                        refused,
+                    );
                 }
                 info!(account, mailbox = %mailbox, "login ok after token refresh");
                 (LoginOutcome::Success { untagged, text }, LoginResult::ok)
@@ -709,6 +759,7 @@ impl Session {
                     mailbox: &mailbox,
                     account,
                     protocol: Some(shared.listener.protocol),
+                    delegate: &identity.delegate,
                     ..Default::default()
                 };
                 warn!(account, upstream = %text, hint = %crate::diagnosis::hint(&text, &ctx), "login failed: upstream refused a fresh token");
@@ -771,6 +822,7 @@ enum MailboxCheck {
 fn not_connected(
     account: &str,
     mailbox: &str,
+    delegate: &str,
     protocol: Protocol,
     why: MailboxCheck,
 ) -> (LoginOutcome, LoginResult) {
@@ -790,6 +842,7 @@ fn not_connected(
         mailbox,
         account,
         protocol: Some(protocol),
+        delegate,
         ..Default::default()
     };
     warn!(account, upstream = %refused, hint = %crate::diagnosis::hint(&refused, &ctx), "login failed: upstream accepted the token but cannot open the mailbox");
