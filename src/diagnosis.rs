@@ -116,14 +116,14 @@ pub static KNOWN: &[Known] = &[
         symptom: "`BAD User is authenticated but not connected.` (IMAP) or `-ERR User is authenticated but not connected.` (POP3) on a shared mailbox opened with another account's token (`token_from`)",
         patterns: &[],
         cause: "{delegate} signs in fine but has no FullAccess on the shared mailbox {mailbox}",
-        fix: "in Exchange Online PowerShell run `Add-MailboxPermission -Identity {mailbox} -User {delegate} -AccessRights FullAccess -AutoMapping $false` (it can take up to an hour to apply)",
+        fix: "in Exchange Online PowerShell run `Add-MailboxPermission -Identity {mailbox} -User {delegate} -AccessRights FullAccess -AutoMapping $false`",
     },
     Known {
         id: "shared_send_as_missing",
         symptom: "`554 5.2.252 SendAsDenied` after DATA, sending as a shared mailbox with another account's token (`token_from`)",
         patterns: &[],
         cause: "{delegate} may not send as the shared mailbox {mailbox}",
-        fix: "in Exchange Online PowerShell run `Add-RecipientPermission -Identity {mailbox} -Trustee {delegate} -AccessRights SendAs -Confirm:$false` (it can take up to an hour to apply); the client's From must be {mailbox}",
+        fix: "in Exchange Online PowerShell run `Add-RecipientPermission -Identity {mailbox} -Trustee {delegate} -AccessRights SendAs -Confirm:$false`; the client's From must be {mailbox}",
     },
     Known {
         id: "send_as_mail_from",
