@@ -4,7 +4,8 @@
 //! "Troubleshooting" table (a test keeps the README equal to [`troubleshooting_table`]).
 //!
 //! Fix texts name placeholders that [`Known::fix_for`] fills in: `{mailbox}`, `{account}`,
-//! `{client_id}`, `{perm}` (the permission the protocol needs).
+//! `{client_id}`, `{perm}` (the permission the protocol needs), `{delegate}` (the signed-in user
+//! whose token opens a shared mailbox).
 
 use crate::config::Protocol;
 use crate::token::claims::Claims;
@@ -33,6 +34,9 @@ pub struct Context<'a> {
     pub client_id: &'a str,
     pub protocol: Option<Protocol>,
     pub app_only: bool,
+    /// A shared mailbox opened with another user's delegated token (`token_from`): that user.
+    /// Empty otherwise. With it, "not connected" and "SendAsDenied" name the missing grant.
+    pub delegate: &'a str,
 }
 
 impl Known {
@@ -63,6 +67,7 @@ fn fill(text: &str, ctx: &Context<'_>) -> String {
         .replace("{account}", &or(ctx.account, "ACCOUNT"))
         .replace("{client_id}", &or(ctx.client_id, "<client id>"))
         .replace("{perm}", perm)
+        .replace("{delegate}", &or(ctx.delegate, "<delegate>"))
 }
 
 /// The permission a protocol needs: delegated (`scp`) or application (`roles`).
@@ -105,6 +110,20 @@ pub static KNOWN: &[Known] = &[
         patterns: &["5.2.252", "SendAsDenied"],
         cause: "{mailbox} may not send with the message's From address",
         fix: "send with From: {mailbox} (GLPI: Setup > Notifications > Administrator email), or grant the right: `Add-RecipientPermission -Identity <From address> -Trustee {mailbox} -AccessRights SendAs`",
+    },
+    Known {
+        id: "shared_full_access_missing",
+        symptom: "`BAD User is authenticated but not connected.` (IMAP) or `-ERR User is authenticated but not connected.` (POP3) on a shared mailbox opened with another account's token (`token_from`)",
+        patterns: &[],
+        cause: "{delegate} signs in fine but has no FullAccess on the shared mailbox {mailbox}",
+        fix: "in Exchange Online PowerShell run `Add-MailboxPermission -Identity {mailbox} -User {delegate} -AccessRights FullAccess -AutoMapping $false`",
+    },
+    Known {
+        id: "shared_send_as_missing",
+        symptom: "`554 5.2.252 SendAsDenied` after DATA, sending as a shared mailbox with another account's token (`token_from`)",
+        patterns: &[],
+        cause: "{delegate} may not send as the shared mailbox {mailbox}",
+        fix: "in Exchange Online PowerShell run `Add-RecipientPermission -Identity {mailbox} -Trustee {delegate} -AccessRights SendAs -Confirm:$false`; the client's From must be {mailbox}",
     },
     Known {
         id: "send_as_mail_from",
@@ -234,9 +253,24 @@ pub fn recognise(reply: &str) -> Option<&'static Known> {
     })
 }
 
+/// The known problem an upstream reply shows for `ctx`: as [`recognise`], except that on a
+/// shared mailbox opened with a delegate's token (`ctx.delegate`) a mailbox that does not open
+/// or a refused From is the delegate's missing FullAccess or SendAs grant.
+pub fn recognise_for(reply: &str, ctx: &Context<'_>) -> Option<&'static Known> {
+    let k = recognise(reply)?;
+    if ctx.delegate.is_empty() {
+        return Some(k);
+    }
+    Some(match k.id {
+        "not_connected" => by_id("shared_full_access_missing"),
+        "send_as_denied" | "send_as_mail_from" => by_id("shared_send_as_missing"),
+        _ => k,
+    })
+}
+
 /// The one-line hint live sessions log next to an upstream refusal.
 pub fn hint(reply: &str, ctx: &Context<'_>) -> String {
-    match recognise(reply) {
+    match recognise_for(reply, ctx) {
         Some(k) => format!("{}: {}", k.cause_for(ctx), k.fix_for(ctx)),
         None => fill(
             "check that the app registration has {perm} (delegated or app-only) and that {mailbox} is the signed-in user or a mailbox the app may open; `authbridge check` shows what the token grants",
@@ -358,6 +392,7 @@ mod tests {
             client_id: "cid",
             protocol: Some(Protocol::Imap),
             app_only: true,
+            delegate: "d@x",
         };
         for k in KNOWN {
             assert!(std::ptr::eq(by_id(k.id), k), "duplicate id {}", k.id);
@@ -398,6 +433,32 @@ mod tests {
             ..imap_only
         };
         assert_eq!(ids(&other_user, Protocol::Imap), ["wrong_user"]);
+    }
+
+    /// A shared mailbox opened with a delegate's token: the same Exchange replies name the
+    /// delegate's missing grant, with the PowerShell that adds it.
+    #[test]
+    fn shared_mailbox_refusals_name_the_missing_grant() {
+        let ctx = Context {
+            mailbox: "helpdesk@contoso.com",
+            delegate: "agent@contoso.com",
+            ..Default::default()
+        };
+        let k = recognise_for("BAD User is authenticated but not connected.", &ctx).unwrap();
+        assert_eq!(k.id, "shared_full_access_missing");
+        assert!(k.fix_for(&ctx).contains(
+            "Add-MailboxPermission -Identity helpdesk@contoso.com -User agent@contoso.com -AccessRights FullAccess"
+        ));
+        let reply = "554 5.2.252 SendAsDenied; agent@contoso.com not allowed to send as helpdesk@contoso.com";
+        assert!(hint(reply, &ctx).contains(
+            "Add-RecipientPermission -Identity helpdesk@contoso.com -Trustee agent@contoso.com -AccessRights SendAs"
+        ));
+        // Without a delegate, the general entries.
+        let own = Context {
+            mailbox: "helpdesk@contoso.com",
+            ..Default::default()
+        };
+        assert_eq!(recognise_for(reply, &own).unwrap().id, "send_as_denied");
     }
 
     /// The README's table is this module's table: edit `KNOWN`, then paste the output of this

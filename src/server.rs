@@ -180,7 +180,7 @@ fn token_manager_with(
     settings: TokenSettings,
 ) -> Result<Arc<TokenManager>, RunError> {
     let store = token_store(config)?;
-    let accounts = config.accounts.iter().map(|a| a.token_config()).collect();
+    let accounts = config.token_accounts().map(|a| a.token_config()).collect();
     Ok(TokenManager::new(store, accounts, settings))
 }
 

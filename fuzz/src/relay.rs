@@ -494,3 +494,91 @@ pub fn check_relay(input: &RelayInput<'_>) -> RelayRun {
     }
     whole
 }
+
+/// How one run of the relay's upstream AUTH exchange went: what it sent and how it ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AuthRun {
+    pub sent: Vec<u8>,
+    pub end: Option<String>,
+}
+
+/// The relay's AUTH PLAIN/LOGIN towards a transactional provider
+/// (`authbridge::protocol::smtp::relay_auth`), the provider's replies taken from `replies`:
+/// no panic, the same lines sent and the same end whether the replies come whole or in
+/// `chunk`-byte reads, only CRLF-terminated lines sent, at most three of them (the command and
+/// LOGIN's two answers), and the password never sent in clear.
+pub fn check_relay_auth(cfg: Config, replies: &[u8], chunk: usize) -> AuthRun {
+    use authbridge::protocol::smtp::relay_auth::Mechanism;
+    let mechanism = match cfg.0 >> 6 {
+        0 => None,
+        1 => Some(Mechanism::Plain),
+        _ => Some(Mechanism::Login),
+    };
+    let caps: Vec<String> = match (cfg.0 >> 4) & 3 {
+        0 => vec!["AUTH PLAIN LOGIN".into()],
+        1 => vec!["AUTH=LOGIN".into()],
+        2 => vec!["AUTH PLAIN".into()],
+        _ => vec!["SIZE 10".into()],
+    };
+    let whole = run_relay_auth(&caps, mechanism, &[replies]);
+    let chunks: Vec<&[u8]> = replies.chunks(chunk.max(1)).collect();
+    let split = run_relay_auth(&caps, mechanism, &chunks);
+    assert_eq!(whole, split, "whole vs chunks of {chunk}");
+    assert_lines(&whole.sent);
+    let lines = whole.sent.iter().filter(|b| **b == b'\n').count();
+    assert!(lines <= 3, "{lines} lines sent in one AUTH exchange");
+    let sent = String::from_utf8_lossy(&whole.sent);
+    assert!(
+        !sent.contains(AUTH_PASSWORD),
+        "the password was sent in clear: {sent:?}"
+    );
+    whole
+}
+
+const AUTH_PASSWORD: &str = "fuzz-password";
+
+fn run_relay_auth(
+    caps: &[String],
+    mechanism: Option<authbridge::protocol::smtp::relay_auth::Mechanism>,
+    chunks: &[&[u8]],
+) -> AuthRun {
+    use authbridge::protocol::smtp::relay_auth::{RelayAuth, RelayAuthStep};
+    use authbridge::secret::SecretString;
+    let user = SecretString::from("fuzz-user");
+    let pass = SecretString::from(AUTH_PASSWORD);
+    let mut sent = Vec::new();
+    let mut machine = match RelayAuth::start(caps, &user, &pass, mechanism, &mut sent) {
+        Ok(m) => m,
+        Err(why) => {
+            return AuthRun {
+                sent,
+                end: Some(format!("not started: {why}")),
+            };
+        }
+    };
+    let mut input = BytesMut::new();
+    let mut chunks = chunks.iter();
+    loop {
+        let before = sent.len();
+        match machine.step(&mut input, &mut sent) {
+            RelayAuthStep::NeedInput if sent.len() == before => {
+                assert!(
+                    input.len() <= CONNECTOR_LINE_MAX + 2,
+                    "{} provider bytes buffered while waiting for more",
+                    input.len()
+                );
+                match chunks.next() {
+                    Some(c) => input.extend_from_slice(c),
+                    None => return AuthRun { sent, end: None },
+                }
+            }
+            RelayAuthStep::NeedInput => {}
+            done => {
+                return AuthRun {
+                    sent,
+                    end: Some(format!("{done:?}")),
+                };
+            }
+        }
+    }
+}

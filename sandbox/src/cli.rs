@@ -38,6 +38,8 @@ endpoints and runs until SIGINT or SIGTERM. --max-sessions: concurrent sessions 
 Exchange's failure modes are switched at run time on the token service: POST /_sandbox/mailbox
 with JSON keys mailbox, smtp_auth_disabled, imap_disabled, pop_disabled, send_as_denied;
 POST /_sandbox/app with client_id, roles (a list), service_principal, mailbox, mailbox_permission;
+POST /_sandbox/permission with mailbox, trustee (a user's mailbox or an app's client id), right
+(FullAccess or SendAs) and granted (default true);
 POST /_sandbox/tokens with opaque, tid (another tenant's id in access tokens, null: the own); the connector's with POST /_sandbox/connector (allowed_ips,
 allowed_cert_names, starttls, reject_direct_send: 550 5.7.68 TenantInboundAttribution for an
 unattributed sender from an accepted domain).";

@@ -9,6 +9,12 @@
 //! envelope sender (MAIL FROM) is in one of the tenant's accepted domains gets [`REJECT_DIRECT_SEND`]
 //! (`550 5.7.68`) instead. The SMTP dialogue itself lives in `smtp.rs` (connector mode); this
 //! module holds the settings and the decisions.
+//!
+//! With [`PasswordAuth`] set, the same listener plays a transactional provider's SMTP endpoint
+//! instead (Amazon SES, Postmark): after STARTTLS it offers `AUTH` with the configured
+//! mechanisms, takes the one username and password (`235 2.7.0`, else `535 5.7.8`), and
+//! requires the login before MAIL (`530 5.7.0 Authentication required`); a logged-in sender is
+//! not subject to the tenant attribution.
 
 use std::net::IpAddr;
 
@@ -29,6 +35,8 @@ pub(crate) struct Settings {
     /// The tenant's Reject Direct Send setting. Its accepted domains are modelled by
     /// `allowed_cert_names` (a certificate connector's names must be accepted domains).
     pub reject_direct_send: bool,
+    /// Require SMTP AUTH with a password (a transactional provider).
+    pub auth: Option<PasswordAuth>,
 }
 
 /// The refusal (without the trailing `[host]`) for a sender the connector did not attribute,
@@ -47,6 +55,47 @@ pub(crate) fn refusal(settings: &Settings, mail_from: &str) -> &'static str {
         REJECT_DIRECT_SEND
     } else {
         TENANT_ATTRIBUTION
+    }
+}
+
+/// The one login a provider-like connector takes, and what it offers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasswordAuth {
+    pub username: String,
+    pub password: String,
+    /// Advertised after TLS, e.g. `["PLAIN", "LOGIN"]`; only PLAIN and LOGIN are understood.
+    pub mechanisms: Vec<String>,
+}
+
+impl PasswordAuth {
+    pub fn new(username: &str, password: &str) -> PasswordAuth {
+        PasswordAuth {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            mechanisms: vec!["PLAIN".into(), "LOGIN".into()],
+        }
+    }
+
+    /// Whether `mechanism` is offered.
+    pub(crate) fn offers(&self, mechanism: &str) -> bool {
+        self.mechanisms
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(mechanism))
+    }
+
+    /// Check an RFC 4616 PLAIN message (`authzid \0 authcid \0 passwd`, decoded).
+    pub(crate) fn check_plain(&self, decoded: &[u8]) -> bool {
+        let mut parts = decoded.split(|b| *b == 0);
+        let (Some(authzid), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        (authzid.is_empty() || authzid == user) && self.check(user, pass)
+    }
+
+    pub(crate) fn check(&self, user: &[u8], pass: &[u8]) -> bool {
+        user == self.username.as_bytes() && pass == self.password.as_bytes()
     }
 }
 
@@ -167,6 +216,18 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
+    fn password_auth_checks_plain_and_login() {
+        let a = PasswordAuth::new("relay-user", "s3cret");
+        assert!(a.check_plain(b"\0relay-user\0s3cret"));
+        assert!(a.check_plain(b"relay-user\0relay-user\0s3cret"));
+        assert!(!a.check_plain(b"other\0relay-user\0s3cret"));
+        assert!(!a.check_plain(b"\0relay-user\0wrong"));
+        assert!(!a.check_plain(b"\0relay-user\0s3cret\0"));
+        assert!(a.check(b"relay-user", b"s3cret"));
+        assert!(a.offers("login") && !a.offers("CRAM-MD5"));
+    }
+
+    #[test]
     fn names_match() {
         assert!(name_matches("contoso.com", "Contoso.COM"));
         assert!(name_matches("contoso.com.", "contoso.com"));
@@ -201,6 +262,7 @@ mod tests {
             allowed_cert_names: vec!["contoso.com".into()],
             starttls: true,
             reject_direct_send: false,
+            auth: None,
         };
         let here = IpAddr::V4(Ipv4Addr::LOCALHOST);
         assert_eq!(

@@ -10,9 +10,15 @@
 //! 3. app-only: the app's service principal is registered in Exchange (`New-ServicePrincipal`);
 //! 4. the protocol is enabled on the mailbox (`Set-CASMailbox -ImapEnabled/-PopEnabled`,
 //!    `-SmtpClientAuthenticationDisabled`);
-//! 5. the token may open that mailbox (its own user, or `Add-MailboxPermission` for the app):
-//!    if not, IMAP and POP3 accept the login and fail every later command ("authenticated but not
+//! 5. the token may open that mailbox ([`Exchange::may_open`]: its own user, or FullAccess
+//!    granted with `Add-MailboxPermission` to the signed-in user or to the app): if not, IMAP
+//!    and POP3 accept the login and fail every later command ("authenticated but not
 //!    connected"), SMTP answers `535 5.7.3`.
+//!
+//! Sending: the message's sender must be one the token may send as ([`Exchange::may_send_as`]:
+//! its own mailbox, or SendAs granted with `Add-RecipientPermission`), else `554 5.2.252
+//! SendAsDenied` after DATA. A shared mailbox has no sign-in of its own: a delegate reads it
+//! with `user=<shared mailbox>` and FullAccess, and sends as it with SendAs.
 
 use std::collections::{HashMap, HashSet};
 
@@ -58,6 +64,20 @@ pub(crate) struct Exchange {
     mailboxes: HashMap<String, MailboxSettings>,
     /// Apps whose service principal was never registered with `New-ServicePrincipal`.
     unregistered_apps: HashSet<String>,
+    /// `Add-MailboxPermission -Identity <mailbox> -User <trustee> -AccessRights FullAccess`:
+    /// (mailbox, trustee) pairs, lower-cased; a trustee is a user's mailbox or an app's client id.
+    full_access: HashSet<(String, String)>,
+    /// `Add-RecipientPermission -Identity <mailbox> -Trustee <trustee> -AccessRights SendAs`.
+    send_as: HashSet<(String, String)>,
+}
+
+/// A mailbox right Exchange grants to a trustee.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MailboxRight {
+    /// `Add-MailboxPermission … -AccessRights FullAccess`: open the mailbox (IMAP, POP3).
+    FullAccess,
+    /// `Add-RecipientPermission … -AccessRights SendAs`: send with the mailbox as sender.
+    SendAs,
 }
 
 /// Exchange's verdict on an XOAUTH2 login.
@@ -95,6 +115,56 @@ impl Exchange {
         } else {
             self.unregistered_apps.insert(lower(client_id));
         }
+    }
+
+    /// Grant (or take back) `right` on `mailbox` to `trustee` (a user's mailbox or an app's
+    /// client id).
+    pub(crate) fn set_right(
+        &mut self,
+        mailbox: &str,
+        trustee: &str,
+        right: MailboxRight,
+        granted: bool,
+    ) {
+        let set = match right {
+            MailboxRight::FullAccess => &mut self.full_access,
+            MailboxRight::SendAs => &mut self.send_as,
+        };
+        let key = (lower(mailbox), lower(trustee));
+        if granted {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    fn trustee(token: &TokenInfo) -> String {
+        lower(token.user.as_deref().unwrap_or(&token.client_id))
+    }
+
+    /// May `token` open `mailbox` (IMAP, POP3, SMTP AUTH as it)? A delegated token opens its
+    /// own user's mailbox and those where the user holds FullAccess; an app-only token those
+    /// where FullAccess was granted to the app's client id (the app's `Add-MailboxPermission`
+    /// kept by the fake Entra is passed to [`Exchange::decide`] separately).
+    pub(crate) fn may_open(&self, token: &TokenInfo, mailbox: &str) -> bool {
+        let mailbox = lower(mailbox);
+        token.user.as_deref().is_some_and(|u| lower(u) == mailbox)
+            || self.full_access.contains(&(mailbox, Self::trustee(token)))
+    }
+
+    /// May `token` send with `mailbox` as the sender? A delegated token as its own user's
+    /// mailbox (unless that mailbox's `send_as_denied` is set) and as mailboxes where the user
+    /// holds SendAs; an app-only token as mailboxes where SendAs was granted to its client id
+    /// (SMTP: the mailbox an app-only token logged in as is checked by the SMTP server).
+    pub(crate) fn may_send_as(&self, token: &TokenInfo, mailbox: &str) -> bool {
+        let own = token
+            .user
+            .as_deref()
+            .is_some_and(|u| lower(u) == lower(mailbox));
+        (own && !self.mailbox(mailbox).send_as_denied)
+            || self
+                .send_as
+                .contains(&(lower(mailbox), Self::trustee(token)))
     }
 
     /// Exchange's checks in order (module docs). `app_may_open` says whether an app-only token's
@@ -135,10 +205,7 @@ impl Exchange {
             Proto::Smtp if settings.smtp_auth_disabled => return Verdict::SmtpAuthDisabled,
             _ => {}
         }
-        let may_open = match &token.user {
-            Some(u) => lower(u) == lower(mailbox),
-            None => app_may_open,
-        };
+        let may_open = self.may_open(token, mailbox) || (token.user.is_none() && app_may_open);
         if may_open {
             Verdict::Granted
         } else {
@@ -210,6 +277,50 @@ mod tests {
             ex.decide(&app, "x@contoso.com", Proto::Imap, false),
             Verdict::NoRights
         );
+        // FullAccess and SendAs grants: a delegate opens and sends as a shared mailbox.
+        let shared = "helpdesk@contoso.com";
+        assert_eq!(ex.decide(&t, shared, Proto::Imap, false), Verdict::NoRights);
+        assert!(!ex.may_send_as(&t, shared));
+        ex.set_right(
+            shared,
+            "TICKETS@contoso.com",
+            MailboxRight::FullAccess,
+            true,
+        );
+        assert_eq!(ex.decide(&t, shared, Proto::Imap, false), Verdict::Granted);
+        assert!(!ex.may_send_as(&t, shared), "FullAccess is not SendAs");
+        ex.set_right(shared, "tickets@contoso.com", MailboxRight::SendAs, true);
+        assert!(ex.may_send_as(&t, shared));
+        assert!(ex.may_send_as(&t, "tickets@contoso.com"), "its own mailbox");
+        ex.set_mailbox(
+            "tickets@contoso.com",
+            MailboxSettings {
+                send_as_denied: true,
+                ..Default::default()
+            },
+        );
+        assert!(!ex.may_send_as(&t, "tickets@contoso.com"));
+        ex.set_mailbox("tickets@contoso.com", MailboxSettings::default());
+        ex.set_right(
+            shared,
+            "tickets@contoso.com",
+            MailboxRight::FullAccess,
+            false,
+        );
+        assert_eq!(ex.decide(&t, shared, Proto::Imap, false), Verdict::NoRights);
+        // An app: FullAccess granted to its client id, SendAs likewise.
+        assert_eq!(
+            ex.decide(&app, shared, Proto::Imap, false),
+            Verdict::NoRights
+        );
+        ex.set_right(shared, "app", MailboxRight::FullAccess, true);
+        assert_eq!(
+            ex.decide(&app, shared, Proto::Imap, false),
+            Verdict::Granted
+        );
+        assert!(!ex.may_send_as(&app, "other@contoso.com"));
+        ex.set_right("other@contoso.com", "app", MailboxRight::SendAs, true);
+        assert!(ex.may_send_as(&app, "other@contoso.com"));
         ex.set_service_principal("APP", false);
         assert!(matches!(
             ex.decide(&app, "x@contoso.com", Proto::Imap, true),

@@ -340,6 +340,28 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
             }
             json_reply(200, json!({"ok": true}))
         }
+        (&Method::POST, ["permission"]) => {
+            // {"mailbox": "helpdesk@contoso.com", "trustee": "agent@contoso.com" (or an app's
+            // client id), "right": "FullAccess" | "SendAs", "granted": true (default)}.
+            let (Some(mailbox), Some(trustee)) = (s("mailbox"), s("trustee")) else {
+                return json_reply(400, json!({"error": "mailbox and trustee are required"}));
+            };
+            let right = match s("right").as_deref() {
+                Some(r) if r.eq_ignore_ascii_case("FullAccess") => crate::MailboxRight::FullAccess,
+                Some(r) if r.eq_ignore_ascii_case("SendAs") => crate::MailboxRight::SendAs,
+                _ => {
+                    return json_reply(400, json!({"error": "right must be FullAccess or SendAs"}));
+                }
+            };
+            let granted = input
+                .get("granted")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            shared
+                .exchange()
+                .set_right(&mailbox, &trustee, right, granted);
+            json_reply(200, json!({"ok": true}))
+        }
         (&Method::POST, ["tokens"]) => {
             // {"opaque": true}: issue opaque access tokens instead of JWTs from now on;
             // {"tid": "<guid>"} / {"tid": null}: access tokens carry another tenant's id / the
@@ -396,6 +418,30 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
             }
             if let Some(on) = input.get("reject_direct_send").and_then(Value::as_bool) {
                 c.reject_direct_send = on;
+            }
+            // "auth": {"username": "…", "password": "…", "mechanisms": ["PLAIN", "LOGIN"]}
+            // makes it a provider that requires SMTP AUTH; "auth": null turns that off.
+            match input.get("auth") {
+                Some(Value::Null) => c.auth = None,
+                Some(a) => {
+                    let field = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_string);
+                    let (Some(user), Some(pass)) = (field("username"), field("password")) else {
+                        return json_reply(
+                            400,
+                            json!({"error": "auth needs username and password"}),
+                        );
+                    };
+                    let mut auth = crate::PasswordAuth::new(&user, &pass);
+                    if let Some(m) = a.get("mechanisms").and_then(Value::as_array) {
+                        auth.mechanisms = m
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect();
+                    }
+                    c.auth = Some(auth);
+                }
+                None => {}
             }
             json_reply(200, json!({"ok": true}))
         }

@@ -45,7 +45,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use exchange::MailboxSettings;
+pub use connector::PasswordAuth;
+pub use exchange::{MailboxRight, MailboxSettings};
 pub use store::MailboxMessage;
 pub use tls::{ClientCert, client_config};
 
@@ -252,6 +253,9 @@ pub struct ConnectorCounters {
     pub connector_accepted: u64,
     /// RCPT TO commands refused with `550 5.7.64 TenantAttribution`.
     pub connector_refused: u64,
+    /// SMTP AUTH logins accepted (`235`) and refused (`535`) while it plays a provider.
+    pub connector_auth_ok: u64,
+    pub connector_auth_failed: u64,
 }
 
 /// A message accepted by the fake SMTP submission server or the fake connector.
@@ -259,7 +263,8 @@ pub struct ConnectorCounters {
 pub struct StoredMessage {
     /// The mailboxes it was delivered to (lower-cased recipients).
     pub mailboxes: Vec<String>,
-    /// The authenticated mailbox that sent it; empty for mail that came via the connector.
+    /// The authenticated mailbox that sent it; for mail that came via the connector empty, or
+    /// the login of a connector that plays a provider requiring AUTH.
     pub auth_user: String,
     /// It came through the inbound connector (not SMTP submission).
     pub via_connector: bool,
@@ -444,6 +449,7 @@ impl Sandbox {
                 allowed_cert_names: opts.connector_allowed_cert_names.clone(),
                 starttls: opts.connector_starttls,
                 reject_direct_send: opts.connector_reject_direct_send,
+                auth: None,
             }),
             connector_counters: Mutex::new(ConnectorCounters::default()),
             mail_connections: AtomicU64::new(0),
@@ -598,6 +604,13 @@ impl Sandbox {
         lock(&self.shared.connector).reject_direct_send = on;
     }
 
+    /// Make the connector a transactional provider's SMTP endpoint (Amazon SES, Postmark) that
+    /// requires `AUTH` with this login after STARTTLS (`Some`), or the tenant's connector again
+    /// (`None`). Applies to sessions that start from now on.
+    pub fn set_connector_auth(&self, auth: Option<PasswordAuth>) {
+        lock(&self.shared.connector).auth = auth;
+    }
+
     /// The names a client certificate must carry now.
     pub fn connector_allowed_cert_names(&self) -> Vec<String> {
         lock(&self.shared.connector).allowed_cert_names.clone()
@@ -692,6 +705,34 @@ impl Sandbox {
         self.shared
             .exchange()
             .set_service_principal(client_id, registered);
+    }
+
+    /// `Add-MailboxPermission -Identity <mailbox> -User <trustee> -AccessRights FullAccess`:
+    /// `trustee` (a user's mailbox, or an app's client id) may open `mailbox` over IMAP and
+    /// POP3 with `user=<mailbox>` in XOAUTH2. Without it the login succeeds and the next
+    /// command fails with "User is authenticated but not connected."
+    pub fn grant_full_access(&self, mailbox: &str, trustee: &str) {
+        self.set_mailbox_right(mailbox, trustee, MailboxRight::FullAccess, true);
+    }
+
+    /// `Add-RecipientPermission -Identity <mailbox> -Trustee <trustee> -AccessRights SendAs`:
+    /// `trustee` may send messages whose sender is `mailbox`. Without it: `554 5.2.252
+    /// SendAsDenied` after DATA.
+    pub fn grant_send_as(&self, mailbox: &str, trustee: &str) {
+        self.set_mailbox_right(mailbox, trustee, MailboxRight::SendAs, true);
+    }
+
+    /// Grant or remove (`Remove-MailboxPermission`, `Remove-RecipientPermission`) a right.
+    pub fn set_mailbox_right(
+        &self,
+        mailbox: &str,
+        trustee: &str,
+        right: MailboxRight,
+        granted: bool,
+    ) {
+        self.shared
+            .exchange()
+            .set_right(mailbox, trustee, right, granted);
     }
 
     /// A mailbox's client-access settings (SMTP AUTH, IMAP, POP, SendAs) for following logins

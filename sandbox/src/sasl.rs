@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::Shared;
-use crate::exchange::Verdict;
+use crate::exchange::{TokenInfo, Verdict};
 use crate::util::unb64;
 
 /// Which fake server saw an authentication attempt.
@@ -61,6 +61,17 @@ pub(crate) enum AuthResult {
 impl Shared {
     /// Check an XOAUTH2 blob and count the attempt.
     pub(crate) fn xoauth2(&self, proto: Proto, b64: &[u8]) -> AuthResult {
+        self.xoauth2_with_token(proto, b64).0
+    }
+
+    /// [`Shared::xoauth2`], and the claims of a valid token (SMTP checks the sender with them
+    /// after DATA).
+    pub(crate) fn xoauth2_with_token(
+        &self,
+        proto: Proto,
+        b64: &[u8],
+    ) -> (AuthResult, Option<TokenInfo>) {
+        let mut claims = None;
         let result = match parse_xoauth2(b64) {
             None => AuthResult::Failed,
             Some(x) => {
@@ -73,6 +84,7 @@ impl Shared {
                     (info, may)
                 };
                 let user = x.user.to_ascii_lowercase();
+                claims = info.clone();
                 match info.map(|i| self.exchange().decide(&i, &user, proto, app_may_open)) {
                     None => AuthResult::Failed,
                     Some(Verdict::Granted) => AuthResult::Ok(user),
@@ -99,7 +111,7 @@ impl Shared {
         *counter += 1;
         drop(guard);
         tracing::debug!(?proto, ok, "sandbox XOAUTH2 attempt");
-        result
+        (result, claims)
     }
 }
 

@@ -24,7 +24,8 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use crate::conn::{Conn, Line, Stream};
-use crate::connector::{self, ClientCert};
+use crate::connector::{self, ClientCert, PasswordAuth};
+use crate::exchange::TokenInfo;
 use crate::sasl::{AuthResult, Proto};
 use crate::util::{guid, rfc5322_date};
 use crate::{Shared, StoredMessage};
@@ -47,6 +48,10 @@ struct Txn {
 struct ConnectorPeer {
     ip: IpAddr,
     cert: ClientCert,
+    /// Set when the connector plays a provider that requires SMTP AUTH (fixed per session).
+    auth: Option<PasswordAuth>,
+    /// The user name that logged in.
+    logged_in: Option<String>,
 }
 
 struct Session {
@@ -58,6 +63,8 @@ struct Session {
     connector: Option<ConnectorPeer>,
     ehlo: bool,
     user: Option<String>,
+    /// The claims of the token the session logged in with (the sender check after DATA).
+    token: Option<TokenInfo>,
     txn: Option<Txn>,
     errors: u32,
     peer: String,
@@ -88,6 +95,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: boo
         connector: None,
         ehlo: false,
         user: None,
+        token: None,
         txn: None,
         errors: 0,
         peer,
@@ -106,7 +114,8 @@ pub(crate) async fn serve_connector(shared: Arc<Shared>, tcp: TcpStream) {
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let idle = shared.idle_timeout;
-    let starttls = shared.connector_settings().starttls;
+    let settings = shared.connector_settings();
+    let starttls = settings.starttls;
     let mut s = Session {
         shared,
         conn: Conn::new(Stream::Plain(tcp), idle),
@@ -114,9 +123,12 @@ pub(crate) async fn serve_connector(shared: Arc<Shared>, tcp: TcpStream) {
         connector: Some(ConnectorPeer {
             ip,
             cert: ClientCert::None,
+            auth: settings.auth,
+            logged_in: None,
         }),
         ehlo: false,
         user: None,
+        token: None,
         txn: None,
         errors: 0,
         peer: ip.to_string(),
@@ -146,8 +158,12 @@ impl Session {
             "ENHANCEDSTATUSCODES".into(),
         ];
         if self.conn.is_tls() {
-            if self.connector.is_none() {
-                lines.push("AUTH LOGIN XOAUTH2".into());
+            match self.connector.as_ref().map(|p| p.auth.as_ref()) {
+                None => lines.push("AUTH LOGIN XOAUTH2".into()),
+                Some(Some(auth)) if !auth.mechanisms.is_empty() => {
+                    lines.push(format!("AUTH {}", auth.mechanisms.join(" ")));
+                }
+                Some(_) => {}
             }
         } else if self.starttls_offered {
             lines.push("STARTTLS".into());
@@ -236,6 +252,7 @@ impl Session {
                     self.conn.starttls(&acceptor).await?;
                     self.ehlo = false;
                     self.user = None;
+                    self.token = None;
                     self.txn = None;
                     if self.connector.is_some() {
                         let chain = self.conn.peer_certificates();
@@ -244,8 +261,12 @@ impl Session {
                         self.shared.count_connector(|c| c.connector_tls += 1);
                         if let Some(peer) = self.connector.as_mut() {
                             peer.cert = cert;
+                            peer.logged_in = None;
                         }
                     }
+                }
+                "AUTH" if self.connector.as_ref().is_some_and(|p| p.auth.is_some()) => {
+                    self.provider_auth(&arg).await?;
                 }
                 "AUTH" if self.connector.is_some() => {
                     self.errors += 1;
@@ -312,9 +333,11 @@ impl Session {
                     self.reply("501 5.7.0 Authentication cancelled");
                     return Ok(());
                 }
-                match self.shared.xoauth2(Proto::Smtp, &blob) {
+                let (result, token) = self.shared.xoauth2_with_token(Proto::Smtp, &blob);
+                match result {
                     AuthResult::Ok(user) => {
                         self.user = Some(user);
+                        self.token = token;
                         self.reply("235 2.7.0 Authentication successful");
                     }
                     AuthResult::SmtpAuthDisabled => {
@@ -356,12 +379,121 @@ impl Session {
         Ok(())
     }
 
+    /// AUTH on the connector when it plays a transactional provider: PLAIN (RFC 4616, with or
+    /// without an initial response) or LOGIN, whichever it offers, against its one login.
+    async fn provider_auth(&mut self, arg: &str) -> std::io::Result<()> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        let Some(auth) = self.connector.as_ref().and_then(|p| p.auth.clone()) else {
+            return Ok(());
+        };
+        if !self.conn.is_tls() {
+            self.reply("530 5.7.0 Must issue a STARTTLS command first");
+            return Ok(());
+        }
+        if !self.ehlo {
+            self.reply("503 5.5.2 Send hello first");
+            return Ok(());
+        }
+        if self
+            .connector
+            .as_ref()
+            .is_some_and(|p| p.logged_in.is_some())
+        {
+            self.reply("503 5.5.1 Already authenticated");
+            return Ok(());
+        }
+        let (mech, initial) = match arg.split_once(' ') {
+            Some((m, i)) => (m.to_ascii_uppercase(), Some(i.trim().to_string())),
+            None => (arg.trim().to_ascii_uppercase(), None),
+        };
+        if !auth.offers(&mech) || !matches!(mech.as_str(), "PLAIN" | "LOGIN") {
+            self.errors += 1;
+            self.reply("504 5.7.4 Unrecognized authentication type");
+            return Ok(());
+        }
+        // One answer to a prompt; `None`: cancelled (`*`), or the line was no answer.
+        let mut prompts = Vec::new();
+        match (mech.as_str(), initial) {
+            ("PLAIN", Some(i)) if i != "=" => prompts.push(i.into_bytes()),
+            ("PLAIN", _) => prompts.push(Vec::new()),
+            (_, Some(user)) => {
+                prompts.push(user.into_bytes());
+                prompts.push(Vec::new());
+            }
+            (_, None) => {
+                prompts.push(Vec::new());
+                prompts.push(Vec::new());
+            }
+        }
+        let mut answers = Vec::new();
+        for (i, given) in prompts.into_iter().enumerate() {
+            if !given.is_empty() {
+                answers.push(given);
+                continue;
+            }
+            let prompt = match (mech.as_str(), i) {
+                ("PLAIN", _) => "334 ",
+                (_, 0) => "334 VXNlcm5hbWU6",
+                _ => "334 UGFzc3dvcmQ6",
+            };
+            self.reply(prompt);
+            match self.conn.read_line(MAX_LINE).await? {
+                Line::Text(l) => answers.push(l.to_vec()),
+                Line::TooLong => {
+                    self.reply("500 5.5.6 Line too long");
+                    return Ok(());
+                }
+                Line::Eof => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+        if answers.iter().any(|a| a.as_slice() == b"*") {
+            self.reply("501 5.7.0 Authentication cancelled");
+            return Ok(());
+        }
+        let decoded: Option<Vec<Vec<u8>>> = answers
+            .iter()
+            .map(|a| STANDARD.decode(a.trim_ascii()).ok())
+            .collect();
+        let Some(decoded) = decoded else {
+            self.errors += 1;
+            self.reply("501 5.5.2 Cannot decode response");
+            return Ok(());
+        };
+        let ok = match decoded.as_slice() {
+            [plain] => auth.check_plain(plain),
+            [user, pass] => auth.check(user, pass),
+            _ => false,
+        };
+        if ok {
+            if let Some(p) = self.connector.as_mut() {
+                p.logged_in = Some(auth.username.clone());
+            }
+            self.shared.count_connector(|c| c.connector_auth_ok += 1);
+            self.reply("235 2.7.0 Authentication successful");
+        } else {
+            self.errors += 1;
+            self.shared
+                .count_connector(|c| c.connector_auth_failed += 1);
+            self.reply("535 5.7.8 Authentication credentials invalid");
+        }
+        Ok(())
+    }
+
     fn mail(&mut self, arg: &str) {
         if self.connector.is_some() {
             self.shared.count_connector(|c| c.connector_mail += 1);
         }
         if self.connector.is_some() && !self.ehlo {
             self.reply("503 5.5.2 Send hello first");
+            return;
+        }
+        if self
+            .connector
+            .as_ref()
+            .is_some_and(|p| p.auth.is_some() && p.logged_in.is_none())
+        {
+            self.reply("530 5.7.0 Authentication required");
             return;
         }
         if self.user.is_none() && self.connector.is_none() {
@@ -406,7 +538,7 @@ impl Session {
         }
         match path_arg(arg, "TO:") {
             Some((to, _)) if !to.is_empty() => {
-                if let Some(peer) = &self.connector {
+                if let Some(peer) = self.connector.as_ref().filter(|p| p.logged_in.is_none()) {
                     let settings = self.shared.connector_settings();
                     if let Err(why) = connector::attribute(&settings, peer.ip, &peer.cert) {
                         tracing::debug!(rcpt = %to, %why, "sandbox connector: relay denied");
@@ -536,11 +668,23 @@ impl Session {
     /// End of DATA / BDAT LAST: the SendAs check, then delivery.
     fn finish(&mut self, raw: Vec<u8>) {
         let Some(txn) = self.txn.take() else { return };
-        let user = self.user.clone().unwrap_or_default();
         let via_connector = self.connector.is_some();
+        // Via a provider-like connector: the relay login that sent it.
+        let user = self
+            .user
+            .clone()
+            .or_else(|| self.connector.as_ref().and_then(|p| p.logged_in.clone()))
+            .unwrap_or_default();
+        // The sender must be one the token may send as: its own user's mailbox or one with
+        // SendAs; an app-only token the mailbox it logged in as (FullAccess) or one with SendAs.
         let denied = !via_connector
-            && (!txn.from.eq_ignore_ascii_case(&user)
-                || self.shared.exchange().mailbox(&user).send_as_denied);
+            && !self.token.as_ref().is_some_and(|t| {
+                let ex = self.shared.exchange();
+                ex.may_send_as(t, &txn.from)
+                    || (t.user.is_none()
+                        && txn.from.eq_ignore_ascii_case(&user)
+                        && !ex.mailbox(&user).send_as_denied)
+            });
         if denied {
             let r = format!(
                 "554 5.2.252 SendAsDenied; {user} not allowed to send as {}; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.",

@@ -159,6 +159,7 @@ async fn ip_allow_listed_plain_session_delivers() {
             connector_mail: 1,
             connector_accepted: 1,
             connector_refused: 0,
+            ..Default::default()
         }
     );
     assert_eq!(sb.mail_auth_attempts().total(), 0);

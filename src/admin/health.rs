@@ -65,7 +65,7 @@ fn readiness(view: &View, draining: bool, now: SystemTime) -> (bool, String) {
             .is_some_and(|t| t > now + MIN_VALIDITY)
     };
     let accounts: Vec<_> = report_with(&view.config, Some(view.tokens.store()), &judge, |a| {
-        !cached(&a.name)
+        !cached(a.token_account())
     })
     .into_iter()
     .filter(|line| line.needs_action)

@@ -286,6 +286,8 @@ mod tests {
             name: "tickets".into(),
             provider,
             mailbox: "tickets@contoso.com".into(),
+            token_from: None,
+            identity: "tickets@contoso.com".into(),
             logins: vec![Login {
                 username: "glpi".into(),
                 password_hash: hash.into(),

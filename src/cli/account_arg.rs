@@ -19,6 +19,14 @@ pub(super) fn named<'c>(config: &'c Config, name: &str) -> Result<&'c Account, S
 /// account has nothing to log in and no refresh token to import.
 pub(super) fn delegated<'c>(config: &'c Config, name: &str) -> Result<&'c Account, String> {
     let account = named(config, name)?;
+    if let Some(from) = &account.token_from {
+        return Err(format!(
+            "account `{name}` opens {} with the token of account `{from}` (`token_from`): \
+             it has no token of its own; authorise `{from}` instead (`authbridge login {from}` \
+             or `authbridge import-token {from}`)",
+            account.mailbox
+        ));
+    }
     if !account.provider.flow.is_delegated() {
         return Err(format!(
             "account `{name}` uses provider `{}` with flow client_credentials (app-only): there \

@@ -78,3 +78,11 @@ pub enum UpstreamTls {
     Implicit,
     Starttls,
 }
+
+/// `upstream.auth.mechanism` of a relay listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayAuthMechanism {
+    Plain,
+    Login,
+}

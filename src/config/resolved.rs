@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::limits::Limits;
+use crate::protocol::smtp::relay_auth::Mechanism;
+use crate::secret::SecretString;
 use crate::token::{AccountConfig, ProviderConfig, StoreConfig};
 
 use super::keywords::{ClientTlsMode, ListenerMode, LogFormat, Protocol, UpstreamTls};
@@ -36,8 +38,16 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: String,
+    /// The provider of the account whose token is used (this one's, or `token_from`'s).
     pub provider: Arc<ProviderConfig>,
+    /// The mailbox the account opens (IMAP/POP3 `user=`, and the address it sends as).
     pub mailbox: String,
+    /// `token_from`: the account whose token this one uses (one token, one refresh); `None`
+    /// when the account has its own token.
+    pub token_from: Option<String>,
+    /// Whose token it is: the mailbox of the token's account (`mailbox` itself without
+    /// `token_from`). With a delegated flow this is the signed-in user.
+    pub identity: String,
     pub logins: Vec<Login>,
 }
 
@@ -134,15 +144,60 @@ pub struct Upstream {
     /// Name checked against the server certificate (default: `host`).
     pub server_name: String,
     pub client_tls: Arc<rustls::ClientConfig>,
+    /// Relay mode: the credentials a transactional provider wants (`upstream.auth`).
+    pub auth: Option<RelayAuth>,
+}
+
+/// `upstream.auth` of a relay listener: SMTP AUTH PLAIN or LOGIN towards a transactional
+/// provider, after TLS.
+#[derive(Debug, Clone)]
+pub struct RelayAuth {
+    /// Kept as a secret: Postmark's SMTP user name is the server's API token.
+    pub username: SecretString,
+    /// Empty when the config was loaded without its secrets (`status`, `import-token`).
+    pub password: SecretString,
+    /// `None`: PLAIN if the provider offers it, else LOGIN.
+    pub mechanism: Option<Mechanism>,
 }
 
 impl Config {
     pub fn account(&self, name: &str) -> Option<&Account> {
         self.accounts.iter().find(|a| a.name == name)
     }
+
+    /// The accounts that own a token (no `token_from`): the token manager's accounts.
+    pub fn token_accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.iter().filter(|a| a.token_from.is_none())
+    }
 }
 
 impl Account {
+    /// The account whose token this one uses: `token_from`, else itself.
+    pub fn token_account(&self) -> &str {
+        self.token_from.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The XOAUTH2 `user=` for `protocol`, following Exchange Online's rules for shared
+    /// mailboxes: IMAP and POP3 name the mailbox to open (a delegate's token, or an app's, with
+    /// FullAccess on it). SMTP with a delegated token authenticates as the delegate (the
+    /// signed-in user) and the message's `From:` is the shared mailbox (SendAs on it); an
+    /// app-only token has no user, so SMTP names the mailbox it sends as.
+    pub fn xoauth2_user(&self, protocol: Protocol) -> &str {
+        match protocol {
+            Protocol::Smtp if self.provider.flow.is_delegated() => &self.identity,
+            _ => &self.mailbox,
+        }
+    }
+
+    /// The signed-in user whose delegated token opens this account's (shared) mailbox: set
+    /// when `token_from` names an account with a delegated flow and another mailbox.
+    pub fn delegate(&self) -> Option<&str> {
+        (self.token_from.is_some()
+            && self.provider.flow.is_delegated()
+            && !self.mailbox.eq_ignore_ascii_case(&self.identity))
+        .then_some(self.identity.as_str())
+    }
+
     /// What the token manager needs of this account.
     pub fn token_config(&self) -> AccountConfig {
         AccountConfig {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::keywords::{
     ClientTlsMode, CloudName, FlowName, ListenerMode, LogFormat, Protocol, ProviderType,
-    UpstreamTls,
+    RelayAuthMechanism, UpstreamTls,
 };
 use super::secrets::SecretSource;
 
@@ -158,8 +158,13 @@ pub(super) struct RawProxyServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAccount {
     pub(super) name: String,
-    pub(super) provider: String,
+    /// Required unless `token_from` names the account whose token this one uses.
+    #[serde(default)]
+    pub(super) provider: Option<String>,
     pub(super) mailbox: String,
+    /// Use this other account's token (a shared mailbox opened by a delegate or an app).
+    #[serde(default)]
+    pub(super) token_from: Option<String>,
     #[serde(default)]
     pub(super) logins: Vec<RawLogin>,
 }
@@ -215,6 +220,18 @@ pub(super) struct RawUpstream {
     pub(super) server_name: Option<String>,
     #[serde(default)]
     pub(super) ca_file: Option<PathBuf>,
+    /// Relay mode: log in to a transactional provider with a username and password.
+    #[serde(default)]
+    pub(super) auth: Option<RawRelayAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRelayAuth {
+    pub(super) username: String,
+    pub(super) password: SecretSource,
+    #[serde(default)]
+    pub(super) mechanism: Option<RelayAuthMechanism>,
 }
 
 /// A `listen:` address: an IP address and a port (host names are not resolved), with an error

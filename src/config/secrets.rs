@@ -19,7 +19,7 @@ pub(super) enum Secrets {
 }
 
 /// `client_secret: "value"`, `{ env: NAME }` or `{ file: PATH }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(super) enum SecretSource {
     Plain(String),

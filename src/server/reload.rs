@@ -212,7 +212,7 @@ pub(super) struct Common {
     credentials: Arc<Credentials>,
     failures: Arc<FailureTracker>,
     tokens: Arc<TokenManager>,
-    mailboxes: HashMap<String, String>,
+    mailboxes: HashMap<String, crate::session::Identity>,
     limits: Limits,
     early: Arc<EarlyUpstreams>,
     metrics: Arc<Metrics>,
@@ -262,7 +262,7 @@ impl State {
                 .config
                 .accounts
                 .iter()
-                .map(|a| (a.name.clone(), a.mailbox.clone()))
+                .map(|a| (a.name.clone(), crate::session::Identity::of(a)))
                 .collect(),
             limits: self.config.limits.clone(),
             early: Arc::clone(&self.early),
@@ -391,7 +391,7 @@ impl Control {
 
         // Commit.
         let settings = server_token_settings(&new, &state.metrics);
-        let accounts = new.accounts.iter().map(|a| a.token_config()).collect();
+        let accounts = new.token_accounts().map(|a| a.token_config()).collect();
         let (tokens, account_report) = state.tokens.reconfigured(accounts, settings);
         state.background.stop();
         state.background = Background::start(&tokens, &self.shutdown);

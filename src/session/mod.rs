@@ -50,14 +50,46 @@ pub struct Shared {
     pub credentials: Arc<Credentials>,
     pub failures: Arc<FailureTracker>,
     pub tokens: Arc<TokenManager>,
-    /// Account name → mailbox.
-    pub mailboxes: HashMap<String, String>,
+    /// Account name → the token it uses and the XOAUTH2 `user=` it sends.
+    pub mailboxes: HashMap<String, Identity>,
     pub limits: Limits,
     /// Upstream connections opened before login, counted across every listener.
     pub early: Arc<EarlyUpstreams>,
     pub metrics: Arc<Metrics>,
     /// What this listener's sessions learned about its upstream (IMAP capabilities).
     pub upstream_memory: Arc<upstream::UpstreamMemory>,
+}
+
+/// How an account logs in upstream: whose token (its own, or `token_from`'s) and which
+/// XOAUTH2 `user=` this listener's protocol sends (see [`Account::xoauth2_user`]).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The account whose token is used.
+    pub token_account: String,
+    /// The XOAUTH2 `user=` per protocol.
+    pub imap_pop3_user: String,
+    pub smtp_user: String,
+    /// The signed-in user whose token opens a shared mailbox (empty otherwise), for hints.
+    pub delegate: String,
+}
+
+impl Identity {
+    pub fn of(account: &crate::config::Account) -> Identity {
+        Identity {
+            token_account: account.token_account().to_owned(),
+            imap_pop3_user: account.xoauth2_user(Protocol::Imap).to_owned(),
+            smtp_user: account.xoauth2_user(Protocol::Smtp).to_owned(),
+            delegate: account.delegate().unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// The XOAUTH2 `user=` for `protocol`.
+    pub fn user(&self, protocol: Protocol) -> &str {
+        match protocol {
+            Protocol::Smtp => &self.smtp_user,
+            Protocol::Imap | Protocol::Pop3 => &self.imap_pop3_user,
+        }
+    }
 }
 
 /// Stop signals: `graceful` asks pre-login sessions to say goodbye; `hard` ends piped sessions.
@@ -285,7 +317,11 @@ where
         .take()
         .filter(|_| l.protocol == Protocol::Smtp)
         .map(|account| reply_watch::Subject {
-            mailbox: shared.mailboxes.get(&account).cloned().unwrap_or_default(),
+            mailbox: shared
+                .mailboxes
+                .get(&account)
+                .map(|i| i.imap_pop3_user.clone())
+                .unwrap_or_default(),
             account,
             listener: l.name.clone(),
         });
@@ -315,7 +351,11 @@ where
     // mailbox and fails every later command with "User is authenticated but not connected."
     // The upstream's replies to the client's first commands are watched for it (no probe
     // command, so no round trip at login); SMTP refuses such a token at AUTH already.
-    let (account, mailbox) = session.logged_in.take().unwrap_or_default();
+    let LoggedIn {
+        account,
+        mailbox,
+        delegate,
+    } = session.logged_in.take().unwrap_or_default();
     let watch = match l.protocol {
         Protocol::Imap => Some(FirstReplies::new(WatchKind::Imap, &mailbox)),
         Protocol::Pop3 => Some(FirstReplies::new(WatchKind::Pop3, &mailbox)),
@@ -332,6 +372,7 @@ where
                     mailbox: &mailbox,
                     account: &account,
                     protocol: Some(l.protocol),
+                    delegate: &delegate,
                     ..Default::default()
                 };
                 warn!(account, upstream = %upstream, hint = %crate::diagnosis::hint(&upstream, &ctx), "login failed: upstream accepted the token but cannot open the mailbox; the client was told to try again later");
@@ -342,6 +383,16 @@ where
     }
 }
 
+/// A successful upstream login, remembered for the piped phase's hints.
+#[derive(Default)]
+struct LoggedIn {
+    account: String,
+    /// The mailbox opened (XOAUTH2 `user=`).
+    mailbox: String,
+    /// The identity whose token was used, when it is not the mailbox's own.
+    delegate: String,
+}
+
 struct Session {
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -350,8 +401,8 @@ struct Session {
     caps_asked: bool,
     /// Counts this session's upstream connection as a pre-login one until login.
     early: Option<EarlySlot>,
-    /// After the upstream login: (account, mailbox), for the watch over the first replies.
-    logged_in: Option<(String, String)>,
+    /// After the upstream login: who logged in to what, for the watch over the first replies.
+    logged_in: Option<LoggedIn>,
     /// The account whose upstream login was tried last (for the piped session's hints).
     account: Option<String>,
 }
@@ -682,13 +733,15 @@ impl Session {
         phase: &mut &'static str,
     ) -> (LoginOutcome, LoginResult) {
         let shared = Arc::clone(&self.shared);
-        let Some(mailbox) = shared.mailboxes.get(account).cloned() else {
+        let Some(identity) = shared.mailboxes.get(account).cloned() else {
             let why = format!("account {account} has no mailbox configured");
             return (
                 LoginOutcome::Unavailable(why),
                 LoginResult::token_unavailable,
             );
         };
+        let mailbox = identity.user(shared.listener.protocol).to_owned();
+        let token_account = identity.token_account.as_str();
         let auth_limit = shared.limits.timeouts.upstream_auth;
         *phase = "upstream connection";
         let conn = match self
@@ -706,10 +759,10 @@ impl Session {
             }
         };
         *phase = "token endpoint";
-        let token = match shared.tokens.access_token(account).await {
+        let token = match shared.tokens.access_token(token_account).await {
             Ok(t) => t,
             Err(e) => {
-                warn!(account, error = %e, "login failed: no access token");
+                warn!(account, token_from = token_account, error = %e, "login failed: no access token");
                 return (unavailable(&e), LoginResult::token_unavailable);
             }
         };
@@ -721,7 +774,11 @@ impl Session {
         let rejected = match first {
             Ok(AuthResult::Ok { untagged, text }) => {
                 info!(account, mailbox = %mailbox, "login ok");
-                self.logged_in = Some((account.to_string(), mailbox));
+                self.logged_in = Some(LoggedIn {
+                    account: account.to_string(),
+                    mailbox,
+                    delegate: identity.delegate.clone(),
+                });
                 return (LoginOutcome::Success { untagged, text }, LoginResult::ok);
             }
             Ok(AuthResult::Rejected(text)) => text,
@@ -732,7 +789,11 @@ impl Session {
         };
         info!(account, upstream = %rejected, "upstream refused the access token; refreshing it and retrying once");
         *phase = "token endpoint";
-        let token = match shared.tokens.refresh_after_rejection(account, &token).await {
+        let token = match shared
+            .tokens
+            .refresh_after_rejection(token_account, &token)
+            .await
+        {
             Ok(t) => t,
             Err(e) => {
                 warn!(account, error = %e, "login failed: token refresh after an upstream rejection failed");
@@ -746,7 +807,11 @@ impl Session {
         match second {
             Ok(AuthResult::Ok { untagged, text }) => {
                 info!(account, mailbox = %mailbox, "login ok after token refresh");
-                self.logged_in = Some((account.to_string(), mailbox));
+                self.logged_in = Some(LoggedIn {
+                    account: account.to_string(),
+                    mailbox,
+                    delegate: identity.delegate.clone(),
+                });
                 (LoginOutcome::Success { untagged, text }, LoginResult::ok)
             }
             Ok(AuthResult::Rejected(text)) => {
@@ -754,6 +819,7 @@ impl Session {
                     mailbox: &mailbox,
                     account,
                     protocol: Some(shared.listener.protocol),
+                    delegate: &identity.delegate,
                     ..Default::default()
                 };
                 warn!(account, upstream = %text, hint = %crate::diagnosis::hint(&text, &ctx), "login failed: upstream refused a fresh token");

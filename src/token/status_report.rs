@@ -122,8 +122,10 @@ pub fn report_with(
         .iter()
         .filter(|a| wanted(a))
         .map(|a| {
-            let persisted = files.load(&a.name);
-            let stored_at = store.map(|s| s.stored_at(&a.name).map_err(|e| e.to_string()));
+            // An account with `token_from` shows the state of the token it borrows.
+            let owner = a.token_account();
+            let persisted = files.load(owner);
+            let stored_at = store.map(|s| s.stored_at(owner).map_err(|e| e.to_string()));
             line(a, persisted.as_ref(), stored_at, judge)
         })
         .collect()
@@ -187,7 +189,10 @@ fn line(
     let (state, needs_action) = match (p, &stored_at) {
         (_, Some(Err(e))) if delegated => (format!("needs login: {e}"), true),
         (_, Some(Ok(None)) | None) if delegated => (
-            format!("needs login: {}", TokenError::no_refresh_token(name).hint()),
+            format!(
+                "needs login: {}",
+                TokenError::no_refresh_token(account.token_account()).hint()
+            ),
             true,
         ),
         (Some(p), _) if p.needs_login.is_some() && !newer_token => {
@@ -273,8 +278,19 @@ fn line(
         ),
         (Some(_), _) => ("ok".to_owned(), false),
     };
+    let borrowed = match &account.token_from {
+        Some(from) if delegated => format!(
+            "  mailbox={}  token_from={from} (signed in as {})",
+            account.mailbox, account.identity
+        ),
+        Some(from) => format!(
+            "  mailbox={}  token_from={from} (app-only)",
+            account.mailbox
+        ),
+        None => String::new(),
+    };
     let mut text = format!(
-        "{name}  flow={flow}  access_token={access}  last_refresh={last_refresh}  \
+        "{name}{borrowed}  flow={flow}  access_token={access}  last_refresh={last_refresh}  \
          refresh_token_age={rt_age}  credential={}",
         account.provider.credential
     );

@@ -24,6 +24,7 @@ use crate::protocol::pop3::Pop3Upstream;
 use crate::protocol::probe::{ProbeReply, ReplyKind, ReplyReader};
 use crate::protocol::sasl;
 use crate::protocol::smtp::SmtpUpstream;
+use crate::protocol::smtp::relay_auth::{RelayAuth, RelayAuthStep};
 use crate::protocol::{UpStep, UpstreamProtocol};
 use crate::secret::SecretString;
 use crate::tls::MaybeTls;
@@ -186,7 +187,7 @@ pub async fn connect_with(
             }
         }
     };
-    let (stream, capabilities) = match timeout(timeouts.upstream_setup, setup).await {
+    let (mut stream, capabilities) = match timeout(timeouts.upstream_setup, setup).await {
         Ok(Ok(v)) => v,
         Ok(Err((phase, m))) => return Err(err(phase, m)),
         Err(_) => {
@@ -201,6 +202,19 @@ pub async fn connect_with(
     };
     if let Some(memory) = &memory {
         memory.learn(&*conn_machine);
+    }
+    if relay && let Some(auth) = &upstream.auth {
+        let login = relay_login(auth, &capabilities, &mut stream, &mut input);
+        match timeout(timeouts.upstream_auth, login).await {
+            Ok(Ok(())) => {}
+            Ok(Err((phase, m))) => return Err(err(phase, m)),
+            Err(_) => {
+                return Err(err(
+                    "relay_auth",
+                    format!("no answer to AUTH within {:?}", timeouts.upstream_auth),
+                ));
+            }
+        }
     }
     Ok(Connected {
         stream,
@@ -296,6 +310,77 @@ impl Connected {
         }
     }
 }
+
+/// Relay mode with `upstream.auth`: log in to the transactional provider with AUTH PLAIN or
+/// LOGIN ([`RelayAuth`]) on the set-up (TLS) connection. A refusal of the credentials is
+/// logged with its cause; either way the caller gets an error, which the session turns into a
+/// temporary reply so the client keeps its message.
+async fn relay_login(
+    auth: &crate::config::RelayAuth,
+    capabilities: &[String],
+    stream: &mut MaybeTls<TcpStream>,
+    input: &mut BytesMut,
+) -> Result<(), (&'static str, String)> {
+    // Holds the credentials: zeroed on drop.
+    let mut out = Zeroizing::new(Vec::with_capacity(RELAY_AUTH_OUT));
+    let mut machine = RelayAuth::start(
+        capabilities,
+        &auth.username,
+        &auth.password,
+        auth.mechanism,
+        &mut out,
+    )
+    .map_err(|why| ("relay_auth", why))?;
+    loop {
+        write_all(stream, &out).await?;
+        out.clear();
+        match machine.step(input, &mut out) {
+            RelayAuthStep::NeedInput if out.is_empty() => {
+                input.reserve(READ_CHUNK);
+                match stream.read_buf(input).await {
+                    Ok(0) => return Err(("read", "upstream closed the connection".into())),
+                    Ok(_) => {}
+                    Err(e) => return Err(("read", e.to_string())),
+                }
+            }
+            RelayAuthStep::NeedInput => {}
+            RelayAuthStep::Authenticated => {
+                tracing::debug!(
+                    mechanism = machine.mechanism().as_str(),
+                    "relay upstream login ok"
+                );
+                return Ok(());
+            }
+            RelayAuthStep::Refused(reply) => {
+                let why = format!(
+                    "the relay upstream refused this relay's own credentials (upstream.auth, AUTH \
+                     {}): {reply}",
+                    machine.mechanism().as_str()
+                );
+                tracing::warn!(
+                    upstream = %reply,
+                    hint = "check upstream.auth.username and password (Amazon SES: the SMTP \
+                            credentials made for SMTP in the SES console, not IAM access keys, \
+                            and the region's endpoint; Postmark: the server API token as both); \
+                            clients get a temporary 4xx and keep their messages meanwhile",
+                    "relay login refused: the upstream does not accept the configured credentials"
+                );
+                return Err(("relay_auth", why));
+            }
+            RelayAuthStep::Temporary(reply) => {
+                return Err((
+                    "relay_auth",
+                    format!("the relay upstream refused the login for now: {reply}"),
+                ));
+            }
+            RelayAuthStep::Failed(why) => return Err(("relay_auth", why)),
+        }
+    }
+}
+
+/// Output room of the relay's AUTH exchange: the longest PLAIN line with the longest user name
+/// and password (`config::resolve::listeners`), base64-encoded, and its command words.
+const RELAY_AUTH_OUT: usize = 4 * (2 + 2 * 1024usize).div_ceil(3) + 64;
 
 /// The buffer an XOAUTH2 line for `mailbox` and `token` is written into: zeroed on drop, and
 /// large enough that writing the line never grows it.

@@ -14,7 +14,7 @@ mod local_send;
 mod probe;
 mod report;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -258,22 +258,45 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
         }
     };
     let mut got: Vec<Got> = Vec::new();
+    // One token request per token: an account with `token_from` uses its owner's result.
+    let mut fetched: HashMap<String, Result<crate::token::AccessToken, String>> = HashMap::new();
     for (index, a) in config.accounts.iter().enumerate() {
         let mut ar = AccountReport {
             name: a.name.clone(),
             provider: a.provider.name.clone(),
             flow: a.provider.flow.to_string(),
             mailbox: a.mailbox.clone(),
+            token_from: a.token_from.clone(),
             ok: true,
             token: None,
             findings: Vec::new(),
         };
-        match tokens.refresh_now(&a.name).await {
+        let owner = a.token_account();
+        if !fetched.contains_key(owner) {
+            let r = tokens.refresh_now(owner).await.map_err(|e| e.to_string());
+            fetched.insert(owner.to_owned(), r);
+        }
+        match fetched
+            .get(owner)
+            .cloned()
+            .unwrap_or_else(|| Err(String::new()))
+        {
             Ok(t) => {
-                ar.findings.push(Finding::ok(format!(
-                    "token OK (provider {}, mailbox {})",
-                    a.provider.name, a.mailbox
-                )));
+                ar.findings.push(Finding::ok(match (&a.token_from, a.delegate()) {
+                    (None, _) => format!(
+                        "token OK (provider {}, mailbox {})",
+                        a.provider.name, a.mailbox
+                    ),
+                    (Some(from), Some(user)) => format!(
+                        "token OK (account {from}'s token: signed in as {user}; opens the shared \
+                         mailbox {}, which needs FullAccess for IMAP/POP3 and SendAs for SMTP)",
+                        a.mailbox
+                    ),
+                    (Some(from), None) => format!(
+                        "token OK (account {from}'s token; opens mailbox {})",
+                        a.mailbox
+                    ),
+                }));
                 let inspection = claims::inspect(t.token.expose());
                 let summary = TokenSummary::new(&inspection);
                 ar.findings.push(match &inspection {
@@ -282,7 +305,7 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
                 });
                 if let Inspection::Jwt(c) = &inspection {
                     let ctx = context(config, index, None, c.is_delegated());
-                    for k in diagnosis::claims_problems(c, None, &a.mailbox) {
+                    for k in diagnosis::claims_problems(c, None, &a.identity) {
                         ar.findings.push(known_finding(k, &ctx, None));
                     }
                     ar.findings.extend(tenant_finding(config, index, c));
@@ -295,8 +318,11 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
                 });
             }
             Err(e) => {
-                ar.findings
-                    .push(Finding::failed(format!("could not get a token: {e}"), None));
+                let why = match &a.token_from {
+                    Some(from) => format!("could not get account {from}'s token: {e}"),
+                    None => format!("could not get a token: {e}"),
+                };
+                ar.findings.push(Finding::failed(why, None));
             }
         }
         report.accounts.push(ar);
@@ -369,11 +395,11 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
             let ctx = context(config, g.index, Some(l.protocol), delegated);
             let mut claim_problem = None;
             if let Inspection::Jwt(c) = &g.inspection {
-                let account_level: Vec<&str> = diagnosis::claims_problems(c, None, &a.mailbox)
+                let account_level: Vec<&str> = diagnosis::claims_problems(c, None, &a.identity)
                     .iter()
                     .map(|k| k.id)
                     .collect();
-                for k in diagnosis::claims_problems(c, Some(l.protocol), &a.mailbox) {
+                for k in diagnosis::claims_problems(c, Some(l.protocol), &a.identity) {
                     if !account_level.contains(&k.id) {
                         lr.findings.push(known_finding(k, &ctx, None));
                     }
@@ -388,7 +414,9 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
                         a.mailbox.clone(),
                     ))
             });
-            let outcome = probe::login_and_probe(config, l, &a.mailbox, &g.token.token, send).await;
+            let user = a.xoauth2_user(l.protocol);
+            let outcome =
+                probe::login_and_probe(config, l, user, &a.mailbox, &g.token.token, send).await;
             lr.findings
                 .push(outcome_finding(&outcome, &ctx, claim_problem));
             logins.push((li, g.index, outcome));
@@ -579,6 +607,7 @@ fn context(
         client_id: &a.provider.client_id,
         protocol,
         app_only: !delegated,
+        delegate: a.delegate().unwrap_or_default(),
     }
 }
 
@@ -600,7 +629,7 @@ fn outcome_finding(
     match outcome {
         Outcome::Ok(what) => Finding::ok(what.clone()),
         Outcome::LoginRefused(text) => {
-            let k = claim_problem.or_else(|| diagnosis::recognise(text));
+            let k = claim_problem.or_else(|| diagnosis::recognise_for(text, ctx));
             match k {
                 Some(k) => known_finding(k, ctx, Some(text)),
                 None => Finding::failed(
@@ -609,7 +638,7 @@ fn outcome_finding(
                 ),
             }
         }
-        Outcome::CommandRefused { command, text } => match diagnosis::recognise(text) {
+        Outcome::CommandRefused { command, text } => match diagnosis::recognise_for(text, ctx) {
             Some(k) => {
                 let mut f = known_finding(k, ctx, Some(text));
                 f.what = format!("{command} refused: {}", f.what);
@@ -647,7 +676,7 @@ fn refine_generic_refusals(
         let Inspection::Jwt(c) = &g.inspection else {
             continue;
         };
-        let mailbox = &config.accounts[*ai].mailbox;
+        let mailbox = &config.accounts[*ai].identity;
         if !generic || !diagnosis::claims_problems(c, Some(protocol), mailbox).is_empty() {
             continue;
         }
@@ -772,8 +801,7 @@ async fn status_files_settled(config: &Config, report: &mut Report) {
     let deadline = tokio::time::Instant::now() + STATUS_SETTLE;
     loop {
         let pending: Vec<&str> = config
-            .accounts
-            .iter()
+            .token_accounts()
             .filter(|a| {
                 files
                     .load(&a.name)

@@ -31,11 +31,13 @@ pub struct SendTest<'a> {
     pub to: &'a str,
 }
 
-/// Connect, log in as `mailbox`, run the protocol's first command(s), and for SMTP with
-/// `send` a whole test message.
+/// Connect, log in with XOAUTH2 `user=` `user`, run the protocol's first command(s), and for
+/// SMTP (`MAIL FROM:<mailbox>`, which differs from `user` for a shared mailbox sent as by a
+/// delegate) with `send` a whole test message.
 pub async fn login_and_probe(
     config: &Config,
     l: &Listener,
+    user: &str,
     mailbox: &str,
     token: &SecretString,
     send: Option<&SendTest<'_>>,
@@ -46,7 +48,7 @@ pub async fn login_and_probe(
             Ok(c) => c,
             Err(e) => return Outcome::Broken(e.to_string()),
         };
-    match conn.authenticate(mailbox, token, t.upstream_auth).await {
+    match conn.authenticate(user, token, t.upstream_auth).await {
         Ok(AuthResult::Ok { .. }) => {}
         Ok(AuthResult::Rejected(text)) => return Outcome::LoginRefused(text),
         Err(e) => return Outcome::Broken(e.to_string()),

@@ -129,6 +129,9 @@ pub struct AccountReport {
     pub provider: String,
     pub flow: String,
     pub mailbox: String,
+    /// `token_from`: the account whose token this one uses (a shared mailbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_from: Option<String>,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenSummary>,

@@ -6,9 +6,18 @@ use std::net::SocketAddr;
 
 use crate::config::defaults;
 use crate::config::error::ConfigError;
-use crate::config::keywords::{ClientTlsMode, ListenerMode, Protocol, UpstreamTls};
-use crate::config::resolved::{Listener, Relay, SenderRule, Upstream};
+use crate::config::keywords::{
+    ClientTlsMode, ListenerMode, Protocol, RelayAuthMechanism, UpstreamTls,
+};
+use crate::config::resolved::{Listener, Relay, RelayAuth, SenderRule, Upstream};
 use crate::config::schema::RawListener;
+use crate::config::secrets::Secrets;
+use crate::protocol::smtp::relay_auth::Mechanism;
+use crate::secret::SecretString;
+
+/// The longest `upstream.auth` user name or password (bytes): an AUTH line stays far below
+/// RFC 4954's 12,288 octets.
+const RELAY_AUTH_FIELD_MAX: usize = 1024;
 
 use super::context::Resolver;
 
@@ -103,6 +112,7 @@ impl Resolver<'_> {
                 )
             }
         };
+        let auth = self.relay_auth(at, &l)?;
         let u = l.upstream;
         if u.host.is_empty() {
             return Err(self.err(format!("{at}.upstream.host"), "expected a host name"));
@@ -142,9 +152,73 @@ impl Resolver<'_> {
                 tls: u.tls,
                 server_name,
                 client_tls,
+                auth,
             },
             relay,
         })
+    }
+
+    /// `upstream.auth`: relay listeners only; a user name and a password a SASL PLAIN string
+    /// can carry. The password never crosses the network in clear: `upstream.tls` is
+    /// `starttls` or `implicit` (there is no plaintext upstream), and a `starttls` upstream
+    /// that does not offer STARTTLS is refused before anything is sent.
+    fn relay_auth(&self, at: &str, l: &RawListener) -> Result<Option<RelayAuth>, ConfigError> {
+        let Some(a) = &l.upstream.auth else {
+            return Ok(None);
+        };
+        let key = format!("{at}.upstream.auth");
+        if l.mode != ListenerMode::Relay {
+            return Err(self.err(
+                key,
+                "only relay-mode listeners log in to their upstream with a password (add mode: \
+                 relay); auth-mode listeners log in with XOAUTH2 tokens",
+            ));
+        }
+        let username = a.username.trim();
+        if username.is_empty()
+            || username.len() > RELAY_AUTH_FIELD_MAX
+            || username.chars().any(char::is_control)
+        {
+            return Err(self.err(
+                format!("{key}.username"),
+                format!(
+                    "expected the provider's SMTP user name (1 to {RELAY_AUTH_FIELD_MAX} \
+                     bytes, no control characters), e.g. the user name of Amazon SES SMTP \
+                     credentials or Postmark's server API token"
+                ),
+            ));
+        }
+        let password = match self.secrets {
+            Secrets::Read => {
+                let p = a
+                    .password
+                    .clone()
+                    .read(|file| self.path(file))
+                    .map_err(|message| self.err(format!("{key}.password"), message))?;
+                let bad = p.expose().is_empty()
+                    || p.expose().len() > RELAY_AUTH_FIELD_MAX
+                    || p.expose().contains('\0');
+                if bad {
+                    return Err(self.err(
+                        format!("{key}.password"),
+                        format!(
+                            "expected the provider's SMTP password (1 to {RELAY_AUTH_FIELD_MAX} \
+                             bytes, no NUL); it is never logged"
+                        ),
+                    ));
+                }
+                p
+            }
+            Secrets::Skip => SecretString::default(),
+        };
+        Ok(Some(RelayAuth {
+            username: SecretString::new(username.to_owned()),
+            password,
+            mechanism: a.mechanism.map(|m| match m {
+                RelayAuthMechanism::Plain => Mechanism::Plain,
+                RelayAuthMechanism::Login => Mechanism::Login,
+            }),
+        }))
     }
 
     fn relay(&self, at: &str, l: &RawListener) -> Result<Option<Relay>, ConfigError> {

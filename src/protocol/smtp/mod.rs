@@ -1,6 +1,7 @@
 //! SMTP submission (RFC 5321, RFC 4954 AUTH, RFC 3207 STARTTLS): the pre-login server side toward
 //! the legacy client ([`SmtpClient`]), the EHLO/STARTTLS/XOAUTH2 client side toward Exchange
-//! ([`SmtpUpstream`]), and the relay-mode dialogue after login ([`relay::RelayMachine`]).
+//! ([`SmtpUpstream`]), the relay-mode dialogue after login ([`relay::RelayMachine`]) and the
+//! relay's AUTH PLAIN/LOGIN towards a transactional provider ([`relay_auth::RelayAuth`]).
 
 pub mod body;
 mod client;
@@ -8,6 +9,7 @@ mod command;
 pub mod envelope;
 mod extensions;
 pub mod relay;
+pub mod relay_auth;
 #[cfg(test)]
 mod relay_tests;
 mod reply;

@@ -622,3 +622,202 @@ fn reconnected_when_not_asked_changes_nothing() {
     );
     assert_eq!(out.to_client, b"354 go ahead\r\n");
 }
+
+mod upstream_auth {
+    //! [`RelayAuth`] against scripted providers: the lines it sends (the secrets in them
+    //! decoded for the check) and how each final reply is sorted.
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::BytesMut;
+
+    use crate::protocol::smtp::relay_auth::{Mechanism, RelayAuth, RelayAuthStep, advertised};
+    use crate::secret::SecretString;
+
+    fn caps(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Start with `offered` and `wanted`, answer every wait with the next of `replies`;
+    /// returns what was sent (one line per write) and the final step.
+    fn exchange(
+        offered: &[&str],
+        wanted: Option<Mechanism>,
+        replies: &[&str],
+    ) -> Result<(Vec<String>, RelayAuthStep), String> {
+        let user = SecretString::from("relay-user");
+        let pass = SecretString::from("pä ss:wörd");
+        let mut out = Vec::new();
+        let mut m = RelayAuth::start(&caps(offered), &user, &pass, wanted, &mut out)?;
+        let mut sent = vec![String::from_utf8(std::mem::take(&mut out)).unwrap()];
+        let mut input = BytesMut::new();
+        let mut replies = replies.iter();
+        loop {
+            match m.step(&mut input, &mut out) {
+                RelayAuthStep::NeedInput if out.is_empty() => match replies.next() {
+                    Some(r) => input.extend_from_slice(r.as_bytes()),
+                    None => return Ok((sent, RelayAuthStep::NeedInput)),
+                },
+                RelayAuthStep::NeedInput => {
+                    sent.push(String::from_utf8(std::mem::take(&mut out)).unwrap());
+                }
+                done => return Ok((sent, done)),
+            }
+        }
+    }
+
+    fn b64(s: &str) -> String {
+        STANDARD.encode(s)
+    }
+
+    #[test]
+    fn advertised_mechanisms_in_both_forms() {
+        assert_eq!(
+            advertised(&caps(&[
+                "SIZE 1",
+                "AUTH PLAIN LOGIN",
+                "AUTH=LOGIN CRAM-MD5"
+            ])),
+            ["PLAIN", "LOGIN", "CRAM-MD5"]
+        );
+        assert!(advertised(&caps(&["SIZE 1", "AUTHX PLAIN", "8BITMIME"])).is_empty());
+    }
+
+    #[test]
+    fn plain_sends_one_line_and_takes_235() {
+        let (sent, end) = exchange(
+            &["AUTH LOGIN PLAIN"],
+            None,
+            &["235 2.7.0 Authentication successful\r\n"],
+        )
+        .unwrap();
+        assert_eq!(
+            sent,
+            [format!(
+                "AUTH PLAIN {}\r\n",
+                b64("\0relay-user\0pä ss:wörd")
+            )]
+        );
+        assert_eq!(end, RelayAuthStep::Authenticated);
+    }
+
+    #[test]
+    fn login_answers_both_prompts() {
+        let (sent, end) = exchange(
+            &["AUTH LOGIN PLAIN"],
+            Some(Mechanism::Login),
+            &[
+                "334 VXNlcm5hbWU6\r\n",
+                "334 UGFzc3dvcmQ6\r\n",
+                "235 2.7.0 Authentication successful\r\n",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            sent,
+            [
+                "AUTH LOGIN\r\n".to_string(),
+                format!("{}\r\n", b64("relay-user")),
+                format!("{}\r\n", b64("pä ss:wörd")),
+            ]
+        );
+        assert_eq!(end, RelayAuthStep::Authenticated);
+        // No mechanism asked for and no PLAIN offered: LOGIN.
+        let (sent, _) = exchange(&["AUTH=LOGIN"], None, &[]).unwrap();
+        assert_eq!(sent, ["AUTH LOGIN\r\n"]);
+    }
+
+    #[test]
+    fn final_replies_are_sorted() {
+        let cases = [
+            (
+                "535 5.7.8 Authentication credentials invalid\r\n",
+                RelayAuthStep::Refused("535 5.7.8 Authentication credentials invalid".into()),
+            ),
+            (
+                "454 4.7.0 Temporary authentication failure\r\n",
+                RelayAuthStep::Temporary("454 4.7.0 Temporary authentication failure".into()),
+            ),
+            (
+                "535-5.7.8 Username and Password\r\n535 5.7.8 not accepted\r\n",
+                RelayAuthStep::Refused("535 5.7.8 Username and Password 5.7.8 not accepted".into()),
+            ),
+        ];
+        for (reply, want) in cases {
+            let (_, end) = exchange(&["AUTH PLAIN"], None, &[reply]).unwrap();
+            assert_eq!(end, want, "{reply:?}");
+        }
+        // A challenge after PLAIN's initial response, a third LOGIN prompt, a 2xx other than
+        // 235 and garbage end the exchange.
+        for (mech, replies) in [
+            (Mechanism::Plain, &["334 \r\n"][..]),
+            (
+                Mechanism::Login,
+                &[
+                    "334 VXNlcm5hbWU6\r\n",
+                    "334 UGFzc3dvcmQ6\r\n",
+                    "334 again\r\n",
+                ][..],
+            ),
+            (Mechanism::Plain, &["250 2.0.0 OK\r\n"][..]),
+            (Mechanism::Plain, &["hello\r\n"][..]),
+        ] {
+            let (_, end) = exchange(&["AUTH PLAIN LOGIN"], Some(mech), replies).unwrap();
+            assert!(
+                matches!(end, RelayAuthStep::Failed(_)),
+                "{replies:?}: {end:?}"
+            );
+        }
+    }
+
+    /// A mechanism the provider does not advertise is not tried: the error says what it offers.
+    #[test]
+    fn unadvertised_mechanisms_are_refused_before_sending() {
+        let e = exchange(&["AUTH CRAM-MD5"], None, &[]).unwrap_err();
+        assert!(
+            e.contains("does not offer AUTH PLAIN or LOGIN (it offers CRAM-MD5)"),
+            "{e}"
+        );
+        let e = exchange(&["AUTH LOGIN"], Some(Mechanism::Plain), &[]).unwrap_err();
+        assert!(
+            e.contains("does not offer AUTH PLAIN (it offers LOGIN)"),
+            "{e}"
+        );
+        let e = exchange(&["SIZE 1000"], None, &[]).unwrap_err();
+        assert!(e.contains("does not offer AUTH at all"), "{e}");
+    }
+
+    /// The replies may arrive in any chunking: the same lines go out, the same end comes.
+    #[test]
+    fn split_replies_give_the_same_result() {
+        let script = "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0 OK\r\n";
+        let whole = {
+            let user = SecretString::from("u");
+            let pass = SecretString::from("p");
+            let mut out = Vec::new();
+            let mut m =
+                RelayAuth::start(&caps(&["AUTH LOGIN"]), &user, &pass, None, &mut out).unwrap();
+            let mut input = BytesMut::new();
+            let mut end = None;
+            // One byte at a time: at most one reply completes per byte.
+            for b in script.bytes() {
+                input.extend_from_slice(&[b]);
+                match m.step(&mut input, &mut out) {
+                    RelayAuthStep::NeedInput => {}
+                    done => {
+                        end = Some(done);
+                        break;
+                    }
+                }
+            }
+            (String::from_utf8(out).unwrap(), end)
+        };
+        assert_eq!(
+            whole,
+            (
+                format!("AUTH LOGIN\r\n{}\r\n{}\r\n", b64("u"), b64("p")),
+                Some(RelayAuthStep::Authenticated)
+            )
+        );
+    }
+}
