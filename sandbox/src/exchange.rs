@@ -58,6 +58,9 @@ pub(crate) struct Exchange {
     mailboxes: HashMap<String, MailboxSettings>,
     /// Apps whose service principal was never registered with `New-ServicePrincipal`.
     unregistered_apps: HashSet<String>,
+    /// Application Access Policies (`New-ApplicationAccessPolicy -AccessRight RestrictAccess`):
+    /// an app listed here may use Graph only on these mailboxes; an app not listed, on all.
+    app_access_policies: HashMap<String, HashSet<String>>,
 }
 
 /// Exchange's verdict on an XOAUTH2 login.
@@ -94,6 +97,35 @@ impl Exchange {
             self.unregistered_apps.remove(&lower(client_id));
         } else {
             self.unregistered_apps.insert(lower(client_id));
+        }
+    }
+
+    /// Restrict `client_id`'s Graph access to `mailboxes` (`None`: remove the policy).
+    pub(crate) fn set_app_access_policy(&mut self, client_id: &str, mailboxes: Option<&[&str]>) {
+        match mailboxes {
+            Some(m) => {
+                self.app_access_policies
+                    .insert(lower(client_id), m.iter().map(|x| lower(x)).collect());
+            }
+            None => {
+                self.app_access_policies.remove(&lower(client_id));
+            }
+        }
+    }
+
+    /// May `token` send mail as `mailbox` through Microsoft Graph? A delegated token: as its
+    /// own mailbox. An app-only token with `Mail.Send`: as any mailbox, unless an Application
+    /// Access Policy limits the app to others. Never when the mailbox's `send_as_denied` is set.
+    pub(crate) fn may_send_as(&self, token: &TokenInfo, mailbox: &str) -> bool {
+        if self.mailbox(mailbox).send_as_denied {
+            return false;
+        }
+        match &token.user {
+            Some(u) => lower(u) == lower(mailbox),
+            None => self
+                .app_access_policies
+                .get(&lower(&token.client_id))
+                .is_none_or(|allowed| allowed.contains(&lower(mailbox))),
         }
     }
 
