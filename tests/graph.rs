@@ -135,7 +135,11 @@ async fn logged_in(addr: SocketAddr) -> Client {
 /// MAIL, RCPTs, DATA with `message` (lines without CRLF are joined with CRLF and dot-stuffed);
 /// returns the reply to the end of DATA.
 async fn send(c: &mut Client, rcpts: &[&str], message: &[u8]) -> String {
-    assert!(c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await.starts_with("250"));
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("250")
+    );
     for r in rcpts {
         let reply = c.cmd(&format!("RCPT TO:<{r}>")).await;
         assert!(reply.starts_with("250"), "{reply}");
@@ -162,7 +166,9 @@ fn simple(subject: &str) -> Vec<u8> {
 /// Read every message of `mailbox` straight from the sandbox's IMAP server (XOAUTH2 with the
 /// mailbox's own token), as a recipient's mail client would.
 async fn imap_read_all(sb: &Sandbox, mailbox: &str) -> Vec<Vec<u8>> {
-    let tcp = tokio::net::TcpStream::connect(sb.imap_addr()).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(sb.imap_addr())
+        .await
+        .unwrap();
     let tls = tokio_rustls::TlsConnector::from(sb.client_config())
         .connect("localhost".try_into().unwrap(), tcp)
         .await
@@ -177,13 +183,19 @@ async fn imap_read_all(sb: &Sandbox, mailbox: &str) -> Vec<Vec<u8>> {
     assert!(done.starts_with("b OK"), "{done}");
     let exists = untagged
         .iter()
-        .find_map(|l| l.strip_suffix(" EXISTS")?.strip_prefix("* ")?.parse::<usize>().ok())
+        .find_map(|l| {
+            l.strip_suffix(" EXISTS")?
+                .strip_prefix("* ")?
+                .parse::<usize>()
+                .ok()
+        })
         .unwrap_or(0);
     let mut out = Vec::new();
     for i in 1..=exists {
         c.send(&format!("f{i} FETCH {i} BODY.PEEK[]")).await;
         let first = c.raw_line().await;
-        let n = imap_literal_len(&first).expect("a literal");
+        let first = first.trim_ascii_end();
+        let n = imap_literal_len(first).unwrap_or_else(|| panic!("a literal: {}", text(first)));
         out.push(c.read_n(n).await);
         let (_, done) = c.imap_tagged(&format!("f{i}")).await;
         assert!(done.contains("OK"), "{done}");
@@ -203,7 +215,12 @@ async fn delegated_send_reaches_to_and_bcc_only_recipients_with_8bit_intact() {
     let message = format!(
         "From: GLPI <{MAILBOX}>\nTo: \"Doe, Jane\" <to@contoso.com>\nSubject: {subject}\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nGrüße aus Köln — ünïcödé\n.a line that starts with a dot\n"
     );
-    let r = send(&mut c, &["to@contoso.com", "Hidden@Contoso.com"], message.as_bytes()).await;
+    let r = send(
+        &mut c,
+        &["to@contoso.com", "Hidden@Contoso.com"],
+        message.as_bytes(),
+    )
+    .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     assert_eq!(c.cmd("QUIT").await, "221 2.0.0 Bye");
 
@@ -344,7 +361,11 @@ async fn each_listener_gets_its_own_audience_and_graph_never_sees_a_wrong_one() 
     let r = send(&mut c, &["to@contoso.com"], &simple("graph-again")).await;
     assert!(r.starts_with("250 "), "{r}");
     let counters = g.sandbox.graph_counters();
-    assert_eq!((counters.accepted, counters.refused), (2, 0), "{counters:?}");
+    assert_eq!(
+        (counters.accepted, counters.refused),
+        (2, 0),
+        "{counters:?}"
+    );
     let auth = g.sandbox.mail_auth_attempts();
     assert_eq!(auth.smtp_failed, 0, "{auth:?}");
     // Two audiences, two refreshes: one each, then both cached.
@@ -359,7 +380,11 @@ async fn a_token_that_cannot_be_had_is_a_temporary_failure_at_auth() {
     .await;
     let (mut c, r) = login(g.addr()).await;
     assert!(r.starts_with("454 4.7.0"), "{r}");
-    assert!(c.cmd(&format!("MAIL FROM:<{MAILBOX}>")).await.starts_with("530"));
+    assert!(
+        c.cmd(&format!("MAIL FROM:<{MAILBOX}>"))
+            .await
+            .starts_with("530")
+    );
     assert_eq!(g.sandbox.graph_counters().requests, 0);
 }
 
@@ -376,8 +401,13 @@ async fn graph_is_refused_on_imap_pop3_and_relay_listeners() {
         );
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let e = authbridge::config::Config::load(&path).unwrap_err().to_string();
-        assert!(e.contains("listeners[0].upstream.type") && e.contains(why), "{e}");
+        let e = authbridge::config::Config::load(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("listeners[0].upstream.type") && e.contains(why),
+            "{e}"
+        );
     }
     let yaml = "listeners:\n  - name: l\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: { type: graph, host: x }\n";
     std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
@@ -401,10 +431,13 @@ fn graph_sessions_log_no_secret_at_trace_level() {
         let g = start(Flow::Delegated, |_| {}).await;
         let mut c = logged_in(g.addr()).await;
         let body_secret = "body-marker-Zx81q";
-        let message = format!(
-            "From: {MAILBOX}\nTo: to@contoso.com\nSubject: s\n\n{body_secret}\n"
-        );
-        let r = send(&mut c, &["to@contoso.com", "bcc@contoso.com"], message.as_bytes()).await;
+        let message = format!("From: {MAILBOX}\nTo: to@contoso.com\nSubject: s\n\n{body_secret}\n");
+        let r = send(
+            &mut c,
+            &["to@contoso.com", "bcc@contoso.com"],
+            message.as_bytes(),
+        )
+        .await;
         assert!(r.starts_with("250 "), "{r}");
         g.sandbox
             .set_graph_failure(Some(GraphFailure::SendAsDenied), Some(1));

@@ -215,7 +215,8 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Answer {
                     "ApplicationThrottled",
                     "Application is over its MailboxConcurrency limit.",
                 );
-                a.headers.push(("retry-after", retry_after_secs.to_string()));
+                a.headers
+                    .push(("retry-after", retry_after_secs.to_string()));
                 a
             }
             GraphFailure::Unavailable503 => error(
@@ -228,7 +229,10 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Answer {
     }
     let token = auth
         .as_deref()
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
         .unwrap_or("");
     let Some(info) = shared.entra().token_info(token.trim(), Instant::now()) else {
         return error(
@@ -237,7 +241,11 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Answer {
             "Access token is empty, expired or not valid.",
         );
     };
-    if !info.aud.trim_end_matches('/').eq_ignore_ascii_case(GRAPH_AUDIENCE) {
+    if !info
+        .aud
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case(GRAPH_AUDIENCE)
+    {
         return error(401, "InvalidAuthenticationToken", "Invalid audience.");
     }
     let has = |list: &[String]| list.iter().any(|p| p.eq_ignore_ascii_case("Mail.Send"));
@@ -369,7 +377,10 @@ mod tests {
                 retry_after_secs: 7
             })
         );
-        assert_eq!(GraphFailure::parse("503"), Some(GraphFailure::Unavailable503));
+        assert_eq!(
+            GraphFailure::parse("503"),
+            Some(GraphFailure::Unavailable503)
+        );
         assert_eq!(
             GraphFailure::parse("send_as_denied"),
             Some(GraphFailure::SendAsDenied)

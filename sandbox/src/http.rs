@@ -272,7 +272,10 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
                 Some(spec) => match crate::GraphFailure::parse(&spec) {
                     Some(f) => Some(f),
                     None => {
-                        return json_reply(400, json!({"error": format!("unknown failure {spec:?}")}));
+                        return json_reply(
+                            400,
+                            json!({"error": format!("unknown failure {spec:?}")}),
+                        );
                     }
                 },
                 None => None,

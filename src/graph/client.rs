@@ -166,7 +166,9 @@ mod tests {
             "https://graph.microsoft.com/v1.0/users/a@contoso.com/sendMail"
         );
         assert_eq!(
-            send_mail_url("https://127.0.0.1:9/", "a b/c@x").unwrap().as_str(),
+            send_mail_url("https://127.0.0.1:9/", "a b/c@x")
+                .unwrap()
+                .as_str(),
             "https://127.0.0.1:9/v1.0/users/a%20b%2Fc@x/sendMail"
         );
         assert!(send_mail_url("http://graph.example.com", "a@x").is_err());

@@ -124,7 +124,8 @@ impl GraphConnector {
             match &mut self.state {
                 State::Sending => return None,
                 State::Body(u) => {
-                    let (used, ended) = unstuff(u, bytes, &mut self.body, self.limit, &mut self.over);
+                    let (used, ended) =
+                        unstuff(u, bytes, &mut self.body, self.limit, &mut self.over);
                     bytes = &bytes[used..];
                     if ended {
                         return self.body_ended(replies);
@@ -208,7 +209,9 @@ impl GraphConnector {
                 if self.recipients.len() >= MAX_RECIPIENTS {
                     return (
                         452,
-                        format!("4.5.3 Too many recipients (at most {MAX_RECIPIENTS} per message); send the rest in another message"),
+                        format!(
+                            "4.5.3 Too many recipients (at most {MAX_RECIPIENTS} per message); send the rest in another message"
+                        ),
                     );
                 }
                 self.recipients.push(m.as_written());
@@ -264,7 +267,8 @@ impl GraphConnector {
         let mut missing: Vec<String> = Vec::new();
         for r in &self.recipients {
             let n = recipients::normalise(r);
-            if !scan.addresses.contains(&n) && !missing.iter().any(|m| recipients::normalise(m) == n)
+            if !scan.addresses.contains(&n)
+                && !missing.iter().any(|m| recipients::normalise(m) == n)
             {
                 missing.push(r.clone());
             }
@@ -363,7 +367,10 @@ mod tests {
     fn a_whole_transaction_unstuffed_with_bcc_added() {
         let mut c = GraphConnector::new("h", 1000);
         assert!(run(&mut c, b"EHLO x\r\n").0.contains("250-SIZE 1000\r\n"));
-        assert_eq!(run(&mut c, b"MAIL FROM:<a@x>\r\n").0, "250 2.1.0 Sender OK\r\n");
+        assert_eq!(
+            run(&mut c, b"MAIL FROM:<a@x>\r\n").0,
+            "250 2.1.0 Sender OK\r\n"
+        );
         run(&mut c, b"RCPT TO:<to@x>\r\n");
         run(&mut c, b"RCPT TO:<Hidden@X>\r\n");
         assert!(run(&mut c, b"DATA\r\n").0.starts_with("354 "));
@@ -383,14 +390,25 @@ mod tests {
             &mut replies,
         );
         assert_eq!(&replies[..], b"250 2.0.0 ok\r\n");
-        assert_eq!(run(&mut c, b"RCPT TO:<a@x>\r\n").0, "503 5.5.1 Need MAIL command first\r\n");
+        assert_eq!(
+            run(&mut c, b"RCPT TO:<a@x>\r\n").0,
+            "503 5.5.1 Need MAIL command first\r\n"
+        );
     }
 
     #[test]
     fn size_limit_before_and_after_data() {
         let mut c = GraphConnector::new("h", 10);
-        assert!(run(&mut c, b"MAIL FROM:<a@x> SIZE=11\r\n").0.starts_with("552 5.3.4 "));
-        assert!(run(&mut c, b"MAIL FROM:<a@x> SIZE=10\r\n").0.starts_with("250 "));
+        assert!(
+            run(&mut c, b"MAIL FROM:<a@x> SIZE=11\r\n")
+                .0
+                .starts_with("552 5.3.4 ")
+        );
+        assert!(
+            run(&mut c, b"MAIL FROM:<a@x> SIZE=10\r\n")
+                .0
+                .starts_with("250 ")
+        );
         run(&mut c, b"RCPT TO:<to@x>\r\n");
         run(&mut c, b"DATA\r\n");
         let (r, out) = run(&mut c, b"To: to@x\r\n\r\n0123456789\r\n.\r\n");
@@ -415,11 +433,19 @@ mod tests {
         assert!(run(&mut c, b"DATA\r\n").0.starts_with("503 "));
         run(&mut c, b"MAIL FROM:<>\r\n");
         assert!(run(&mut c, b"DATA\r\n").0.starts_with("554 "));
-        assert!(run(&mut c, b"RCPT TO:<Postmaster>\r\n").0.starts_with("550 "));
+        assert!(
+            run(&mut c, b"RCPT TO:<Postmaster>\r\n")
+                .0
+                .starts_with("550 ")
+        );
         for i in 0..MAX_RECIPIENTS {
             let line = format!("RCPT TO:<r{i}@x>\r\n");
             assert!(run(&mut c, line.as_bytes()).0.starts_with("250 "));
         }
-        assert!(run(&mut c, b"RCPT TO:<one-more@x>\r\n").0.starts_with("452 4.5.3"));
+        assert!(
+            run(&mut c, b"RCPT TO:<one-more@x>\r\n")
+                .0
+                .starts_with("452 4.5.3")
+        );
     }
 }

@@ -324,15 +324,12 @@ mod tests {
         let v = br#"undisclosed-recipients:;, team: a@x (Alice (the (boss))), "Smith, John" <j@x>;, "john doe"@Example.org, =?utf-8?q?M=C3=BCller?= <m@x>, <@relay.example:route@x>, (comment only)"#;
         assert_eq!(
             address_list(v),
-            vec![
-                "a@x",
-                "j@x",
-                "\"john doe\"@Example.org",
-                "m@x",
-                "route@x"
-            ]
+            vec!["a@x", "j@x", "\"john doe\"@Example.org", "m@x", "route@x"]
         );
-        assert_eq!(normalise("\"john doe\"@Example.org"), "john doe@example.org");
+        assert_eq!(
+            normalise("\"john doe\"@Example.org"),
+            "john doe@example.org"
+        );
         assert_eq!(normalise("\"a\\\"b\"@x"), "a\"b@x");
     }
 

@@ -30,7 +30,10 @@ struct ErrorDetail {
 /// Graph's error `code` and `message` from a response body (empty when it has none).
 pub fn error_of(body: &[u8]) -> (String, String) {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) => (short(&b.error.code, 80), short(&b.error.message, MESSAGE_MAX)),
+        Ok(b) => (
+            short(&b.error.code, 80),
+            short(&b.error.message, MESSAGE_MAX),
+        ),
         Err(_) => (String::new(), String::new()),
     }
 }
@@ -46,12 +49,7 @@ fn short(s: &str, max: usize) -> String {
 
 /// The client's reply to an HTTP answer from `sendMail` for `mailbox`. `retry_after` is the
 /// `Retry-After` header as sent.
-pub fn for_status(
-    status: u16,
-    retry_after: Option<&str>,
-    body: &[u8],
-    mailbox: &str,
-) -> SendReply {
+pub fn for_status(status: u16, retry_after: Option<&str>, body: &[u8], mailbox: &str) -> SendReply {
     let (code, message) = error_of(body);
     let label = if code.is_empty() {
         format!("HTTP {status}")
@@ -70,30 +68,45 @@ pub fn for_status(
         .unwrap_or_default();
     let r = |code: u16, text: String| SendReply { code, text };
     match status {
-        202 | 200 => r(250, "2.0.0 Message accepted by Microsoft Graph for delivery".into()),
+        202 | 200 => r(
+            250,
+            "2.0.0 Message accepted by Microsoft Graph for delivery".into(),
+        ),
         429 => r(
             451,
-            format!("4.7.0 Microsoft Graph is throttling this mailbox ({label}){retry}; the message was not sent, try again later"),
+            format!(
+                "4.7.0 Microsoft Graph is throttling this mailbox ({label}){retry}; the message was not sent, try again later"
+            ),
         ),
         500 | 502 | 503 | 504 => r(
             451,
-            format!("4.4.1 Microsoft Graph is unavailable ({label}{said}){retry}; the message was not sent, try again later"),
+            format!(
+                "4.4.1 Microsoft Graph is unavailable ({label}{said}){retry}; the message was not sent, try again later"
+            ),
         ),
         401 => r(
             454,
-            format!("4.7.0 Temporary authentication failure: Microsoft Graph refused the access token ({label}{said}); see the authbridge log"),
+            format!(
+                "4.7.0 Temporary authentication failure: Microsoft Graph refused the access token ({label}{said}); see the authbridge log"
+            ),
         ),
         403 if code.eq_ignore_ascii_case("ErrorSendAsDenied") => r(
             550,
-            format!("5.7.60 Microsoft Graph refused ({label}{said}): {mailbox} may not send as the From address; grant SendAs (Add-RecipientPermission) or send From {mailbox}"),
+            format!(
+                "5.7.60 Microsoft Graph refused ({label}{said}): {mailbox} may not send as the From address; grant SendAs (Add-RecipientPermission) or send From {mailbox}"
+            ),
         ),
         403 => r(
             550,
-            format!("5.7.1 Microsoft Graph refused ({label}{said}): the app needs the Mail.Send permission (application permission with admin consent, or delegated Mail.Send and `authbridge login` again), and an Application Access Policy must include {mailbox}"),
+            format!(
+                "5.7.1 Microsoft Graph refused ({label}{said}): the app needs the Mail.Send permission (application permission with admin consent, or delegated Mail.Send and `authbridge login` again), and an Application Access Policy must include {mailbox}"
+            ),
         ),
         404 => r(
             550,
-            format!("5.1.1 Microsoft Graph does not know the mailbox {mailbox} ({label}{said}); check the account's mailbox in the authbridge config"),
+            format!(
+                "5.1.1 Microsoft Graph does not know the mailbox {mailbox} ({label}{said}); check the account's mailbox in the authbridge config"
+            ),
         ),
         413 => r(
             552,
@@ -109,7 +122,9 @@ pub fn for_status(
         ),
         _ => r(
             451,
-            format!("4.4.1 Unexpected answer from Microsoft Graph ({label}{said}); the message was not sent, try again later"),
+            format!(
+                "4.4.1 Unexpected answer from Microsoft Graph ({label}{said}); the message was not sent, try again later"
+            ),
         ),
     }
 }
@@ -147,7 +162,12 @@ mod tests {
     #[test]
     fn mapping() {
         assert_eq!(for_status(202, None, b"", "m@x").code, 250);
-        let t = for_status(429, Some("7"), &body("ApplicationThrottled", "slow down"), "m@x");
+        let t = for_status(
+            429,
+            Some("7"),
+            &body("ApplicationThrottled", "slow down"),
+            "m@x",
+        );
         assert_eq!(t.code, 451);
         assert!(t.text.starts_with("4.7.0") && t.text.contains("retry after 7 seconds"));
         assert_eq!(for_status(503, None, b"<html>", "m@x").code, 451);
@@ -156,7 +176,12 @@ mod tests {
         assert_eq!(d.code, 550);
         assert!(d.text.contains("ErrorSendAsDenied") && d.text.contains("SendAs"));
         assert!(!d.text.contains('\r') && !d.text.contains('\n'));
-        let a = for_status(403, None, &body("ErrorAccessDenied", "Access is denied."), "m@x");
+        let a = for_status(
+            403,
+            None,
+            &body("ErrorAccessDenied", "Access is denied."),
+            "m@x",
+        );
         assert!(a.text.contains("Mail.Send"), "{}", a.text);
         let n = for_status(404, None, &body("ErrorInvalidUser", "bad"), "m@x");
         assert!(n.text.starts_with("5.1.1") && n.text.contains("ErrorInvalidUser"));

@@ -617,11 +617,17 @@ impl Session {
         let shared = Arc::clone(&self.shared);
         let Some(config) = shared.tokens.account(&account) else {
             let why = format!("account {account} is not configured");
-            return (LoginOutcome::Unavailable(why), LoginResult::token_unavailable);
+            return (
+                LoginOutcome::Unavailable(why),
+                LoginResult::token_unavailable,
+            );
         };
         if let Err(why) = crate::graph::supported(&config.provider) {
             warn!(account = %account, "login failed: {why}");
-            return (LoginOutcome::Unavailable(why), LoginResult::token_unavailable);
+            return (
+                LoginOutcome::Unavailable(why),
+                LoginResult::token_unavailable,
+            );
         }
         let scopes = crate::graph::scopes(&config.provider);
         let fetched =
@@ -644,7 +650,10 @@ impl Session {
             Err(_) => {
                 let why = "timed out waiting for the token endpoint; try again later".to_string();
                 warn!(account = %account, "login failed: {why}");
-                (LoginOutcome::Unavailable(why), LoginResult::token_unavailable)
+                (
+                    LoginOutcome::Unavailable(why),
+                    LoginResult::token_unavailable,
+                )
             }
         }
     }

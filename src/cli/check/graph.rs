@@ -62,10 +62,9 @@ pub(super) async fn check_listener(
 /// What the claims of a Graph token say about `sendMail` for `mailbox`.
 fn judge(c: &claims::Claims, resource: &str, mailbox: &str) -> Vec<Finding> {
     let mut out = Vec::new();
-    let aud_ok = c
-        .aud
-        .as_deref()
-        .is_some_and(|a| a.trim_end_matches('/').eq_ignore_ascii_case(resource) || a == GRAPH_APP_ID);
+    let aud_ok = c.aud.as_deref().is_some_and(|a| {
+        a.trim_end_matches('/').eq_ignore_ascii_case(resource) || a == GRAPH_APP_ID
+    });
     if !aud_ok {
         out.push(Finding::failed(
             format!(
@@ -132,12 +131,25 @@ mod tests {
     fn verdicts() {
         let g = "https://graph.microsoft.com";
         let st = |f: Vec<Finding>| f[0].status;
-        assert_eq!(st(judge(&claims(g, &[], &["Mail.Send"]), g, "m")), Status::Ok);
-        assert_eq!(st(judge(&claims(g, &["Mail.Send"], &[]), g, "m")), Status::Ok);
-        assert_eq!(st(judge(&claims(g, &[], &[]), g, "m")), Status::Failed);
-        assert_eq!(st(judge(&claims(g, &["Mail.Read"], &[]), g, "m")), Status::Failed);
         assert_eq!(
-            st(judge(&claims("https://outlook.office365.com", &[], &["Mail.Send"]), g, "m")),
+            st(judge(&claims(g, &[], &["Mail.Send"]), g, "m")),
+            Status::Ok
+        );
+        assert_eq!(
+            st(judge(&claims(g, &["Mail.Send"], &[]), g, "m")),
+            Status::Ok
+        );
+        assert_eq!(st(judge(&claims(g, &[], &[]), g, "m")), Status::Failed);
+        assert_eq!(
+            st(judge(&claims(g, &["Mail.Read"], &[]), g, "m")),
+            Status::Failed
+        );
+        assert_eq!(
+            st(judge(
+                &claims("https://outlook.office365.com", &[], &["Mail.Send"]),
+                g,
+                "m"
+            )),
             Status::Failed
         );
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::config::keywords::{ClientTlsMode, ListenerMode, Protocol, UpstreamKind, UpstreamTls};
 use crate::config::resolved::{Graph, Listener, Relay, SenderRule, Upstream};
-use crate::graph::GraphClients;
 use crate::config::schema::RawListener;
+use crate::graph::GraphClients;
 
 use super::context::Resolver;
 
