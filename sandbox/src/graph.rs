@@ -170,7 +170,7 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Answer {
     let segments: Vec<String> = path
         .trim_matches('/')
         .split('/')
-        .map(|s| percent_decode(s))
+        .map(percent_decode)
         .collect();
     let mailbox = match (req.method(), segments.as_slice()) {
         (&Method::POST, [v, users, id, send])

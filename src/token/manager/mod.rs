@@ -110,9 +110,12 @@ pub struct TokenManager {
     by_name: HashMap<String, usize>,
     /// Slots for other scope sets than an account's own (`access_token_for`), by (account,
     /// scopes): cached and single-flight on their own, created on first use.
-    scoped: Mutex<HashMap<(String, Vec<String>), Arc<Slot>>>,
+    scoped: Mutex<HashMap<ScopedKey, Arc<Slot>>>,
     ctx: Arc<Ctx>,
 }
+
+/// (account, scopes) of a slot for other scopes than the account's own.
+type ScopedKey = (String, Vec<String>);
 
 /// What a fetch task needs besides its slot.
 struct Ctx {
