@@ -273,15 +273,16 @@ impl GraphConnector {
                 missing.push(r.clone());
             }
         }
-        if let Some((at, text)) = recipients::bcc_insertion(&scan, &missing) {
-            if mime.len().saturating_add(text.len()) > self.limit {
+        if let Some((range, text)) = recipients::bcc_edit(&scan, &mime, &missing) {
+            let grown = mime.len() - range.len();
+            if grown.saturating_add(text.len()) > self.limit {
                 let text = self.too_large();
                 self.state = State::Command;
                 self.clear_transaction();
                 reply(replies, 552, &text);
                 return None;
             }
-            mime.splice(at..at, text);
+            mime.splice(range, text);
         }
         self.state = State::Sending;
         Some(Outgoing {
@@ -379,7 +380,7 @@ mod tests {
         assert!(r.is_empty() && out.is_none());
         let (_, out) = run(&mut c, b"\r\n");
         let out = out.expect("a message");
-        assert_eq!(out.mime, b"Bcc: Hidden@X\r\nTo: to@x\r\n\r\n.dot\r\n");
+        assert_eq!(out.mime, b"To: to@x\r\nBcc: <Hidden@X>\r\n\r\n.dot\r\n");
         assert_eq!(out.added_bcc, 1);
         let mut replies = BytesMut::new();
         c.sent(

@@ -25,9 +25,13 @@ pub const MAX_COMMENT_DEPTH: usize = 32;
 pub struct HeaderRecipients {
     /// Normalised addresses of `To:`, `Cc:` and `Bcc:`.
     pub addresses: BTreeSet<String>,
-    /// Byte offset just past the last line of the first `Bcc:` field (after its CRLF or LF), if
-    /// there is one: where more addresses can be appended as a continuation line.
-    pub bcc_end: Option<usize>,
+    /// Byte range of the first `Bcc:` field, its folded lines and line end included.
+    pub bcc_field: Option<std::ops::Range<usize>>,
+    /// The addresses of that field as written.
+    pub bcc_written: Vec<String>,
+    /// Where the empty line that ends the header section starts (the input's length when there
+    /// is none): a new field goes there.
+    pub header_end: usize,
     /// Length of the header section including the empty line that ends it (or the whole input
     /// when there is none).
     pub header_len: usize,
@@ -66,12 +70,13 @@ pub fn normalise(address: &str) -> String {
 pub fn scan(message: &[u8]) -> HeaderRecipients {
     let mut result = HeaderRecipients {
         header_len: message.len(),
+        header_end: message.len(),
         ..Default::default()
     };
     let mut pos = 0;
     // The field being collected: its name's kind and its unfolded value.
     let mut field: Option<(Kind, Vec<u8>)> = None;
-    // The field being read is the first `Bcc:` one (its continuation lines move `bcc_end`).
+    // The field being read is the first `Bcc:` one (its continuation lines extend `bcc_field`).
     let mut in_first_bcc = false;
     while pos < message.len() {
         let end = match message[pos..].iter().position(|&b| b == b'\n') {
@@ -81,7 +86,8 @@ pub fn scan(message: &[u8]) -> HeaderRecipients {
         let line = &message[pos..end];
         let content = strip_eol(line);
         if content.is_empty() {
-            finish(&mut field, &mut result);
+            finish(&mut field, &mut result, in_first_bcc);
+            result.header_end = pos;
             result.header_len = end;
             return result;
         }
@@ -90,11 +96,11 @@ pub fn scan(message: &[u8]) -> HeaderRecipients {
             if let Some((_, value)) = field.as_mut() {
                 value.extend_from_slice(content);
             }
-            if in_first_bcc {
-                result.bcc_end = Some(end);
+            if in_first_bcc && let Some(r) = result.bcc_field.as_mut() {
+                r.end = end;
             }
         } else {
-            finish(&mut field, &mut result);
+            finish(&mut field, &mut result, in_first_bcc);
             in_first_bcc = false;
             if let Some(colon) = content.iter().position(|&b| b == b':') {
                 let name = &content[..colon];
@@ -108,8 +114,8 @@ pub fn scan(message: &[u8]) -> HeaderRecipients {
                     None
                 };
                 if let Some(kind) = kind {
-                    if kind == Kind::Bcc && result.bcc_end.is_none() {
-                        result.bcc_end = Some(end);
+                    if kind == Kind::Bcc && result.bcc_field.is_none() {
+                        result.bcc_field = Some(pos..end);
                         in_first_bcc = true;
                     }
                     field = Some((kind, content[colon + 1..].to_vec()));
@@ -118,7 +124,7 @@ pub fn scan(message: &[u8]) -> HeaderRecipients {
         }
         pos = end;
     }
-    finish(&mut field, &mut result);
+    finish(&mut field, &mut result, in_first_bcc);
     result
 }
 
@@ -134,11 +140,14 @@ fn strip_eol(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn finish(field: &mut Option<(Kind, Vec<u8>)>, result: &mut HeaderRecipients) {
+fn finish(field: &mut Option<(Kind, Vec<u8>)>, result: &mut HeaderRecipients, first_bcc: bool) {
     if let Some((_, value)) = field.take() {
         for a in address_list(&value) {
             if result.addresses.len() >= MAX_ADDRESSES {
                 return;
+            }
+            if first_bcc {
+                result.bcc_written.push(a.clone());
             }
             result.addresses.insert(normalise(&a));
         }
@@ -266,37 +275,56 @@ fn skip_comment(value: &[u8], start: usize) -> usize {
     value.len()
 }
 
-/// The `Bcc:` text that makes the header name `missing` too: either a new field inserted at the
-/// top of the message, or a continuation of the first existing `Bcc:` field. Returns the byte
-/// offset to insert at and the bytes to insert; `None` when nothing is missing.
-pub fn bcc_insertion(scan: &HeaderRecipients, missing: &[String]) -> Option<(usize, Vec<u8>)> {
+/// The edit that makes the header name `missing` too: the byte range of `message` to replace
+/// and its replacement. With a `Bcc:` field whose addresses can be written back unchanged, that
+/// field is rewritten with its own addresses (as parsed) and `missing`, so the message keeps one
+/// `Bcc:` (RFC 5322 §3.6); otherwise a new `Bcc:` field goes at the end of the header section.
+/// Either way the field written is well-formed whatever the original looked like (one address
+/// per folded line, each in angle brackets). `None` when nothing is missing.
+pub fn bcc_edit(
+    scan: &HeaderRecipients,
+    message: &[u8],
+    missing: &[String],
+) -> Option<(std::ops::Range<usize>, Vec<u8>)> {
     if missing.is_empty() {
         return None;
     }
+    let merge = scan.bcc_field.clone().filter(|_| {
+        let back = address_list(&render(&scan.bcc_written));
+        back.len() == scan.bcc_written.len()
+            && back
+                .iter()
+                .zip(&scan.bcc_written)
+                .all(|(a, b)| normalise(a) == normalise(b))
+    });
+    let (range, existing): (_, &[String]) = match merge {
+        Some(r) => (r, &scan.bcc_written),
+        None => (scan.header_end..scan.header_end, &[]),
+    };
     let mut text = Vec::new();
-    match scan.bcc_end {
-        Some(end) => {
-            // Appended to the existing field: the line before ends in CRLF, so the list goes
-            // on as a folded continuation. The existing value may be empty (`Bcc:` alone).
-            for a in missing {
-                text.extend_from_slice(b" ,");
-                text.extend_from_slice(a.as_bytes());
-                text.extend_from_slice(b"\r\n");
-            }
-            Some((end, text))
-        }
-        None => {
-            text.extend_from_slice(b"Bcc: ");
-            for (i, a) in missing.iter().enumerate() {
-                if i > 0 {
-                    text.extend_from_slice(b",\r\n ");
-                }
-                text.extend_from_slice(a.as_bytes());
-            }
-            text.extend_from_slice(b"\r\n");
-            Some((0, text))
-        }
+    if range.is_empty() && range.start > 0 && message.get(range.start - 1) != Some(&b'\n') {
+        // A header that ends without a line end (no body): the new field starts a line.
+        text.extend_from_slice(b"\r\n");
     }
+    text.extend_from_slice(b"Bcc: ");
+    let all: Vec<String> = existing.iter().chain(missing).cloned().collect();
+    text.extend_from_slice(&render(&all));
+    text.extend_from_slice(b"\r\n");
+    Some((range, text))
+}
+
+/// `<a>,CRLF <b>`: an address-list value, one address per folded line.
+fn render(addresses: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, a) in addresses.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b",\r\n ");
+        }
+        out.push(b'<');
+        out.extend_from_slice(a.as_bytes());
+        out.push(b'>');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -315,8 +343,9 @@ mod tests {
             r.addresses,
             set(&["bob@example.com", "carol@example.com", "d@y"])
         );
-        assert_eq!(r.bcc_end, None);
+        assert_eq!(r.bcc_field, None);
         assert_eq!(&m[r.header_len..], b"To: not@header\r\n");
+        assert_eq!(&m[r.header_end..r.header_len], b"\r\n");
     }
 
     #[test]
@@ -343,37 +372,46 @@ mod tests {
     fn lf_only_headers_and_no_body() {
         let r = scan(b"To: a@x\nBcc: b@x\n");
         assert_eq!(r.addresses, set(&["a@x", "b@x"]));
-        assert_eq!(r.bcc_end, Some(17));
+        assert_eq!(r.bcc_field, Some(8..17));
+        assert_eq!(r.bcc_written, vec!["b@x"]);
+    }
+
+    fn edited(m: &[u8], missing: &[&str]) -> Vec<u8> {
+        let missing: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
+        let (range, text) = bcc_edit(&scan(m), m, &missing).unwrap();
+        let mut out = m.to_vec();
+        out.splice(range, text);
+        out
     }
 
     #[test]
-    fn bcc_insertion_new_and_appended() {
-        let m = b"To: a@x\r\nSubject: s\r\n\r\nbody\r\n";
-        let r = scan(m);
-        let (at, text) = bcc_insertion(&r, &["b@x".into(), "c@x".into()]).unwrap();
-        assert_eq!(at, 0);
-        assert_eq!(text, b"Bcc: b@x,\r\n c@x\r\n");
-        let m = b"To: a@x\r\nBcc: z@x,\r\n y@x\r\nSubject: s\r\n\r\n";
-        let r = scan(m);
-        assert_eq!(r.addresses, set(&["a@x", "z@x", "y@x"]));
-        let (at, text) = bcc_insertion(&r, &["b@x".into()]).unwrap();
-        let mut out = m[..at].to_vec();
-        out.extend_from_slice(&text);
-        out.extend_from_slice(&m[at..]);
+    fn bcc_added_or_merged() {
+        let out = edited(b"To: a@x\r\nSubject: s\r\n\r\nbody\r\n", &["b@x", "c@x"]);
         assert_eq!(
-            scan(&out).addresses,
-            set(&["a@x", "z@x", "y@x", "b@x"]),
-            "{}",
-            String::from_utf8_lossy(&out)
+            out,
+            b"To: a@x\r\nSubject: s\r\nBcc: <b@x>,\r\n <c@x>\r\n\r\nbody\r\n".to_vec()
         );
-        let m = b"Bcc:\r\nTo: a@x\r\n\r\n";
-        let r = scan(m);
-        let (at, text) = bcc_insertion(&r, &["b@x".into()]).unwrap();
-        let mut out = m[..at].to_vec();
-        out.extend_from_slice(&text);
-        out.extend_from_slice(&m[at..]);
+        let m = b"To: a@x\r\nBcc: Zed <z@x>,\r\n y@x\r\nSubject: s\r\n\r\n";
+        let out = edited(m, &["b@x"]);
+        assert_eq!(
+            out,
+            b"To: a@x\r\nBcc: <z@x>,\r\n <y@x>,\r\n <b@x>\r\nSubject: s\r\n\r\n".to_vec()
+        );
+        // An existing field that would swallow appended text (unterminated quote) is rewritten.
+        let out = edited(b"Bcc: \"open\r\nTo: a@x\r\n\r\n", &["b@x"]);
         assert_eq!(scan(&out).addresses, set(&["a@x", "b@x"]));
-        assert!(bcc_insertion(&r, &[]).is_none());
+        // One whose address cannot be written back as parsed is left alone: a second field.
+        let m = b"Bcc: a>b@x\r\n\r\n";
+        let out = edited(m, &["c@x"]);
+        assert_eq!(out, b"Bcc: a>b@x\r\nBcc: <c@x>\r\n\r\n".to_vec());
+        assert_eq!(scan(&out).addresses, set(&["a>b@x", "c@x"]));
+        // A header without body or final line end.
+        let out = edited(b"To: a@x", &["b@x"]);
+        assert_eq!(out, b"To: a@x\r\nBcc: <b@x>\r\n".to_vec());
+        // A message that starts with white space cannot fold the new field into anything.
+        let out = edited(b" x@y\r\n\r\nbody", &["b@x"]);
+        assert!(scan(&out).addresses.contains("b@x"));
+        assert!(bcc_edit(&scan(b"To: a@x\r\n\r\n"), b"", &[]).is_none());
     }
 
     #[test]
