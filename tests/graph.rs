@@ -462,3 +462,48 @@ fn graph_sessions_log_no_secret_at_trace_level() {
         );
     });
 }
+
+/// `authbridge check --json` on a Graph listener: the Graph token's audience and Mail.Send are
+/// checked (nothing is sent); without Mail.Send it fails and says how to fix it.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_the_graph_token_and_a_missing_mail_send() {
+    for (roles, ok) in [
+        (&["Mail.Send", "SMTP.SendAsApp"][..], true),
+        (&["SMTP.SendAsApp"][..], false),
+    ] {
+        let g = start(Flow::AppOnly, |sb| sb.set_app_roles(CLIENT_ID, roles)).await;
+        let config = g.dir.path().join("authbridge.yaml");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_authbridge"))
+                .args(["check", "--json", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report: serde_json::Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let graph = report["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == "graph")
+            .unwrap_or_else(|| panic!("{stdout}"))
+            .clone();
+        assert_eq!(graph["mode"], "graph", "{graph}");
+        assert_eq!(graph["ok"], ok, "{graph}");
+        let text = graph.to_string();
+        if ok {
+            assert!(text.contains("Mail.Send"), "{text}");
+        } else {
+            assert!(text.contains("admin consent"), "{text}");
+        }
+        assert_eq!(
+            g.sandbox.graph_counters().requests,
+            0,
+            "check sends nothing"
+        );
+    }
+}
