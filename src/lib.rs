@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod diagnosis;
+pub mod graph;
 pub mod limits;
 pub mod metrics;
 pub mod notify;

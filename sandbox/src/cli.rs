@@ -22,7 +22,7 @@ pub const USAGE: &str =
                                 [--device-interval SECS] [--tenant NAME]
                                 [--token-port N] [--smtp-port N] [--smtps-port N] [--imap-port N]
                                 [--imap-starttls-port N] [--pop3-port N] [--pop3-starttls-port N]
-                                [--connector-port N] [--connector-allow-ip IP]...
+                                [--connector-port N] [--graph-port N] [--connector-allow-ip IP]...
                                 [--connector-cert-name NAME]... [--connector-starttls on|off]
                                 [--connector-reject-direct-send on|off]
                                 [--max-sessions N] [--idle-timeout SECS] [--opaque-tokens on|off]
@@ -111,6 +111,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
                     .ok_or_else(|| format!("{flag}: expected a positive number, got {value:?}"))?
             }
             "--connector-port" => ports.connector = port(&value)?,
+            "--graph-port" => ports.graph = port(&value)?,
             "--connector-allow-ip" => options.connector_allowed_ips.push(
                 value
                     .parse()
@@ -159,6 +160,7 @@ pub fn describe(sb: &Sandbox, dir: &Path) -> Value {
         "pop3": sb.pop3_addr().to_string(),
         "pop3_starttls": sb.pop3_starttls_addr().to_string(),
         "connector": sb.connector_addr().to_string(),
+        "graph_url": sb.graph_url(),
         "connector_client_cert_name": demo_cert_name(sb),
         "connector_client_cert": dir.join("connector-client.pem"),
         "connector_client_key": dir.join("connector-client.key"),
@@ -215,7 +217,7 @@ fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
 pub fn banner(info: &Value) -> String {
     let s = |k: &str| info[k].as_str().unwrap_or("").to_string();
     format!(
-        "authbridge sandbox running\n  token endpoint   {}\n  authorize        {}\n  device code      {}\n  device login     {}\n  introspection    {}\n  control          {}\n  SMTP (STARTTLS)  {}\n  SMTP (TLS)       {}\n  IMAP (TLS)       {}\n  IMAP (STARTTLS)  {}\n  POP3 (TLS)       {}\n  POP3 (STLS)      {}\n  SMTP connector   {} (client certificate for {} in {})\n  CA certificate   {}\n  client           {} / {}\n  mailbox          {} (refresh token in {})\n",
+        "authbridge sandbox running\n  token endpoint   {}\n  authorize        {}\n  device code      {}\n  device login     {}\n  introspection    {}\n  control          {}\n  SMTP (STARTTLS)  {}\n  SMTP (TLS)       {}\n  IMAP (TLS)       {}\n  IMAP (STARTTLS)  {}\n  POP3 (TLS)       {}\n  POP3 (STLS)      {}\n  SMTP connector   {} (client certificate for {} in {})\n  Microsoft Graph  {}\n  CA certificate   {}\n  client           {} / {}\n  mailbox          {} (refresh token in {})\n",
         s("token_url"),
         s("authorize_url"),
         s("device_code_url"),
@@ -231,6 +233,7 @@ pub fn banner(info: &Value) -> String {
         s("connector"),
         s("connector_client_cert_name"),
         s("connector_client_cert"),
+        s("graph_url"),
         s("ca_file"),
         s("client_id"),
         s("client_secret"),

@@ -69,6 +69,9 @@ pub(crate) struct Exchange {
     full_access: HashSet<(String, String)>,
     /// `Add-RecipientPermission -Identity <mailbox> -Trustee <trustee> -AccessRights SendAs`.
     send_as: HashSet<(String, String)>,
+    /// Application Access Policies (`New-ApplicationAccessPolicy -AccessRight RestrictAccess`):
+    /// an app listed here may use Graph only on these mailboxes; an app not listed, on all.
+    app_access_policies: HashMap<String, HashSet<String>>,
 }
 
 /// A mailbox right Exchange grants to a trustee.
@@ -165,6 +168,41 @@ impl Exchange {
             || self
                 .send_as
                 .contains(&(lower(mailbox), Self::trustee(token)))
+    }
+
+    /// Restrict `client_id`'s Graph access to `mailboxes` (`None`: remove the policy).
+    pub(crate) fn set_app_access_policy(&mut self, client_id: &str, mailboxes: Option<&[&str]>) {
+        match mailboxes {
+            Some(m) => {
+                self.app_access_policies
+                    .insert(lower(client_id), m.iter().map(|x| lower(x)).collect());
+            }
+            None => {
+                self.app_access_policies.remove(&lower(client_id));
+            }
+        }
+    }
+
+    /// May `token` send mail as `mailbox` through Microsoft Graph? A delegated token: as its
+    /// own mailbox and as mailboxes where its user holds SendAs. An app-only token with
+    /// `Mail.Send`: as any mailbox, unless an Application Access Policy limits the app to
+    /// others. Never when the mailbox's `send_as_denied` is set.
+    pub(crate) fn may_send_via_graph(&self, token: &TokenInfo, mailbox: &str) -> bool {
+        if self.mailbox(mailbox).send_as_denied {
+            return false;
+        }
+        match &token.user {
+            Some(u) => {
+                lower(u) == lower(mailbox)
+                    || self
+                        .send_as
+                        .contains(&(lower(mailbox), Self::trustee(token)))
+            }
+            None => self
+                .app_access_policies
+                .get(&lower(&token.client_id))
+                .is_none_or(|allowed| allowed.contains(&lower(mailbox))),
+        }
     }
 
     /// Exchange's checks in order (module docs). `app_may_open` says whether an app-only token's

@@ -266,6 +266,24 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
             }
             json_reply(200, json!({"ok": true}))
         }
+        (&Method::POST, ["graph"]) => {
+            // {"failure": "429:SECS" | "503" | "send_as_denied" | null, "times": N}
+            let failure = match s("failure") {
+                Some(spec) => match crate::GraphFailure::parse(&spec) {
+                    Some(f) => Some(f),
+                    None => {
+                        return json_reply(
+                            400,
+                            json!({"error": format!("unknown failure {spec:?}")}),
+                        );
+                    }
+                },
+                None => None,
+            };
+            let times = n("times").map(|t| t.clamp(1, u64::from(u32::MAX)) as u32);
+            crate::lock(&shared.graph).failure = failure.map(|f| (f, times));
+            json_reply(200, json!({"ok": true}))
+        }
         (&Method::POST, ["clear"]) => {
             shared.entra().clear_failures();
             json_reply(200, json!({"ok": true}))
@@ -274,9 +292,10 @@ fn control(shared: &Shared, method: &Method, rest: &[&str], body: &[u8]) -> Repl
             let tokens = shared.entra().counters.clone();
             let mail = crate::lock(&shared.mail_auth).clone();
             let connector = crate::lock(&shared.connector_counters).clone();
+            let graph = crate::lock(&shared.graph).counters.clone();
             json_reply(
                 200,
-                json!({"token_requests": tokens, "mail_auth": mail, "connector": connector}),
+                json!({"token_requests": tokens, "mail_auth": mail, "connector": connector, "graph": graph}),
             )
         }
         (&Method::GET, ["messages"]) => {

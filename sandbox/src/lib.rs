@@ -21,6 +21,7 @@ mod conn;
 mod connector;
 mod entra;
 mod exchange;
+mod graph;
 mod http;
 mod imap;
 mod mime;
@@ -47,6 +48,7 @@ use tokio_util::task::TaskTracker;
 
 pub use connector::PasswordAuth;
 pub use exchange::{MailboxRight, MailboxSettings};
+pub use graph::{GraphCounters, GraphFailure};
 pub use store::MailboxMessage;
 pub use tls::{ClientCert, client_config};
 
@@ -59,6 +61,8 @@ pub struct Ports {
     pub imap: u16,
     pub imap_starttls: u16,
     pub pop3: u16,
+    /// Microsoft Graph (`sendMail`) over HTTPS.
+    pub graph: u16,
     pub pop3_starttls: u16,
     /// The fake inbound connector (plain SMTP, like port 25).
     pub connector: u16,
@@ -297,6 +301,7 @@ pub(crate) struct Shared {
     mail_auth: Mutex<MailAuthCounters>,
     connector: Mutex<connector::Settings>,
     connector_counters: Mutex<ConnectorCounters>,
+    graph: Mutex<graph::GraphState>,
     /// TCP connections accepted by the SMTP, IMAP and POP3 servers (not the connector).
     mail_connections: AtomicU64,
     /// Write a forged response right after each STARTTLS/STLS go-ahead, before the handshake.
@@ -392,6 +397,7 @@ struct Addrs {
     pop3: SocketAddr,
     pop3_starttls: SocketAddr,
     connector: SocketAddr,
+    graph: SocketAddr,
 }
 
 /// A running sandbox. Dropping it stops every server.
@@ -426,6 +432,7 @@ impl Sandbox {
         let pop3_starttls =
             server::bind(p.pop3_starttls, "POP3 STLS (--pop3-starttls-port)").await?;
         let connector = server::bind(p.connector, "the connector (--connector-port)").await?;
+        let graph = server::bind(p.graph, "Microsoft Graph (--graph-port)").await?;
         let addrs = Addrs {
             token: token.local_addr()?,
             smtp: smtp.local_addr()?,
@@ -435,6 +442,7 @@ impl Sandbox {
             pop3: pop3.local_addr()?,
             pop3_starttls: pop3_starttls.local_addr()?,
             connector: connector.local_addr()?,
+            graph: graph.local_addr()?,
         };
         let mut entra = entra::Entra::new(&opts);
         entra.base_url = format!("https://{}", addrs.token);
@@ -452,6 +460,7 @@ impl Sandbox {
                 auth: None,
             }),
             connector_counters: Mutex::new(ConnectorCounters::default()),
+            graph: Mutex::new(graph::GraphState::default()),
             mail_connections: AtomicU64::new(0),
             forge_after_starttls: AtomicBool::new(false),
             imap_capabilities: Mutex::new(None),
@@ -479,7 +488,8 @@ impl Sandbox {
         run.spawn(pop3, |s, t| pop3::serve(s, t, true));
         run.spawn(pop3_starttls, |s, t| pop3::serve(s, t, false));
         run.spawn(connector, smtp::serve_connector);
-        tracing::info!(token = %addrs.token, smtp = %addrs.smtp, imap = %addrs.imap, pop3 = %addrs.pop3, connector = %addrs.connector, "sandbox started");
+        run.spawn(graph, graph::serve);
+        tracing::info!(token = %addrs.token, smtp = %addrs.smtp, imap = %addrs.imap, pop3 = %addrs.pop3, connector = %addrs.connector, graph = %addrs.graph, "sandbox started");
         Ok(Sandbox {
             shared,
             addrs,
@@ -803,6 +813,46 @@ impl Sandbox {
             issued_at,
             issued_at.saturating_add(lifetime.as_secs()),
         )
+    }
+
+    /// The Microsoft Graph stand-in's address.
+    pub fn graph_addr(&self) -> SocketAddr {
+        self.addrs.graph
+    }
+
+    /// `https://127.0.0.1:PORT`: the `endpoint` of a Graph listener.
+    pub fn graph_url(&self) -> String {
+        format!("https://{}", self.addrs.graph)
+    }
+
+    /// Answer the next `times` Graph requests (`None`: all, until cleared with `None` as
+    /// `failure`) with `failure` before any check.
+    pub fn set_graph_failure(&self, failure: Option<GraphFailure>, times: Option<u32>) {
+        lock(&self.shared.graph).failure = failure.map(|f| (f, times.map(|t| t.max(1))));
+    }
+
+    /// Requests the Graph stand-in has answered.
+    pub fn graph_counters(&self) -> GraphCounters {
+        lock(&self.shared.graph).counters.clone()
+    }
+
+    /// Graph answers `404 ErrorInvalidUser` for `mailbox` from now on (`exists: false`).
+    pub fn set_graph_mailbox_exists(&self, mailbox: &str, exists: bool) {
+        let m = mailbox.trim().to_ascii_lowercase();
+        let mut g = lock(&self.shared.graph);
+        if exists {
+            g.missing.remove(&m);
+        } else {
+            g.missing.insert(m);
+        }
+    }
+
+    /// An Application Access Policy for `client_id`: its app-only Graph tokens may send only as
+    /// `mailboxes` (`None`: no policy, any mailbox).
+    pub fn set_application_access_policy(&self, client_id: &str, mailboxes: Option<&[&str]>) {
+        self.shared
+            .exchange()
+            .set_app_access_policy(client_id, mailboxes);
     }
 
     /// Only accept token-service connections from these source addresses (`None`: from any).

@@ -72,6 +72,16 @@ pub enum ClientTlsMode {
     Implicit,
 }
 
+/// `upstream.type`: a mail server (IMAP/POP3/SMTP with XOAUTH2, the default) or Microsoft
+/// Graph `sendMail` (SMTP listeners only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    #[default]
+    Mail,
+    Graph,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {

@@ -30,7 +30,9 @@ pub use keywords::{
     UpstreamTls,
 };
 pub use placeholders::{example_password, refuse_example_passwords};
-pub use resolved::{Account, Config, Listener, Login, Relay, RelayAuth, SenderRule, Upstream};
+pub use resolved::{
+    Account, Config, Graph, Listener, Login, Relay, RelayAuth, SenderRule, Upstream,
+};
 
 use std::path::Path;
 

@@ -73,6 +73,18 @@ pub struct Listener {
     pub upstream: Upstream,
     /// Set for `mode: relay` listeners.
     pub relay: Option<Relay>,
+    /// Set for `upstream: { type: graph }` listeners: mail goes to Microsoft Graph `sendMail`
+    /// (`upstream` then names the Graph host, for logs; no session connects to it).
+    pub graph: Option<Graph>,
+}
+
+/// A Graph listener's upstream.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    /// `endpoint:` as configured; `None`: the default for the account's cloud.
+    pub endpoint: Option<String>,
+    /// HTTP clients with the listener's TLS roots, one per provider.
+    pub clients: Arc<crate::graph::GraphClients>,
 }
 
 /// Relay-mode settings.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::keywords::{
     ClientTlsMode, CloudName, FlowName, ListenerMode, LogFormat, Protocol, ProviderType,
-    RelayAuthMechanism, UpstreamTls,
+    RelayAuthMechanism, UpstreamKind, UpstreamTls,
 };
 use super::secrets::SecretSource;
 
@@ -213,9 +213,19 @@ pub(super) struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
-    pub(super) host: String,
-    pub(super) port: u16,
-    pub(super) tls: UpstreamTls,
+    /// `mail` (default) or `graph`.
+    #[serde(default, rename = "type")]
+    pub(super) kind: UpstreamKind,
+    /// Required for `type: mail`; not taken by `type: graph`.
+    #[serde(default)]
+    pub(super) host: Option<String>,
+    #[serde(default)]
+    pub(super) port: Option<u16>,
+    #[serde(default)]
+    pub(super) tls: Option<UpstreamTls>,
+    /// `type: graph`: the Microsoft Graph base URL (default per the account's cloud).
+    #[serde(default)]
+    pub(super) endpoint: Option<String>,
     #[serde(default)]
     pub(super) server_name: Option<String>,
     #[serde(default)]

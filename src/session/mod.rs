@@ -247,8 +247,14 @@ where
     }
     // Early connect, unless this source or the server holds as many pre-login upstream
     // connections as allowed: then after the local login.
-    let early = shared.early.try_take(peer.ip());
+    // A Graph listener has no upstream connection: each message is one HTTPS request.
+    let early = if l.graph.is_some() {
+        None
+    } else {
+        shared.early.try_take(peer.ip())
+    };
     let upstream = match early {
+        _ if l.graph.is_some() => UpstreamSlot::Taken,
         Some(_) => connect_upstream(&shared),
         None => {
             info!(
@@ -302,6 +308,30 @@ where
     };
     // Logged in: the upstream connection is no longer a pre-login one.
     session.early = None;
+    if let Some(graph) = &l.graph
+        && let Some(account) = session.account.take()
+    {
+        let (token_account, mailbox) = shared
+            .mailboxes
+            .get(&account)
+            .map(|i| (i.token_account.clone(), i.imap_pop3_user.clone()))
+            .unwrap_or_default();
+        let sender = crate::graph::session::Sender {
+            graph,
+            tokens: &shared.tokens,
+            account: &token_account,
+            mailbox: &mailbox,
+            hostname: &shared.hostname,
+            limits: &shared.limits,
+        };
+        tokio::select! {
+            end = crate::graph::session::run(client, leftover, &sender) => {
+                info!(end = ?end, secs = started.elapsed().as_secs(), "graph session ended");
+            }
+            _ = stop.hard.cancelled() => info!("session closed: server stopped"),
+        }
+        return;
+    }
     let UpstreamSlot::Ready(conn) = std::mem::replace(&mut session.upstream, UpstreamSlot::Taken)
     else {
         return;
@@ -403,7 +433,8 @@ struct Session {
     early: Option<EarlySlot>,
     /// After the upstream login: who logged in to what, for the watch over the first replies.
     logged_in: Option<LoggedIn>,
-    /// The account whose upstream login was tried last (for the piped session's hints).
+    /// The account whose upstream login was tried last (for the piped session's
+    /// hints); on Graph listeners, the account logged in.
     account: Option<String>,
 }
 
@@ -531,6 +562,12 @@ impl Session {
                         }
                     }
                 }
+                Step::NeedUpstream if self.shared.listener.graph.is_some() => {
+                    let caps = crate::graph::connector::GraphConnector::capabilities(
+                        crate::graph::MESSAGE_MAX,
+                    );
+                    machine.upstream_ready(Some(&caps));
+                }
                 Step::NeedUpstream => {
                     let wait = if self.caps_asked {
                         Duration::ZERO
@@ -628,6 +665,9 @@ impl Session {
                 }
             },
         };
+        if shared.listener.graph.is_some() {
+            return self.graph_login(account, deadline).await;
+        }
         self.connect_if_deferred();
         if shared.listener.relay.is_some() {
             // Relay mode: the local login is all; nothing but the mail goes upstream.
@@ -669,6 +709,66 @@ impl Session {
                     LoginResult::upstream_unreachable
                 };
                 (LoginOutcome::Unavailable(why), result)
+            }
+        }
+    }
+
+    /// Graph listeners: the local login is checked; the account's Graph token must be there
+    /// (as an SMTP login needs its token), so a client learns of a token problem at AUTH
+    /// (`454 4.7.0`) rather than after sending a whole message.
+    async fn graph_login(
+        &mut self,
+        account: String,
+        deadline: tokio::time::Instant,
+    ) -> (LoginOutcome, LoginResult) {
+        let shared = Arc::clone(&self.shared);
+        // A shared mailbox (`token_from`) sends with its token owner's Graph token.
+        let token_account = shared
+            .mailboxes
+            .get(&account)
+            .map(|i| i.token_account.clone())
+            .unwrap_or_else(|| account.clone());
+        let Some(config) = shared.tokens.account(&token_account) else {
+            let why = format!("account {token_account} is not configured");
+            return (
+                LoginOutcome::Unavailable(why),
+                LoginResult::token_unavailable,
+            );
+        };
+        if let Err(why) = crate::graph::supported(&config.provider) {
+            warn!(account = %account, "login failed: {why}");
+            return (
+                LoginOutcome::Unavailable(why),
+                LoginResult::token_unavailable,
+            );
+        }
+        let scopes = crate::graph::scopes(&config.provider);
+        let fetched = tokio::time::timeout_at(
+            deadline,
+            shared.tokens.access_token_for(&token_account, &scopes),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(_)) => {
+                info!(account = %account, "login ok (Microsoft Graph)");
+                self.account = Some(account);
+                let ok = LoginOutcome::Success {
+                    untagged: Vec::new(),
+                    text: "Authentication successful".into(),
+                };
+                (ok, LoginResult::ok)
+            }
+            Ok(Err(e)) => {
+                warn!(account = %account, error = %e, "login failed: no Microsoft Graph access token");
+                (unavailable(&e), LoginResult::token_unavailable)
+            }
+            Err(_) => {
+                let why = "timed out waiting for the token endpoint; try again later".to_string();
+                warn!(account = %account, "login failed: {why}");
+                (
+                    LoginOutcome::Unavailable(why),
+                    LoginResult::token_unavailable,
+                )
             }
         }
     }

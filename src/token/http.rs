@@ -212,6 +212,24 @@ impl HttpClient {
         }
     }
 
+    /// A client with the same proxy setting and other TLS roots (the Microsoft Graph endpoint
+    /// of a listener, whose `ca_file` may differ from the provider's). Built on first use.
+    pub fn with_tls(&self, tls: Arc<rustls::ClientConfig>) -> HttpClient {
+        HttpClient::new(tls, self.proxy.clone())
+    }
+
+    /// The underlying reqwest client (HTTP/1.1, no redirects, the proxy applied) and, for
+    /// messages, the proxy a request to `url` goes through. For callers that send other
+    /// requests than token requests (Microsoft Graph `sendMail`).
+    pub(crate) fn reqwest_for(
+        &self,
+        url: &Url,
+        timeout: Duration,
+    ) -> Result<(reqwest::Client, Option<String>), String> {
+        let built = self.build(timeout)?;
+        Ok((built.client.clone(), self.proxy_for(built, url)))
+    }
+
     /// The proxy setting in words, for `check` and `status` (never with credentials).
     pub fn describe_proxy(&self) -> String {
         match &self.proxy {
@@ -385,7 +403,7 @@ fn build(
 }
 
 /// An error and its sources, `: `-separated (reqwest's own text is only the outermost layer).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -46,7 +46,7 @@ mod error;
 mod failure;
 mod grant;
 mod hook;
-mod http;
+pub(crate) mod http;
 mod login;
 mod manager;
 mod provider;

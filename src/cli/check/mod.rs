@@ -10,6 +10,7 @@
 //! until the token manager has written each account's outcome to its status file, so
 //! `authbridge status` shows what this check found.
 
+mod graph;
 mod local_send;
 mod probe;
 mod report;
@@ -336,6 +337,12 @@ pub async fn check_report(config: &Config, opts: &Options) -> Report {
     // (listener index, account index, outcome) of every login probe, for the second pass.
     let mut logins: Vec<(usize, usize, Outcome)> = Vec::new();
     for (li, l) in config.listeners.iter().enumerate() {
+        if l.graph.is_some() {
+            report
+                .listeners
+                .extend(graph::check_listener(config, l, &tokens).await);
+            continue;
+        }
         let upstream = format!("{}:{}", l.upstream.host, l.upstream.port);
         if l.relay.is_some() {
             let mut lr = ListenerReport {

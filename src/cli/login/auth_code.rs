@@ -38,7 +38,17 @@ pub(super) async fn auth_code(
         |e: std::io::Error| LoginError::Failed(format!("cannot make a random value: {e}"));
     let pkce = Pkce::generate().map_err(failed_io)?;
     let state = random_state().map_err(failed_io)?;
-    let Some(url) = authorize_url(provider, &redirect_uri, &state, &pkce, Some(ctx.mailbox)) else {
+    let consent;
+    let for_consent = if ctx.extra_consent.is_empty() {
+        provider
+    } else {
+        let mut p = provider.clone();
+        p.scopes.extend(ctx.extra_consent.iter().cloned());
+        consent = p;
+        &consent
+    };
+    let Some(url) = authorize_url(for_consent, &redirect_uri, &state, &pkce, Some(ctx.mailbox))
+    else {
         return Err(LoginError::Usage(format!(
             "provider `{}` has no authorize_url: set `authorize_url`, or use `authbridge login \
              {account} --device-code`",

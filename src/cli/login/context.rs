@@ -21,6 +21,9 @@ pub(super) struct Ctx<'a> {
     pub(super) provider: &'a ProviderConfig,
     pub(super) account: &'a str,
     pub(super) mailbox: &'a str,
+    /// Scopes of other resources the user consents to in the same authorize request (Microsoft
+    /// Graph `Mail.Send` when a Graph listener exists); never redeemed with the code.
+    pub(super) extra_consent: Vec<String>,
 }
 
 pub(super) fn say(out: &mut (dyn Write + Send), text: &str) {

@@ -130,6 +130,7 @@ pub async fn login(
         provider: &provider,
         account,
         mailbox: &acc.mailbox,
+        extra_consent: graph_consent(config, &provider),
     };
     match mode {
         Mode::DeviceCode => device::device_code(&ctx, out).await?,
@@ -147,4 +148,19 @@ pub async fn login(
         ),
     );
     Ok(())
+}
+
+/// With a Graph listener in the config, a Microsoft account's login also asks consent for
+/// Graph `Mail.Send`: one authorize request may name scopes of several resources for consent,
+/// while each token is for one resource, so the Graph token is later redeemed from the same
+/// refresh token.
+fn graph_consent(config: &Config, provider: &crate::token::ProviderConfig) -> Vec<String> {
+    let graph_listener = config.listeners.iter().any(|l| l.graph.is_some());
+    if !graph_listener || crate::graph::supported(provider).is_err() {
+        return Vec::new();
+    }
+    crate::graph::scopes(provider)
+        .into_iter()
+        .filter(|s| !provider.scopes.contains(s))
+        .collect()
 }

@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 
 use crate::config::defaults;
 use crate::config::error::ConfigError;
+use std::sync::Arc;
+
 use crate::config::keywords::{
-    ClientTlsMode, ListenerMode, Protocol, RelayAuthMechanism, UpstreamTls,
+    ClientTlsMode, ListenerMode, Protocol, RelayAuthMechanism, UpstreamKind, UpstreamTls,
 };
-use crate::config::resolved::{Listener, Relay, RelayAuth, SenderRule, Upstream};
+use crate::config::resolved::{Graph, Listener, Relay, RelayAuth, SenderRule, Upstream};
 use crate::config::schema::RawListener;
 use crate::config::secrets::Secrets;
+use crate::graph::GraphClients;
 use crate::protocol::smtp::relay_auth::Mechanism;
 use crate::secret::SecretString;
 
@@ -80,6 +83,7 @@ impl Resolver<'_> {
         if l.name.is_empty() {
             return Err(self.err(format!("{at}.name"), "expected a non-empty name"));
         }
+        self.graph_fits(at, &l)?;
         let relay = self.relay(at, &l)?;
         let loopback = l.listen.ip().is_loopback();
         if l.tls == ClientTlsMode::None && !loopback && !l.allow_plaintext_remote {
@@ -114,10 +118,39 @@ impl Resolver<'_> {
         };
         let auth = self.relay_auth(at, &l)?;
         let u = l.upstream;
-        if u.host.is_empty() {
+        let graph_endpoint = match u.kind {
+            UpstreamKind::Graph => Some(u.endpoint.clone()),
+            UpstreamKind::Mail => None,
+        };
+        let (host, port, tls) = match (&graph_endpoint, u.host, u.port, u.tls) {
+            (Some(endpoint), ..) => {
+                // Where the sessions' mail goes: the Graph endpoint (named in logs and `check`).
+                let host = endpoint
+                    .as_deref()
+                    .and_then(|e| url::Url::parse(e).ok())
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_else(|| "graph.microsoft.com".to_owned());
+                (host, 443, UpstreamTls::Implicit)
+            }
+            (None, Some(host), Some(port), Some(tls)) => (host, port, tls),
+            (None, host, port, _) => {
+                let missing = if host.is_none() {
+                    "host"
+                } else if port.is_none() {
+                    "port"
+                } else {
+                    "tls"
+                };
+                return Err(self.err(
+                    format!("{at}.upstream.{missing}"),
+                    "missing: a mail upstream needs host, port and tls (implicit | starttls); for Microsoft Graph write upstream: { type: graph }",
+                ));
+            }
+        };
+        if host.is_empty() {
             return Err(self.err(format!("{at}.upstream.host"), "expected a host name"));
         }
-        let server_name = u.server_name.unwrap_or_else(|| u.host.clone());
+        let server_name = u.server_name.unwrap_or_else(|| host.clone());
         if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
             return Err(self.err(
                 format!("{at}.upstream.server_name"),
@@ -146,10 +179,14 @@ impl Resolver<'_> {
             tls: l.tls,
             server_tls,
             server_cert,
+            graph: graph_endpoint.map(|endpoint| Graph {
+                endpoint,
+                clients: Arc::new(GraphClients::new(Arc::clone(&client_tls))),
+            }),
             upstream: Upstream {
-                host: u.host,
-                port: u.port,
-                tls: u.tls,
+                host,
+                port,
+                tls,
                 server_name,
                 client_tls,
                 auth,
@@ -221,6 +258,53 @@ impl Resolver<'_> {
         }))
     }
 
+    /// `upstream: { type: graph }` only on auth-mode SMTP listeners, with only `endpoint` and
+    /// `ca_file`; `endpoint` only with it.
+    fn graph_fits(&self, at: &str, l: &RawListener) -> Result<(), ConfigError> {
+        let u = &l.upstream;
+        if u.kind == UpstreamKind::Mail {
+            if u.endpoint.is_some() {
+                return Err(self.err(
+                    format!("{at}.upstream.endpoint"),
+                    "only a Microsoft Graph upstream takes endpoint (add type: graph)",
+                ));
+            }
+            return Ok(());
+        }
+        if l.protocol != Protocol::Smtp {
+            return Err(self.err(
+                format!("{at}.upstream.type"),
+                "Microsoft Graph only sends mail: type: graph is for SMTP listeners; an IMAP or POP3 listener needs a mail server upstream (host, port, tls)",
+            ));
+        }
+        if l.mode == ListenerMode::Relay {
+            return Err(self.err(
+                format!("{at}.upstream.type"),
+                "relay mode hands mail to a connector without tokens; type: graph needs an auth-mode listener (remove mode: relay)",
+            ));
+        }
+        for (key, set) in [
+            ("host", u.host.is_some()),
+            ("port", u.port.is_some()),
+            ("tls", u.tls.is_some()),
+            ("server_name", u.server_name.is_some()),
+            ("auth", u.auth.is_some()),
+        ] {
+            if set {
+                return Err(self.err(
+                    format!("{at}.upstream.{key}"),
+                    "a Microsoft Graph upstream takes only endpoint and ca_file",
+                ));
+            }
+        }
+        if let Some(e) = &u.endpoint
+            && let Err(why) = crate::token::check_endpoint_url(e)
+        {
+            return Err(self.err(format!("{at}.upstream.endpoint"), why));
+        }
+        Ok(())
+    }
+
     fn relay(&self, at: &str, l: &RawListener) -> Result<Option<Relay>, ConfigError> {
         if l.mode == ListenerMode::Auth {
             for (key, set) in [
@@ -245,7 +329,9 @@ impl Resolver<'_> {
                 "relay mode is for SMTP listeners only",
             ));
         }
-        if l.upstream.tls != UpstreamTls::Starttls && l.upstream.tls != UpstreamTls::Implicit {
+        if l.upstream.tls != Some(UpstreamTls::Starttls)
+            && l.upstream.tls != Some(UpstreamTls::Implicit)
+        {
             return Err(self.err(
                 format!("{at}.upstream.tls"),
                 "relay mode needs TLS to the connector (starttls)",

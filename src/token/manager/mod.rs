@@ -108,8 +108,14 @@ pub struct TokenManager {
     settings: TokenSettings,
     slots: Vec<Arc<Slot>>,
     by_name: HashMap<String, usize>,
+    /// Slots for other scope sets than an account's own (`access_token_for`), by (account,
+    /// scopes): cached and single-flight on their own, created on first use.
+    scoped: Mutex<HashMap<ScopedKey, Arc<Slot>>>,
     ctx: Arc<Ctx>,
 }
+
+/// (account, scopes) of a slot for other scopes than the account's own.
+type ScopedKey = (String, Vec<String>);
 
 /// What a fetch task needs besides its slot.
 struct Ctx {
@@ -158,6 +164,7 @@ impl TokenManager {
             settings,
             slots,
             by_name,
+            scoped: Mutex::new(HashMap::new()),
             ctx,
         })
     }
@@ -236,6 +243,69 @@ impl TokenManager {
     /// still lands in the cache/store.
     pub async fn access_token(&self, account: &str) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
+        self.access_token_in(slot, account).await
+    }
+
+    /// The slot of `account` for `scopes` (another resource than the account's own, e.g.
+    /// Microsoft Graph): same provider, client and stored refresh token (Microsoft refresh
+    /// tokens are multi-resource), its own access-token cache and single flight. `None` for the
+    /// account's own scopes.
+    fn scoped_slot(&self, account: &str, scopes: &[String]) -> Result<Arc<Slot>, TokenError> {
+        let base = self.slot(account)?;
+        let key = (account.to_owned(), scopes.to_vec());
+        let mut map = self.scoped.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(&key) {
+            return Ok(Arc::clone(s));
+        }
+        let config = base.config();
+        let mut provider = (*config.provider).clone();
+        provider.scopes = scopes.to_vec();
+        let config = AccountConfig {
+            provider: Arc::new(provider),
+            ..(*config).clone()
+        };
+        let slot = Arc::new(Slot {
+            name: account.to_owned(),
+            config: Mutex::new(Arc::new(config)),
+            state: Mutex::new(State::default()),
+            persist: Mutex::new(false),
+            turn: Arc::clone(&base.turn),
+            scoped: true,
+        });
+        map.insert(key, Arc::clone(&slot));
+        Ok(slot)
+    }
+
+    /// Like [`TokenManager::access_token`], for a token with `scopes` instead of the account's
+    /// configured ones (a Microsoft Graph token for a Graph listener). Cached and single-flight
+    /// per (account, scopes).
+    pub async fn access_token_for(
+        &self,
+        account: &str,
+        scopes: &[String],
+    ) -> Result<AccessToken, TokenError> {
+        let slot = self.scoped_slot(account, scopes)?;
+        self.access_token_in(&slot, account).await
+    }
+
+    /// Like [`TokenManager::refresh_after_rejection`], for a token from
+    /// [`TokenManager::access_token_for`].
+    pub async fn refresh_after_rejection_for(
+        &self,
+        account: &str,
+        scopes: &[String],
+        rejected: &AccessToken,
+    ) -> Result<AccessToken, TokenError> {
+        let slot = self.scoped_slot(account, scopes)?;
+        self.refresh_after_rejection_in(&slot, account, rejected)
+            .await
+    }
+
+    async fn access_token_in(
+        &self,
+        slot: &Arc<Slot>,
+        account: &str,
+    ) -> Result<AccessToken, TokenError> {
         let now = Instant::now();
         let rx = {
             let mut st = slot.lock();
@@ -298,6 +368,16 @@ impl TokenManager {
         rejected: &AccessToken,
     ) -> Result<AccessToken, TokenError> {
         let slot = self.slot(account)?;
+        self.refresh_after_rejection_in(slot, account, rejected)
+            .await
+    }
+
+    async fn refresh_after_rejection_in(
+        &self,
+        slot: &Arc<Slot>,
+        account: &str,
+        rejected: &AccessToken,
+    ) -> Result<AccessToken, TokenError> {
         let now = Instant::now();
         let rx = {
             let mut st = slot.lock();
@@ -524,7 +604,8 @@ fn new_slot(store: &TokenStore, status_files: &StatusFiles, config: AccountConfi
         config: Mutex::new(Arc::new(config)),
         state: Mutex::new(state),
         persist: Mutex::new(false),
-        turn: tokio::sync::Mutex::new(()),
+        turn: Arc::new(tokio::sync::Mutex::new(())),
+        scoped: false,
     })
 }
 

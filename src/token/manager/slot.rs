@@ -74,7 +74,11 @@ pub(super) struct Slot {
     /// Held around every read-modify-write of the account's stored token in this process (a
     /// refresh from load to save, a save retry, a login), with the store's lock when it can be
     /// had: only its holder reads and changes [`State::unsaved`].
-    pub(super) turn: tokio::sync::Mutex<()>,
+    pub(super) turn: Arc<tokio::sync::Mutex<()>>,
+    /// A slot for other scopes than the account's own (e.g. Microsoft Graph): it shares the
+    /// account's stored refresh token and `turn`, and leaves the status file to the account's
+    /// own slot.
+    pub(super) scoped: bool,
 }
 
 /// A rotated refresh token the store could not take: used for the next refresh instead of the
@@ -428,6 +432,9 @@ impl Slot {
 
     /// Writes the status file (small blocking write, no fsync).
     pub(super) fn persist(&self, files: &StatusFiles) {
+        if self.scoped {
+            return;
+        }
         let mut warned = self.persist.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = self.snapshot();
         if let Err(e) = files.save(&snapshot) {
