@@ -385,7 +385,8 @@ async fn health_readiness_metrics_and_probe() {
     assert_no_secrets(&format!("{metrics}{om}{ready}"), &forbidden);
 
     // Unknown paths, other methods, bodies.
-    assert_eq!(get(admin, "/").await.0, 404);
+    // (`/` is the admin page: tests/admin_page.rs.)
+    assert_eq!(get(admin, "/nope").await.0, 404);
     assert_eq!(get(admin, "/metrics/x").await.0, 404);
     let (status, text) = http(admin, "POST", "/healthz", "Content-Length: 0\r\n").await;
     assert_eq!(status, 405);

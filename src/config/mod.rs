@@ -30,7 +30,7 @@ pub use keywords::{
     UpstreamTls,
 };
 pub use placeholders::{example_password, refuse_example_passwords};
-pub use resolved::{Account, Config, Listener, Login, Relay, SenderRule, Upstream};
+pub use resolved::{Account, AdminSettings, Config, Listener, Login, Relay, SenderRule, Upstream};
 
 use std::path::Path;
 

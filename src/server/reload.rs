@@ -521,6 +521,41 @@ fn restart_changes(old: &Config, new: &Config) -> Vec<RestartChange> {
     );
     let admin = |c: &Config| c.admin_listen.map_or("(off)".to_owned(), |a| a.to_string());
     check("admin.listen", admin(old), admin(new));
+    // The admin page's settings are read once, when its listener starts.
+    check(
+        "admin.hostnames",
+        old.admin.hostnames.join(","),
+        new.admin.hostnames.join(","),
+    );
+    let password =
+        |c: &Config, other: &Config| match (&c.admin.password_hash, &other.admin.password_hash) {
+            (None, _) => "(none)".to_owned(),
+            (Some(a), Some(b)) if a != b => {
+                format!("set ({})", if std::ptr::eq(c, old) { "old" } else { "new" })
+            }
+            (Some(_), _) => "set".to_owned(),
+        };
+    check(
+        "admin.password_hash",
+        password(old, new),
+        password(new, old),
+    );
+    let files = |c: &Config| {
+        c.admin
+            .cert_files
+            .as_ref()
+            .map_or("(none)".to_owned(), |(cert, key)| {
+                format!("{} {}", cert.display(), key.display())
+            })
+    };
+    check("admin.cert/admin.key", files(old), files(new));
+    let redirect = |c: &Config| {
+        c.admin
+            .redirect_uri
+            .clone()
+            .unwrap_or_else(|| "(default)".into())
+    };
+    check("admin.redirect_uri", redirect(old), redirect(new));
     // The store is opened once at start (a Redis connection pool); the description never holds
     // the password.
     check(
