@@ -306,6 +306,15 @@ async fn host_csrf_cookies_headers_and_bounds() {
             &form(&csrf),
         )
         .await,
+        // Another port on localhost is the same site, not the same origin.
+        c.send(
+            "POST",
+            "/device",
+            &c.host(),
+            &format!("Cookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nSec-Fetch-Site: same-site\r\nOrigin: http://localhost:1\r\n"),
+            &form(&csrf),
+        )
+        .await,
     ];
     for (i, r) in refused.iter().enumerate() {
         assert_eq!(r.status, 403, "case {i}: {r:?}");
@@ -344,7 +353,7 @@ async fn host_csrf_cookies_headers_and_bounds() {
             "/device",
             &c.host(),
             &format!(
-                "Cookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nOrigin: http://{}\r\n",
+                "Cookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nOrigin: http://{}\r\nSec-Fetch-Site: same-origin\r\n",
                 c.host()
             ),
             &form(&csrf),

@@ -208,17 +208,18 @@ fn flow_cookie(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A POST from another site, as far as the browser tells: `Origin` present and not this page's,
-/// or `Sec-Fetch-Site: cross-site`.
+/// A POST from elsewhere, as far as the browser tells: an `Origin` that is not this page's
+/// (`null` says nothing: browsers send it under `Referrer-Policy: no-referrer`), or a
+/// `Sec-Fetch-Site` other than `same-origin` (or `none`: typed by the user).
 fn foreign_origin(state: &AdminState, headers: &HeaderMap, host: &str) -> bool {
     let scheme = if state.access.tls() { "https" } else { "http" };
     let origin_bad = headers.get(ORIGIN).is_some_and(|o| {
         !o.to_str()
-            .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("{scheme}://{host}")))
+            .is_ok_and(|o| o == "null" || o.eq_ignore_ascii_case(&format!("{scheme}://{host}")))
     });
-    let fetch_bad = headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let fetch_bad = headers.get("sec-fetch-site").is_some_and(|v| {
+        !(v.as_bytes().eq_ignore_ascii_case(b"same-origin") || v.as_bytes() == b"none")
+    });
     origin_bad || fetch_bad
 }
 
