@@ -488,7 +488,17 @@ async fn admin_requests_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_loopback_admin_address_is_warned_about() {
     let env = Env::start().await;
+    // A non-loopback admin listener needs the admin page's password and TLS (tests/admin_page.rs).
     let config = admin_config_on(&env, "./state", "0.0.0.0");
+    let yaml = std::fs::read_to_string(&config).unwrap().replacen(
+        " }\n",
+        &format!(
+            ", password_hash: \"{}\", cert: cert.pem, key: key.pem }}\n",
+            password_hash()
+        ),
+        1,
+    );
+    std::fs::write(&config, yaml).unwrap();
     let proxy = start(&config);
     assert!(
         proxy
@@ -497,13 +507,15 @@ async fn a_non_loopback_admin_address_is_warned_about() {
         "{}",
         proxy.startup
     );
-    let (code, out) = probe(&["--config", config.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("http://127.0.0.1:"), "{out}");
     drop(proxy);
 
     let config = admin_config(&env, "./state");
+    let (code, out) = probe(&["--config", config.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "nothing runs yet: {out}");
     let proxy = start(&config);
+    let (code, out) = probe(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("http://127.0.0.1:"), "{out}");
     assert!(
         !proxy.startup.contains("not a loopback"),
         "{}",
