@@ -151,6 +151,8 @@ fn csrf_of(html: &str) -> String {
 /// The environment with the account's stored token removed (it needs a login), the browser and
 /// device-code endpoints set, and an admin listener on 127.0.0.1:0 with `admin_yaml` extra.
 async fn page_env(admin_yaml: &str, keep_token: bool) -> (Env, Client) {
+    // Every test of this binary logs at TRACE into one capture, grepped for secrets.
+    log_capture();
     let mut env = Env::start().await;
     env.stop_proxy().await;
     if !keep_token {
@@ -447,6 +449,25 @@ async fn authorise_with_the_browser_flow_then_mail_goes_through() {
     // Single use: the same redirect again is refused.
     assert_eq!(c.get(path, &flow).await.status, 400);
 
+    // Nothing of the sign-in reaches the log, even at TRACE: not the code, the binding cookie,
+    // the session or its CSRF token.
+    let code = callback
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("code="))
+        .unwrap()
+        .to_string();
+    let value = |c: &str| c.split_once('=').unwrap().1.to_string();
+    assert_no_secrets(
+        &log_capture().text(),
+        &[
+            code,
+            value(&flow),
+            value(&cookie),
+            csrf.clone(),
+            CLIENT_SECRET.to_string(),
+        ],
+    );
+
     // The page says ok at once, and the running server serves mail with the new token.
     assert_eq!(account_state(&c, &cookie).await, "ok");
     let page = c.get("/", &cookie).await;
@@ -641,6 +662,18 @@ async fn a_password_and_tls() {
         assert_eq!(last, 403);
     }
     assert_eq!(last, 429, "wrong passwords are throttled");
+    let value = |c: &str| c.split_once('=').unwrap().1.to_string();
+    assert_no_secrets(
+        &log_capture().text(),
+        &[
+            "admin pass".to_string(),
+            "admin+pass".to_string(),
+            hash.clone(),
+            value(&logged_in),
+            value(&fresh),
+            csrf.clone(),
+        ],
+    );
     let r = c
         .post(
             "/login",

@@ -173,23 +173,23 @@ async fn probe(state: &AdminState, req: Request<Incoming>, p: Probe) -> Reply {
     }
 }
 
-/// The `Host` header as sent (lower-cased) and its host name, if it names this listener.
-fn checked_host(state: &AdminState, headers: &HeaderMap) -> Result<(String, String), Reply> {
+/// The `Host` header as sent (lower-cased), if it names this listener.
+fn checked_host(state: &AdminState, headers: &HeaderMap) -> Option<String> {
     let raw = headers
         .get(HOST)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
-    match host_name(raw) {
-        Some(name) if state.access.host_allowed(&name) => Ok((
-            String::from_utf8_lossy(raw).trim().to_ascii_lowercase(),
-            name,
-        )),
-        _ => Err(text(
-            StatusCode::MISDIRECTED_REQUEST,
-            "misdirected request: this admin listener answers only to its own names (localhost, \
-             its loopback or listen address, and admin.hostnames); open it under one of them\n",
-        )),
-    }
+    host_name(raw)
+        .filter(|name| state.access.host_allowed(name))
+        .map(|_| String::from_utf8_lossy(raw).trim().to_ascii_lowercase())
+}
+
+fn misdirected() -> Reply {
+    text(
+        StatusCode::MISDIRECTED_REQUEST,
+        "misdirected request: this admin listener answers only to its own names (localhost, its \
+         loopback or listen address, and admin.hostnames); open it under one of them\n",
+    )
 }
 
 fn session_of(state: &AdminState, headers: &HeaderMap) -> Option<SessionView> {
@@ -291,9 +291,8 @@ async fn page_request(
     p: Page,
     peer: SocketAddr,
 ) -> Reply {
-    let (host, _name) = match checked_host(state, req.headers()) {
-        Ok(h) => h,
-        Err(r) => return r,
+    let Some(host) = checked_host(state, req.headers()) else {
+        return misdirected();
     };
     if p.is_post() {
         if *req.method() != Method::POST {

@@ -619,4 +619,44 @@ mod tests {
         let timeouts = config("state_dir: state\nlimits: { pipe_idle_secs: 60, line_max: 1000 }\n");
         assert!(restart_changes(&old, &timeouts).is_empty());
     }
+
+    #[test]
+    fn the_admin_page_settings_need_a_restart() {
+        let old = config(
+            "admin: { listen: 127.0.0.1:9925 }
+",
+        );
+        let hash = crate::auth::hash_password(b"pw").unwrap();
+        let new = config(&format!(
+            "admin: {{ listen: 127.0.0.1:9925, hostnames: [a.example], password_hash: \"{hash}\", \
+             redirect_uri: \"http://localhost:1/callback\" }}\n"
+        ));
+        let changes = restart_changes(&old, &new);
+        let keys: Vec<_> = changes.iter().map(|c| c.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "admin.hostnames",
+                "admin.password_hash",
+                "admin.redirect_uri"
+            ]
+        );
+        let text = changes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(!text.contains(&hash), "the hash is not shown: {text}");
+        let other = crate::auth::hash_password(b"pw2").unwrap();
+        let again = config(&format!(
+            "admin: {{ listen: 127.0.0.1:9925, hostnames: [a.example], password_hash: \"{other}\", \
+             redirect_uri: \"http://localhost:1/callback\" }}\n"
+        ));
+        let changes = restart_changes(&new, &again);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            changes[0].to_string(),
+            "admin.password_hash: set (old) → set (new)"
+        );
+    }
 }

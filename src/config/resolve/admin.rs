@@ -153,7 +153,7 @@ impl Resolver<'_> {
             || host
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        if !loopback && !hostnames.iter().any(|h| *h == host) {
+        if !loopback && !hostnames.contains(&host) {
             return Err(bad(format!(
                 "the host of `{uri}` is neither a loopback name nor listed in admin.hostnames (the \
                  page refuses requests for other names)"
