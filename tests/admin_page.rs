@@ -64,7 +64,7 @@ impl Client {
         let tcp = TcpStream::connect(self.addr).await.unwrap();
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}{}\r\n{body}",
-            if body.is_empty() && method != "POST" {
+            if (body.is_empty() && method != "POST") || extra.contains("Transfer-Encoding") {
                 String::new()
             } else {
                 format!("Content-Length: {}\r\n", body.len())
@@ -338,6 +338,19 @@ async fn host_csrf_cookies_headers_and_bounds() {
     assert_eq!(c.get("/device", &cookie).await.status, 405);
     let big = format!("account=tickets&csrf={csrf}&pad={}", "x".repeat(8 * 1024));
     assert_eq!(c.post("/device", &cookie, &big).await.status, 413);
+    // Also without Content-Length: a chunked body is cut at the cap.
+    let chunk = "x".repeat(6 * 1024);
+    let chunked = format!("{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len());
+    let r = c
+        .send(
+            "POST",
+            "/device",
+            &c.host(),
+            &format!("Cookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n"),
+            &chunked,
+        )
+        .await;
+    assert_eq!(r.status, 413, "{r:?}");
     let r = c
         .send(
             "POST",
