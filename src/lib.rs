@@ -18,6 +18,7 @@ pub mod password_hash;
 pub mod pidfile;
 pub mod pipe;
 pub mod protocol;
+pub mod recent_logins;
 pub mod reload_status;
 pub mod secret;
 pub mod server;

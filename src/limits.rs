@@ -157,6 +157,12 @@ pub struct AdminLimits {
     pub shutdown_wait: Duration,
     /// `authbridge probe`: the whole request (connect, send, status and body).
     pub probe: Duration,
+    /// Largest form body of an admin page POST, in octets; larger gets `413`.
+    pub max_form_bytes: usize,
+    /// How long a client may take to send a form body.
+    pub form_read: Duration,
+    /// The TLS handshake of an admin connection (with `admin.cert`).
+    pub tls_handshake: Duration,
 }
 
 impl Default for AdminLimits {
@@ -168,6 +174,9 @@ impl Default for AdminLimits {
             connection_total: Duration::from_secs(60),
             shutdown_wait: Duration::from_secs(2),
             probe: Duration::from_secs(5),
+            max_form_bytes: 4 * 1024,
+            form_read: Duration::from_secs(10),
+            tls_handshake: Duration::from_secs(10),
         }
     }
 }

@@ -158,6 +158,8 @@ pub struct Metrics {
     upstream_connect: Family<ListenerLabels, Histogram>,
     upstream_login: Family<ListenerLabels, Histogram>,
     config_reloads: Family<ReloadLabels, Counter>,
+    /// Logins per listener over the last hour (the admin page; not exported).
+    recent_logins: crate::recent_logins::RecentLogins,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -257,6 +259,7 @@ impl Metrics {
             upstream_connect,
             upstream_login,
             config_reloads,
+            recent_logins: crate::recent_logins::RecentLogins::new(),
         })
     }
 
@@ -269,6 +272,22 @@ impl Metrics {
                 result,
             })
             .inc();
+        self.recent_logins
+            .record(listener, result == LoginResult::ok);
+    }
+
+    /// Logins on `listener` in the last hour (ok, failed).
+    pub fn logins_last_hour(&self, listener: &str) -> crate::recent_logins::LoginCounts {
+        self.recent_logins.last_hour(listener)
+    }
+
+    /// Connections open on `listener` now.
+    pub fn sessions_now(&self, listener: &str) -> i64 {
+        self.sessions_active
+            .get(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .map_or(0, |g| g.get())
     }
 
     /// One token endpoint request for `account` (a configured account name).

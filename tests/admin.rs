@@ -385,7 +385,8 @@ async fn health_readiness_metrics_and_probe() {
     assert_no_secrets(&format!("{metrics}{om}{ready}"), &forbidden);
 
     // Unknown paths, other methods, bodies.
-    assert_eq!(get(admin, "/").await.0, 404);
+    // (`/` is the admin page: tests/admin_page.rs.)
+    assert_eq!(get(admin, "/nope").await.0, 404);
     assert_eq!(get(admin, "/metrics/x").await.0, 404);
     let (status, text) = http(admin, "POST", "/healthz", "Content-Length: 0\r\n").await;
     assert_eq!(status, 405);
@@ -487,7 +488,17 @@ async fn admin_requests_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_loopback_admin_address_is_warned_about() {
     let env = Env::start().await;
+    // A non-loopback admin listener needs the admin page's password and TLS (tests/admin_page.rs).
     let config = admin_config_on(&env, "./state", "0.0.0.0");
+    let yaml = std::fs::read_to_string(&config).unwrap().replacen(
+        " }\n",
+        &format!(
+            ", password_hash: \"{}\", cert: cert.pem, key: key.pem }}\n",
+            password_hash()
+        ),
+        1,
+    );
+    std::fs::write(&config, yaml).unwrap();
     let proxy = start(&config);
     assert!(
         proxy
@@ -496,13 +507,15 @@ async fn a_non_loopback_admin_address_is_warned_about() {
         "{}",
         proxy.startup
     );
-    let (code, out) = probe(&["--config", config.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("http://127.0.0.1:"), "{out}");
     drop(proxy);
 
     let config = admin_config(&env, "./state");
+    let (code, out) = probe(&["--config", config.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "nothing runs yet: {out}");
     let proxy = start(&config);
+    let (code, out) = probe(&["--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("http://127.0.0.1:"), "{out}");
     assert!(
         !proxy.startup.contains("not a loopback"),
         "{}",

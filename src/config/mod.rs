@@ -31,7 +31,7 @@ pub use keywords::{
 };
 pub use placeholders::{example_password, refuse_example_passwords};
 pub use resolved::{
-    Account, Config, Graph, Listener, Login, Relay, RelayAuth, SenderRule, Upstream,
+    Account, AdminSettings, Config, Graph, Listener, Login, Relay, RelayAuth, SenderRule, Upstream,
 };
 
 use std::path::Path;

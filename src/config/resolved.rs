@@ -23,6 +23,8 @@ pub struct Config {
     pub log_level: Option<String>,
     pub log_format: LogFormat,
     pub admin_listen: Option<SocketAddr>,
+    /// The rest of `admin:` (the admin page's access control and TLS).
+    pub admin: AdminSettings,
     pub hostname: String,
     pub providers: BTreeMap<String, Arc<ProviderConfig>>,
     pub accounts: Vec<Account>,
@@ -32,6 +34,22 @@ pub struct Config {
     pub on_reauth_needed: Option<Vec<String>>,
     /// `token_store:`: where refresh tokens are kept.
     pub token_store: StoreConfig,
+}
+
+/// `admin:` besides `listen`: who may use the admin page and how it is served.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// `admin.hostnames`, lower-cased: names accepted in the `Host` header besides `localhost`,
+    /// the loopback addresses and the listen address.
+    pub hostnames: Vec<String>,
+    /// `admin.password_hash`: argon2id PHC string; the page asks for the password when set.
+    pub password_hash: Option<String>,
+    /// `admin.cert`/`admin.key` as a TLS config; the admin listener speaks HTTPS when set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The files behind `tls` (a reload compares them).
+    pub cert_files: Option<(PathBuf, PathBuf)>,
+    /// `admin.redirect_uri`, if given (else derived from `listen`: see `crate::admin`).
+    pub redirect_uri: Option<String>,
 }
 
 /// A mailbox and the local logins that map to it.

@@ -85,6 +85,20 @@ pub(super) struct RawLog {
 pub(super) struct RawAdmin {
     #[serde(default, deserialize_with = "optional_listen_addr")]
     pub(super) listen: Option<SocketAddr>,
+    /// Extra names the admin page may be reached under (the `Host` header), besides loopback.
+    #[serde(default)]
+    pub(super) hostnames: Vec<String>,
+    /// argon2id hash of the admin page's password (required for a non-loopback `listen`).
+    #[serde(default)]
+    pub(super) password_hash: Option<String>,
+    /// PEM certificate chain and key: serve the admin listener over TLS.
+    #[serde(default)]
+    pub(super) cert: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) key: Option<PathBuf>,
+    /// Where the identity provider sends the browser back after "Authorise" (path `/callback`).
+    #[serde(default)]
+    pub(super) redirect_uri: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

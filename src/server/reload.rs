@@ -522,6 +522,41 @@ fn restart_changes(old: &Config, new: &Config) -> Vec<RestartChange> {
     );
     let admin = |c: &Config| c.admin_listen.map_or("(off)".to_owned(), |a| a.to_string());
     check("admin.listen", admin(old), admin(new));
+    // The admin page's settings are read once, when its listener starts.
+    check(
+        "admin.hostnames",
+        old.admin.hostnames.join(","),
+        new.admin.hostnames.join(","),
+    );
+    let password =
+        |c: &Config, other: &Config| match (&c.admin.password_hash, &other.admin.password_hash) {
+            (None, _) => "(none)".to_owned(),
+            (Some(a), Some(b)) if a != b => {
+                format!("set ({})", if std::ptr::eq(c, old) { "old" } else { "new" })
+            }
+            (Some(_), _) => "set".to_owned(),
+        };
+    check(
+        "admin.password_hash",
+        password(old, new),
+        password(new, old),
+    );
+    let files = |c: &Config| {
+        c.admin
+            .cert_files
+            .as_ref()
+            .map_or("(none)".to_owned(), |(cert, key)| {
+                format!("{} {}", cert.display(), key.display())
+            })
+    };
+    check("admin.cert/admin.key", files(old), files(new));
+    let redirect = |c: &Config| {
+        c.admin
+            .redirect_uri
+            .clone()
+            .unwrap_or_else(|| "(default)".into())
+    };
+    check("admin.redirect_uri", redirect(old), redirect(new));
     // The store is opened once at start (a Redis connection pool); the description never holds
     // the password.
     check(
@@ -584,5 +619,45 @@ mod tests {
         // Limits on sizes and timeouts apply on reload.
         let timeouts = config("state_dir: state\nlimits: { pipe_idle_secs: 60, line_max: 1000 }\n");
         assert!(restart_changes(&old, &timeouts).is_empty());
+    }
+
+    #[test]
+    fn the_admin_page_settings_need_a_restart() {
+        let old = config(
+            "admin: { listen: 127.0.0.1:9925 }
+",
+        );
+        let hash = crate::auth::hash_password(b"pw").unwrap();
+        let new = config(&format!(
+            "admin: {{ listen: 127.0.0.1:9925, hostnames: [a.example], password_hash: \"{hash}\", \
+             redirect_uri: \"http://localhost:1/callback\" }}\n"
+        ));
+        let changes = restart_changes(&old, &new);
+        let keys: Vec<_> = changes.iter().map(|c| c.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "admin.hostnames",
+                "admin.password_hash",
+                "admin.redirect_uri"
+            ]
+        );
+        let text = changes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(!text.contains(&hash), "the hash is not shown: {text}");
+        let other = crate::auth::hash_password(b"pw2").unwrap();
+        let again = config(&format!(
+            "admin: {{ listen: 127.0.0.1:9925, hostnames: [a.example], password_hash: \"{other}\", \
+             redirect_uri: \"http://localhost:1/callback\" }}\n"
+        ));
+        let changes = restart_changes(&new, &again);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            changes[0].to_string(),
+            "admin.password_hash: set (old) → set (new)"
+        );
     }
 }

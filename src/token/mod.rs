@@ -48,6 +48,7 @@ mod grant;
 mod hook;
 pub(crate) mod http;
 mod login;
+mod login_flow;
 mod manager;
 mod provider;
 mod response;
@@ -69,6 +70,7 @@ pub use grant::{device_authorization, exchange};
 pub use hook::ReauthHook;
 pub use http::{HttpClient, ProxyConfig, ProxySetting, check_endpoint_url, parse_proxy_url};
 pub use login::{DEVICE_CODE_GRANT_TYPE, Pkce, authorize_url, random_state};
+pub use login_flow::{LoginFailed, code_from_redirect, exchange_code, poll_device_code};
 pub use manager::{AccessToken, AccountStatus, Reconfigured, TokenManager};
 pub use provider::{
     AccountConfig, Cloud, CredentialKind, Endpoints, Flow, ProviderConfig, ProviderKind,

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::context::{Ctx, LoginError, say};
 use super::redirect::{Request, accept, loopback, respond};
 use crate::secret::SecretString;
-use crate::token::{Pkce, ProviderKind, authorize_url, random_state};
+use crate::token::{Pkce, authorize_url, code_from_redirect, random_state};
 
 /// Used when the provider names no `redirect_uri`.
 pub const DEFAULT_REDIRECT_URI: &str = "http://localhost:8925/callback";
@@ -207,23 +207,8 @@ fn code_or_error(
     params: &HashMap<String, String>,
     account: &str,
 ) -> Result<SecretString, LoginError> {
-    if let Some(error) = params.get("error") {
-        let description = params
-            .get("error_description")
-            .map(|d| sanitize(d, 300))
-            .unwrap_or_default();
-        return Err(LoginError::Failed(format!(
-            "the sign-in was refused: {} {description} — check the app registration (redirect URI, \
-             permissions, consent) and run `authbridge login {account}` again",
-            sanitize(error, 64)
-        )));
-    }
-    match params.get("code").filter(|c| !c.is_empty()) {
-        Some(c) => Ok(SecretString::new(c.clone())),
-        None => Err(LoginError::Failed(
-            "the redirect carries no authorization code".to_owned(),
-        )),
-    }
+    code_from_redirect(params, &format!("run `authbridge login {account}` again"))
+        .map_err(|e| LoginError::Failed(e.0))
 }
 
 async fn exchange_code(
@@ -232,21 +217,16 @@ async fn exchange_code(
     redirect_uri: &str,
     pkce: &Pkce,
 ) -> Result<(), LoginError> {
-    let scope = ctx.provider.scopes.join(" ");
-    let mut params = vec![
-        ("grant_type", "authorization_code"),
-        ("code", code.expose().as_str()),
-        ("redirect_uri", redirect_uri),
-        ("code_verifier", pkce.verifier.expose().as_str()),
-    ];
-    if ctx.provider.kind == ProviderKind::Microsoft && !scope.is_empty() {
-        params.push(("scope", &scope));
-    }
-    ctx.manager
-        .exchange_and_store(ctx.account, &params)
-        .await
-        .map(|_| ())
-        .map_err(|e| LoginError::Failed(e.to_string()))
+    crate::token::exchange_code(
+        ctx.manager,
+        ctx.provider,
+        ctx.account,
+        code,
+        redirect_uri,
+        pkce,
+    )
+    .await
+    .map_err(|e| LoginError::Failed(e.0))
 }
 
 async fn read_paste(
@@ -273,11 +253,6 @@ async fn read_paste(
     }
 }
 
-/// Provider-supplied text for a terminal: no control characters, capped.
-fn sanitize(s: &str, max: usize) -> String {
-    s.chars().filter(|c| !c.is_control()).take(max).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,10 +275,5 @@ mod tests {
         );
         assert!(pasted_params("hello").is_none());
         assert!(pasted_params("").is_none());
-    }
-
-    #[test]
-    fn sanitizing() {
-        assert_eq!(sanitize("a\u{1b}[31mb\nc", 10), "a[31mbc");
     }
 }

@@ -1,14 +1,10 @@
 //! The device-code flow of `authbridge login` (RFC 8628): print the verification URI and the user
-//! code, then poll the token endpoint at the given interval until the sign-in completes, is
-//! declined or the code expires.
-
-use std::io::Write;
-use std::time::Duration;
-
-use tokio::time::Instant;
+//! code, then poll the token endpoint (`token::poll_device_code`, shared with the admin page)
+//! until the sign-in completes, is declined or the code expires.
 
 use super::context::{Ctx, LoginError, say};
-use crate::token::{DEVICE_CODE_GRANT_TYPE, ErrorKind, device_authorization};
+use crate::token::{ErrorKind, device_authorization, poll_device_code};
+use std::io::Write;
 
 pub(super) async fn device_code(
     ctx: &Ctx<'_>,
@@ -35,66 +31,8 @@ pub(super) async fn device_code(
     ));
     say(out, &text);
     let again = format!("run `authbridge login {account} --device-code` again");
-    let deadline = Instant::now() + da.expires_in;
-    // RFC 8628 §3.5: poll no faster than `interval` (default 5 s); we never go below 1 s.
-    let mut interval = da.interval.max(Duration::from_secs(1));
-    let mut wait = interval;
-    let mut transient_warned = false;
-    loop {
-        if Instant::now() + wait >= deadline {
-            tokio::time::sleep_until(deadline).await;
-            return Err(LoginError::Failed(format!(
-                "the code expired before the sign-in was completed; {again}"
-            )));
-        }
-        tokio::time::sleep(wait).await;
-        wait = interval;
-        let params = [
-            ("grant_type", DEVICE_CODE_GRANT_TYPE),
-            ("device_code", da.device_code.expose().as_str()),
-        ];
-        let e = match ctx.manager.exchange_and_store(account, &params).await {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
-        };
-        match e.error.as_deref() {
-            Some("authorization_pending") => {}
-            Some("slow_down") => {
-                interval += Duration::from_secs(5);
-                wait = interval;
-                eprintln!(
-                    "authbridge: the identity provider asked to poll more slowly; polling every {} s",
-                    interval.as_secs()
-                );
-            }
-            Some("authorization_declined" | "access_denied") => {
-                return Err(LoginError::Failed(format!(
-                    "the sign-in was declined at the verification page; {again} and approve the \
-                     request"
-                )));
-            }
-            Some("expired_token") => {
-                return Err(LoginError::Failed(format!(
-                    "the code expired before the sign-in was completed; {again}"
-                )));
-            }
-            Some("bad_verification_code") => {
-                return Err(LoginError::Failed(format!(
-                    "the identity provider does not know this device code; {again}"
-                )));
-            }
-            _ if e.kind == ErrorKind::Transient => {
-                if !transient_warned {
-                    eprintln!("authbridge: {e} (still polling)");
-                    transient_warned = true;
-                }
-                wait = interval.max(
-                    e.retry_after
-                        .unwrap_or_default()
-                        .min(Duration::from_secs(60)),
-                );
-            }
-            _ => return Err(LoginError::Failed(e.to_string())),
-        }
-    }
+    let mut note = |text: &str| eprintln!("authbridge: {text}");
+    poll_device_code(ctx.manager, account, &da, &again, &mut note)
+        .await
+        .map_err(|e| LoginError::Failed(e.0))
 }

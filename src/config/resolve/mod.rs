@@ -7,6 +7,7 @@
 //! something.
 
 mod accounts;
+mod admin;
 mod context;
 mod limits;
 mod listeners;
@@ -93,8 +94,10 @@ impl Resolver<'_> {
         let listeners = self.listeners(raw.listeners)?;
         let admin_listen = raw
             .admin
+            .as_ref()
             .map(|a| a.listen.unwrap_or(defaults::ADMIN_LISTEN));
         let admin_listen = self.admin_listen(admin_listen, &listeners)?;
+        let admin = self.admin(raw.admin, admin_listen)?;
         let limits = self.limits(raw.limits)?;
         let on_reauth_needed = self.on_reauth_needed(raw.on_reauth_needed)?;
         let token_store = self.token_store(raw.token_store)?;
@@ -106,6 +109,7 @@ impl Resolver<'_> {
             log_level: raw.log.level,
             log_format: raw.log.format,
             admin_listen,
+            admin,
             hostname: raw.hostname.unwrap_or_else(|| defaults::HOSTNAME.into()),
             providers,
             accounts,
