@@ -31,7 +31,7 @@ trial() {
 
 # figure NAME KEY: one figure of a trial (empty if it was not measured).
 figure() {
-  jq -r --arg k "$2" '.figures[$k] // empty' "$out/$1/figures.json"
+  jq -r --arg k "$2" '.figures[$k] // empty | . * 100 | round / 100' "$out/$1/figures.json"
 }
 
 # median of the numbers on stdin
