@@ -19,7 +19,7 @@ cd "$(dirname "$0")"
 secs=${FUZZ_SECS:-15}
 sanitizer=${FUZZ_SANITIZER:-none}
 target_dir=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/authbridge-fuzz-target}
-targets=${FUZZ_TARGETS:-"smtp_client smtp_upstream sasl xoauth2 imap_client imap_upstream pop3 relay probe_reply token_response store_record"}
+targets=${FUZZ_TARGETS:-"smtp_client smtp_upstream sasl xoauth2 imap_client imap_upstream pop3 relay probe_reply token_response store_record first_replies"}
 start=$(date +%s)
 
 # A missing tool: a failure in CI, a one-line skip elsewhere.

@@ -483,26 +483,43 @@ async fn session_replies_and_logged_hints() {
         capture.text()
     );
 
-    // App without mailbox permission: Exchange accepts AUTHENTICATE; the proxy's NOOP finds
-    // "authenticated but not connected" and the client gets a temporary-class refusal.
+    // App without mailbox permission: Exchange accepts AUTHENTICATE and refuses the client's
+    // first command with "authenticated but not connected"; the proxy, watching the first
+    // replies (no probe round trip at login), gives the client a temporary-class refusal to
+    // that command and ends the session.
     let env = Env::start_with(app_only()).await;
     env.sandbox
         .set_app_mailbox_permission(CLIENT_ID, MAILBOX, false);
     let mut c = LineClient::connect(env.addr("imap")).await;
     c.line().await;
     let (_, r) = c.imap("a1", &login).await;
+    assert!(r.starts_with("a1 OK"), "{r}");
+    let (untagged, r) = c.imap("a2", "SELECT INBOX").await;
     assert!(
-        r.starts_with("a1 NO [UNAVAILABLE]")
+        r.starts_with("a2 NO [UNAVAILABLE]")
             && r.contains("User is authenticated but not connected"),
         "{r}"
     );
+    assert!(untagged.is_empty(), "{untagged:?}");
+    assert_eq!(
+        c.line().await.as_deref(),
+        Some("* BYE [UNAVAILABLE] The mailbox cannot be opened; try again later")
+    );
+    assert!(c.closed().await, "the session ends");
     let mut c = LineClient::connect(env.addr("pop3")).await;
     c.line().await;
     c.send(&format!("USER {USER}")).await;
     c.line().await;
     c.send(&format!("PASS {PASSWORD}")).await;
     let r = c.line().await.unwrap();
-    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    assert!(r.starts_with("+OK"), "{r}");
+    c.send("STAT").await;
+    let r = c.line().await.unwrap();
+    assert!(
+        r.starts_with("-ERR [SYS/TEMP]") && r.contains("User is authenticated but not connected"),
+        "{r}"
+    );
+    assert!(c.closed().await, "the session ends");
     let logs = capture.text();
     assert_eq!(
         logs.matches("upstream accepted the token but cannot open the mailbox")

@@ -89,6 +89,10 @@ pub(crate) struct Conn {
     scanned: usize,
     wbuf: Vec<u8>,
     idle: Duration,
+    /// Something was written since the last read from the socket.
+    answered: bool,
+    /// Reads from the socket that followed an answer: the client's round trips.
+    turns: u32,
 }
 
 fn timed_out(what: &str) -> io::Error {
@@ -103,6 +107,8 @@ impl Conn {
             scanned: 0,
             wbuf: Vec::with_capacity(4 * 1024),
             idle,
+            answered: false,
+            turns: 0,
         }
     }
 
@@ -162,14 +168,21 @@ impl Conn {
             return Ok(());
         }
         self.write_pending().await?;
+        self.answered = true;
         let idle = self.idle;
         tokio::time::timeout(idle, self.stream.write_all(data))
             .await
             .map_err(|_| timed_out("write"))?
     }
 
+    /// How many times this connection waited for the client after answering it.
+    pub(crate) fn turns(&self) -> u32 {
+        self.turns
+    }
+
     async fn write_pending(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
+            self.answered = true;
             let idle = self.idle;
             let res = tokio::time::timeout(idle, self.stream.write_all(&self.wbuf)).await;
             self.wbuf.clear();
@@ -196,6 +209,9 @@ impl Conn {
         let n = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.rbuf))
             .await
             .map_err(|_| timed_out("read"))??;
+        if n > 0 && std::mem::take(&mut self.answered) {
+            self.turns = self.turns.saturating_add(1);
+        }
         Ok(n > 0)
     }
 

@@ -195,6 +195,8 @@ struct Session {
     user: Option<String>,
     /// False for a live token without rights on the mailbox.
     connected: bool,
+    /// This session's entry in the login traces, once logged in.
+    trace: Option<usize>,
     sel: Option<Sel>,
 }
 
@@ -242,6 +244,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: boo
         starttls_offered: !implicit_tls,
         user: None,
         connected: false,
+        trace: None,
         sel: None,
     };
     match s.run().await {
@@ -363,6 +366,9 @@ impl Session {
     async fn dispatch(&mut self, cmd: Command) -> std::io::Result<bool> {
         let tag = cmd.tag.clone();
         let authed = self.user.is_some();
+        if let Some(i) = self.trace {
+            self.shared.trace_first_command(i, &cmd.name);
+        }
         if authed && !self.connected && cmd.name != "LOGOUT" {
             self.tagged(&tag, "BAD User is authenticated but not connected.");
             return Ok(true);
@@ -478,11 +484,21 @@ impl Session {
     }
 
     fn capabilities(&self) -> String {
+        let caps = self
+            .shared
+            .imap_capabilities()
+            .unwrap_or_else(|| CAPS.to_string());
         if !self.conn.is_tls() && self.starttls_offered && self.user.is_none() {
-            format!("{CAPS} STARTTLS LOGINDISABLED")
+            format!("{caps} STARTTLS LOGINDISABLED")
         } else {
-            CAPS.to_string()
+            caps
         }
+    }
+
+    fn offers(&self, capability: &str) -> bool {
+        self.capabilities()
+            .split(' ')
+            .any(|c| c.eq_ignore_ascii_case(capability))
     }
 
     async fn authenticate(&mut self, tag: &str, args: &[Tok]) -> std::io::Result<()> {
@@ -498,8 +514,12 @@ impl Session {
             );
             return Ok(());
         }
-        if mech != "XOAUTH2" && mech != "PLAIN" {
+        if mech != "XOAUTH2" && mech != "PLAIN" || !self.offers(&format!("AUTH={mech}")) {
             self.tagged(tag, "NO AUTHENTICATE failed.");
+            return Ok(());
+        }
+        if args.get(1).is_some() && !self.offers("SASL-IR") {
+            self.tagged(tag, "BAD Command Argument Error. 12");
             return Ok(());
         }
         let blob = match args.get(1).and_then(Tok::text) {
@@ -529,11 +549,13 @@ impl Session {
             AuthResult::Ok(user) => {
                 self.user = Some(user);
                 self.connected = true;
+                self.trace = Some(self.shared.trace_login("imap", self.conn.turns()));
                 self.tagged(tag, "OK AUTHENTICATE completed.");
             }
             AuthResult::NoRights(user) => {
                 self.user = Some(user);
                 self.connected = false;
+                self.trace = Some(self.shared.trace_login("imap", self.conn.turns()));
                 self.tagged(tag, "OK AUTHENTICATE completed.");
             }
             AuthResult::Failed | AuthResult::SmtpAuthDisabled => {

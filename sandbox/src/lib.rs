@@ -220,6 +220,18 @@ impl MailAuthCounters {
     }
 }
 
+/// One XOAUTH2 login as an IMAP or POP3 server of the sandbox saw it: how many times the
+/// server, having answered, had to wait for the client's next bytes before the login's result
+/// (the greeting counts as an answer: a client that sends `AUTHENTICATE XOAUTH2 <ir>` right after
+/// it takes 1), and the first command after the login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginTrace {
+    /// `imap` or `pop3`.
+    pub protocol: &'static str,
+    pub round_trips: u32,
+    pub first_command: Option<String>,
+}
+
 /// What the fake inbound connector saw (every counter only grows).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ConnectorCounters {
@@ -278,6 +290,10 @@ pub(crate) struct Shared {
     mail_connections: AtomicU64,
     /// Write a forged response right after each STARTTLS/STLS go-ahead, before the handshake.
     forge_after_starttls: AtomicBool,
+    /// The IMAP capability list sessions started from now on announce (None: Exchange's).
+    imap_capabilities: Mutex<Option<String>>,
+    /// Every XOAUTH2 login of the IMAP and POP3 servers, in order.
+    login_traces: Mutex<Vec<LoginTrace>>,
     /// When set, the token service closes connections from any other source address (so a test
     /// can prove that requests come through a proxy bound to one of these).
     token_allowed_peers: Mutex<Option<Vec<IpAddr>>>,
@@ -316,6 +332,27 @@ impl Shared {
     }
 
     /// The forged plaintext to send after a STARTTLS go-ahead, when that mode is on.
+    pub(crate) fn imap_capabilities(&self) -> Option<String> {
+        lock(&self.imap_capabilities).clone()
+    }
+
+    /// Record a login; its index, to add the first command later.
+    pub(crate) fn trace_login(&self, protocol: &'static str, round_trips: u32) -> usize {
+        let mut traces = lock(&self.login_traces);
+        traces.push(LoginTrace {
+            protocol,
+            round_trips,
+            first_command: None,
+        });
+        traces.len() - 1
+    }
+
+    pub(crate) fn trace_first_command(&self, index: usize, command: &str) {
+        if let Some(t) = lock(&self.login_traces).get_mut(index) {
+            t.first_command.get_or_insert_with(|| command.to_string());
+        }
+    }
+
     pub(crate) fn forge_after_starttls(&self) -> bool {
         self.forge_after_starttls.load(Ordering::Relaxed)
     }
@@ -404,6 +441,8 @@ impl Sandbox {
             connector_counters: Mutex::new(ConnectorCounters::default()),
             mail_connections: AtomicU64::new(0),
             forge_after_starttls: AtomicBool::new(false),
+            imap_capabilities: Mutex::new(None),
+            login_traces: Mutex::new(Vec::new()),
             token_allowed_peers: Mutex::new(None),
             host: opts.host.clone(),
             idle_timeout: opts.idle_timeout,
@@ -572,6 +611,18 @@ impl Sandbox {
         self.shared
             .forge_after_starttls
             .store(on, Ordering::Relaxed);
+    }
+
+    /// The capability list the IMAP server announces to sessions that start from now on
+    /// (`None`: Exchange's). Without `SASL-IR` it refuses an initial response
+    /// (`BAD Command Argument Error. 12`); without `AUTH=XOAUTH2` it refuses XOAUTH2.
+    pub fn set_imap_capabilities(&self, caps: Option<&str>) {
+        *lock(&self.shared.imap_capabilities) = caps.map(str::to_string);
+    }
+
+    /// Every IMAP and POP3 XOAUTH2 login so far (see [`LoginTrace`]).
+    pub fn login_traces(&self) -> Vec<LoginTrace> {
+        lock(&self.shared.login_traces).clone()
     }
 
     pub fn connector_counters(&self) -> ConnectorCounters {

@@ -28,6 +28,8 @@ struct Session {
     starttls_offered: bool,
     user: Option<String>,
     connected: bool,
+    /// This session's entry in the login traces, once logged in.
+    trace: Option<usize>,
     uid_validity: u32,
     entries: Vec<Entry>,
 }
@@ -52,6 +54,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, implicit_tls: boo
         starttls_offered: !implicit_tls,
         user: None,
         connected: false,
+        trace: None,
         uid_validity: 0,
         entries: Vec::new(),
     };
@@ -103,6 +106,9 @@ impl Session {
                 Some((v, a)) => (v.to_ascii_uppercase(), a.trim().to_string()),
                 None => (line.trim().to_ascii_uppercase(), String::new()),
             };
+            if let Some(i) = self.trace {
+                self.shared.trace_first_command(i, &verb);
+            }
             if self.user.is_some() && !self.connected && verb != "QUIT" {
                 self.line("-ERR User is authenticated but not connected.");
                 continue;
@@ -228,11 +234,13 @@ impl Session {
                     .collect();
                 self.user = Some(user);
                 self.connected = true;
+                self.trace = Some(self.shared.trace_login("pop3", self.conn.turns()));
                 self.line("+OK User successfully authenticated.");
             }
             AuthResult::NoRights(user) => {
                 self.user = Some(user);
                 self.connected = false;
+                self.trace = Some(self.shared.trace_login("pop3", self.conn.turns()));
                 self.line("+OK User successfully authenticated.");
             }
             AuthResult::Failed | AuthResult::SmtpAuthDisabled => self.line(AUTH_FAILED),

@@ -16,6 +16,7 @@ use bytes::BytesMut;
 
 use crate::secret::{SecretBytes, SecretString};
 
+pub mod first_replies;
 pub mod imap;
 pub mod line;
 pub mod pop3;
@@ -203,4 +204,9 @@ pub trait UpstreamProtocol: Send + Sync {
     fn tls_started(&mut self, out: &mut Vec<u8>);
     /// Start SASL XOAUTH2 for `mailbox` with `token` (after [`UpStep::Ready`]).
     fn authenticate(&mut self, mailbox: &str, token: &SecretString, out: &mut Vec<u8>);
+    /// The capabilities the upstream announced in this session after TLS, for a listener's
+    /// memory of them (IMAP: see `imap::upstream`); `None` when not asked or not remembered.
+    fn verified_capabilities(&self) -> Option<Vec<String>> {
+        None
+    }
 }

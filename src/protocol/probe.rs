@@ -1,6 +1,6 @@
 //! Reading the upstream's answer to one command sent after login (sans-I/O): `check`'s probes
-//! (IMAP `EXAMINE INBOX`, POP3 `STAT`, SMTP `MAIL FROM`/`RCPT TO`/`RSET`/`DATA`) and the live
-//! session's post-login `NOOP` that catches Exchange's "User is authenticated but not connected".
+//! (IMAP `EXAMINE INBOX`, POP3 `STAT`, SMTP `MAIL FROM`/`RCPT TO`/`RSET`/`DATA`). (Live sessions
+//! do not probe: `protocol::first_replies` watches the client's own first replies.)
 //!
 //! Bytes in, one [`ProbeReply`] out: IMAP skips untagged lines (and their literals, RFC 9051
 //! §4.3) up to the tagged status line; POP3 reads one status line (RFC 1939 §3); SMTP reads a

@@ -230,6 +230,7 @@ impl Common {
             limits: self.limits.clone(),
             early: Arc::clone(&self.early),
             metrics: Arc::clone(&self.metrics),
+            upstream_memory: Default::default(),
         })
     }
 }

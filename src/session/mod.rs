@@ -26,7 +26,8 @@ use crate::auth::{Blocked, Credentials, FailureTracker, LoggedName, Verdict};
 use crate::config::{ClientTlsMode, Listener, Protocol};
 use crate::limits::Limits;
 use crate::metrics::{LoginResult, Metrics};
-use crate::pipe::{PipeEnd, pipe_counted};
+use crate::pipe::{PipeEnd, pipe_watched};
+use crate::protocol::first_replies::{FirstReplies, WatchKind};
 use crate::protocol::imap::ImapClient;
 use crate::protocol::pop3::Pop3Client;
 use crate::protocol::smtp::SmtpClient;
@@ -54,6 +55,8 @@ pub struct Shared {
     /// Upstream connections opened before login, counted across every listener.
     pub early: Arc<EarlyUpstreams>,
     pub metrics: Arc<Metrics>,
+    /// What this listener's sessions learned about its upstream (IMAP capabilities).
+    pub upstream_memory: Arc<upstream::UpstreamMemory>,
 }
 
 /// Stop signals: `graceful` asks pre-login sessions to say goodbye; `hard` ends piped sessions.
@@ -120,6 +123,7 @@ where
         upstream: UpstreamSlot::Taken,
         caps_asked: false,
         early: None,
+        logged_in: None,
     };
     let mut client = MaybeTls::Plain(stream);
     if shared.listener.tls == ClientTlsMode::Implicit {
@@ -228,6 +232,7 @@ where
         upstream,
         caps_asked: false,
         early,
+        logged_in: None,
     };
     let mut client = MaybeTls::Plain(stream);
     if l.tls == ClientTlsMode::Implicit {
@@ -293,11 +298,31 @@ where
         }
         return;
     }
+    // IMAP and POP3: Exchange accepts the XOAUTH2 login of a token that may not open the
+    // mailbox and fails every later command with "User is authenticated but not connected."
+    // The upstream's replies to the client's first commands are watched for it (no probe
+    // command, so no round trip at login); SMTP refuses such a token at AUTH already.
+    let (account, mailbox) = session.logged_in.take().unwrap_or_default();
+    let watch = match l.protocol {
+        Protocol::Imap => Some(FirstReplies::new(WatchKind::Imap, &mailbox)),
+        Protocol::Pop3 => Some(FirstReplies::new(WatchKind::Pop3, &mailbox)),
+        Protocol::Smtp => None,
+    };
     tokio::select! {
-        end = pipe_counted(client, up, &leftover, &up_leftover, idle, shared.metrics.piped(&l.name)) => match end {
+        end = pipe_watched(client, up, &leftover, &up_leftover, idle, shared.metrics.piped(&l.name), watch) => match end {
             PipeEnd::Closed { up, down } => info!(bytes_up = up, bytes_down = down, secs = started.elapsed().as_secs(), "session ended"),
             PipeEnd::Idle => info!(idle_secs = idle.as_secs(), "session closed: idle"),
             PipeEnd::Error(e) => info!(error = %e, "session ended with a connection error"),
+            PipeEnd::NotConnected { upstream } => {
+                let ctx = crate::diagnosis::Context {
+                    mailbox: &mailbox,
+                    account: &account,
+                    protocol: Some(l.protocol),
+                    ..Default::default()
+                };
+                warn!(account, upstream = %upstream, hint = %crate::diagnosis::hint(&upstream, &ctx), "login failed: upstream accepted the token but cannot open the mailbox; the client was told to try again later");
+                shared.metrics.login(&l.name, l.protocol, LoginResult::upstream_refused);
+            }
         },
         _ = stop.hard.cancelled() => info!("session closed: server stopped"),
     }
@@ -311,6 +336,8 @@ struct Session {
     caps_asked: bool,
     /// Counts this session's upstream connection as a pre-login one until login.
     early: Option<EarlySlot>,
+    /// After the upstream login: (account, mailbox), for the watch over the first replies.
+    logged_in: Option<(String, String)>,
 }
 
 /// Start the upstream setup of `shared`'s listener in its own task.
@@ -323,9 +350,18 @@ fn connect_upstream(shared: &Shared) -> UpstreamSlot {
     let timeouts = shared.limits.timeouts.clone();
     let metrics = Arc::clone(&shared.metrics);
     let name = l.name.clone();
+    let memory = Arc::clone(&shared.upstream_memory);
     let task = tokio::spawn(async move {
         let begun = Instant::now();
-        let conn = upstream::connect(&upstream, protocol, relay, &hostname, &timeouts).await;
+        let conn = upstream::connect_with(
+            &upstream,
+            protocol,
+            relay,
+            &hostname,
+            &timeouts,
+            Some(memory),
+        )
+        .await;
         if conn.is_ok() {
             metrics.upstream_connected(&name, begun.elapsed());
         }
@@ -667,12 +703,8 @@ impl Session {
         shared.metrics.upstream_logged_in(listener, begun.elapsed());
         let rejected = match first {
             Ok(AuthResult::Ok { untagged, text }) => {
-                if let Err(refused) =
-                    mailbox_opens(conn, shared.listener.protocol, auth_limit).await
-                {
-                    return not_connected(account, &mailbox, shared.listener.protocol, refused);
-                }
                 info!(account, mailbox = %mailbox, "login ok");
+                self.logged_in = Some((account.to_string(), mailbox));
                 return (LoginOutcome::Success { untagged, text }, LoginResult::ok);
             }
             Ok(AuthResult::Rejected(text)) => text,
@@ -696,12 +728,8 @@ impl Session {
         shared.metrics.upstream_logged_in(listener, begun.elapsed());
         match second {
             Ok(AuthResult::Ok { untagged, text }) => {
-                if let Err(refused) =
-                    mailbox_opens(conn, shared.listener.protocol, auth_limit).await
-                {
-                    return not_connected(account, &mailbox, shared.listener.protocol, refused);
-                }
                 info!(account, mailbox = %mailbox, "login ok after token refresh");
+                self.logged_in = Some((account.to_string(), mailbox));
                 (LoginOutcome::Success { untagged, text }, LoginResult::ok)
             }
             Ok(AuthResult::Rejected(text)) => {
@@ -725,80 +753,6 @@ impl Session {
 /// A failure the client is told about as temporary (4xx, `NO [UNAVAILABLE]`), with its text.
 fn unavailable(e: &impl std::fmt::Display) -> LoginOutcome {
     LoginOutcome::Unavailable(e.to_string())
-}
-
-/// The tag of the post-login `NOOP` (its reply is read by the session, never by the client).
-const PROBE_TAG: &str = "authbridge-probe";
-
-/// IMAP and POP3: Exchange accepts the XOAUTH2 login of a token that may not open the mailbox
-/// and fails every later command with "User is authenticated but not connected." One `NOOP`
-/// after the login finds that before the client is told it is logged in. SMTP has nothing to
-/// check here.
-async fn mailbox_opens(
-    conn: &mut Connected,
-    protocol: Protocol,
-    limit: Duration,
-) -> Result<(), MailboxCheck> {
-    use crate::protocol::probe::ReplyKind;
-    let (line, kind) = match protocol {
-        Protocol::Smtp => return Ok(()),
-        Protocol::Imap => (
-            format!("{PROBE_TAG} NOOP\r\n"),
-            ReplyKind::Imap {
-                tag: PROBE_TAG.to_string(),
-            },
-        ),
-        Protocol::Pop3 => ("NOOP\r\n".to_string(), ReplyKind::Pop3),
-    };
-    match conn.command(line.as_bytes(), kind, limit).await {
-        Ok(r) if r.ok => Ok(()),
-        Ok(r) => Err(MailboxCheck::Refused(r.text)),
-        Err(e) => Err(MailboxCheck::Broken(e.to_string())),
-    }
-}
-
-/// Why the mailbox could not be used after a successful upstream login.
-enum MailboxCheck {
-    /// The upstream refused the first command (its text).
-    Refused(String),
-    /// The connection failed (reset, closed, timeout).
-    Broken(String),
-}
-
-/// The login succeeded upstream but the mailbox cannot be used: a temporary-class refusal to
-/// the client (IMAP `NO [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`: a collector retries later
-/// and nothing is lost) and the fix in the log.
-fn not_connected(
-    account: &str,
-    mailbox: &str,
-    protocol: Protocol,
-    why: MailboxCheck,
-) -> (LoginOutcome, LoginResult) {
-    let refused = match why {
-        MailboxCheck::Refused(text) => text,
-        MailboxCheck::Broken(e) => {
-            warn!(account, error = %e, "login failed: the upstream connection broke right after the login");
-            return (
-                LoginOutcome::Unavailable(format!(
-                    "the upstream connection broke right after the login: {e}"
-                )),
-                LoginResult::upstream_unreachable,
-            );
-        }
-    };
-    let ctx = crate::diagnosis::Context {
-        mailbox,
-        account,
-        protocol: Some(protocol),
-        ..Default::default()
-    };
-    warn!(account, upstream = %refused, hint = %crate::diagnosis::hint(&refused, &ctx), "login failed: upstream accepted the token but cannot open the mailbox");
-    (
-        LoginOutcome::Unavailable(format!(
-            "the mailbox server accepted the login but cannot open {mailbox} ({refused}); an administrator must grant access (see the authbridge log)"
-        )),
-        LoginResult::upstream_refused,
-    )
 }
 
 /// Write `out` to the client; a client that does not take it within `limit` is gone.

@@ -54,6 +54,7 @@ pub struct Connected {
     pub capabilities: Vec<String>,
     host: String,
     port: u16,
+    memory: Option<Arc<UpstreamMemory>>,
 }
 
 /// How an XOAUTH2 attempt ended.
@@ -63,16 +64,51 @@ pub enum AuthResult {
     Rejected(String),
 }
 
+/// What one listener remembers of its upstream between sessions: the capabilities the last
+/// session verified (IMAP), so that the next login needs no round trip of its own to learn them
+/// (`crate::protocol::imap::upstream` explains how every session still verifies them). One per
+/// listener: a reload with another upstream starts a new one.
+#[derive(Debug, Default)]
+pub struct UpstreamMemory {
+    capabilities: std::sync::Mutex<Option<Vec<String>>>,
+}
+
+impl UpstreamMemory {
+    /// The capabilities last verified, if any.
+    pub fn capabilities(&self) -> Option<Vec<String>> {
+        self.lock().clone()
+    }
+
+    /// Replace what is remembered with what `machine` verified in its session, if it did.
+    fn learn(&self, machine: &dyn UpstreamProtocol) {
+        if let Some(caps) = machine.verified_capabilities() {
+            let mut known = self.lock();
+            if known.as_ref() != Some(&caps) {
+                tracing::debug!(capabilities = %caps.join(" "), "upstream capabilities learned");
+                *known = Some(caps);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<String>>> {
+        self.capabilities.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 fn machine(
     protocol: Protocol,
     starttls: bool,
     relay: bool,
     ehlo_name: &str,
+    memory: Option<&UpstreamMemory>,
 ) -> Box<dyn UpstreamProtocol> {
     match protocol {
         Protocol::Smtp if relay => Box::new(SmtpUpstream::new(starttls, ehlo_name).for_relay()),
         Protocol::Smtp => Box::new(SmtpUpstream::new(starttls, ehlo_name)),
-        Protocol::Imap => Box::new(ImapUpstream::new(starttls)),
+        Protocol::Imap => Box::new(
+            ImapUpstream::new(starttls)
+                .with_known_capabilities(memory.and_then(UpstreamMemory::capabilities)),
+        ),
         Protocol::Pop3 => Box::new(Pop3Upstream::new(starttls)),
     }
 }
@@ -85,6 +121,18 @@ pub async fn connect(
     relay: bool,
     ehlo_name: &str,
     timeouts: &Timeouts,
+) -> Result<Connected, UpstreamError> {
+    connect_with(upstream, protocol, relay, ehlo_name, timeouts, None).await
+}
+
+/// [`connect`], starting from (and updating) a listener's `memory` of its upstream.
+pub async fn connect_with(
+    upstream: &Upstream,
+    protocol: Protocol,
+    relay: bool,
+    ehlo_name: &str,
+    timeouts: &Timeouts,
+    memory: Option<Arc<UpstreamMemory>>,
 ) -> Result<Connected, UpstreamError> {
     let err = |phase: &'static str, message: String| UpstreamError {
         host: upstream.host.clone(),
@@ -113,7 +161,7 @@ pub async fn connect(
             .await
             .map_err(|m| err("tls_handshake", m))?
     };
-    let mut conn_machine = machine(protocol, starttls, relay, ehlo_name);
+    let mut conn_machine = machine(protocol, starttls, relay, ehlo_name, memory.as_deref());
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let setup = async {
         loop {
@@ -151,6 +199,9 @@ pub async fn connect(
             ));
         }
     };
+    if let Some(memory) = &memory {
+        memory.learn(&*conn_machine);
+    }
     Ok(Connected {
         stream,
         input,
@@ -158,6 +209,7 @@ pub async fn connect(
         capabilities,
         host: upstream.host.clone(),
         port: upstream.port,
+        memory,
     })
 }
 
@@ -185,7 +237,11 @@ impl Connected {
             )
             .await
         };
-        let step = match timeout(limit, exchange).await {
+        let step = timeout(limit, exchange).await;
+        if let Some(memory) = &self.memory {
+            memory.learn(&*self.machine);
+        }
+        let step = match step {
             Ok(Ok(step)) => step,
             Ok(Err((phase, m))) => return Err(self.error(phase, m)),
             Err(_) => return Err(self.error("auth", format!("no answer to AUTH within {limit:?}"))),

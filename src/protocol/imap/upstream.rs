@@ -2,6 +2,19 @@
 //! port is plaintext, CAPABILITY, then `AUTHENTICATE XOAUTH2` (one line with SASL-IR, RFC 4959;
 //! otherwise after a `+` continuation).
 //!
+//! Capabilities without a round trip: Exchange's greeting carries no `[CAPABILITY …]` code, so a
+//! fresh session must ask, and waiting for that answer before `AUTHENTICATE` costs one round trip
+//! at every login. The machine can instead be given the capabilities an earlier session of the
+//! same listener verified ([`ImapUpstream::with_known_capabilities`]): it is then ready right
+//! after the greeting, and at login it sends `CAPABILITY` and `AUTHENTICATE` together, in one
+//! write. Why this rather than trusting the remembered set: every session still verifies the
+//! capabilities in the same round trip as the login, so a changed upstream is noticed at once —
+//! if it dropped `SASL-IR`, the refused one-line `AUTHENTICATE` is repeated in the continuation
+//! form; if it dropped `AUTH=XOAUTH2`, the session fails as a fresh one would — and the verified
+//! set ([`ImapUpstream::verified_capabilities`]) replaces the remembered one. Keying the memory
+//! on the greeting text would not work with Exchange: its greeting names the backend server,
+//! which changes from connection to connection.
+//!
 //! A `+ <challenge>` after the token is an error report (Google, Dovecot: base64 JSON): it is
 //! answered with an empty line and the tagged result is read. Untagged lines that arrive during
 //! the exchange are kept, byte for byte, for the client. Bytes after the tagged OK stay in the
@@ -36,6 +49,9 @@ enum State {
     /// Waiting for the driver's TLS handshake.
     Handshake,
     Capability,
+    /// Ready on remembered capabilities, not yet reported to the driver (`CAPABILITY` is sent
+    /// with the login).
+    Assumed,
     Ready,
     /// `AUTHENTICATE XOAUTH2` without initial response: the token waits for the `+`.
     AuthContinue {
@@ -59,6 +75,19 @@ pub struct ImapUpstream {
     tag: String,
     caps: Vec<String>,
     untagged: Vec<u8>,
+    /// Capabilities an earlier session verified (post-TLS), if any.
+    known: Option<Vec<String>>,
+    /// `CAPABILITY` is to be sent together with `AUTHENTICATE` (the set in `caps` is assumed).
+    ask_with_login: bool,
+    /// The tag of a `CAPABILITY` sent with the login whose answer has not come yet.
+    caps_tag: Option<String>,
+    /// Capabilities the upstream announced in this session after TLS.
+    verified: Option<Vec<String>>,
+    /// The token of a one-line `AUTHENTICATE` sent on assumed capabilities, kept to repeat it in
+    /// the continuation form if the upstream turns out not to take SASL-IR any more.
+    retry_blob: Option<SecretString>,
+    /// The running `AUTHENTICATE` was sent on remembered capabilities.
+    assumed_login: bool,
 }
 
 impl ImapUpstream {
@@ -76,6 +105,71 @@ impl ImapUpstream {
             tag: String::new(),
             caps: Vec::new(),
             untagged: Vec::new(),
+            known: None,
+            ask_with_login: false,
+            caps_tag: None,
+            verified: None,
+            retry_blob: None,
+            assumed_login: false,
+        }
+    }
+
+    /// Start from the capabilities an earlier session verified (see the module docs). A set
+    /// without `AUTH=XOAUTH2` is not used: such an upstream is asked, and fails, as before.
+    pub fn with_known_capabilities(mut self, known: Option<Vec<String>>) -> Self {
+        self.known = known.filter(|caps| has_capability(caps, "AUTH=XOAUTH2"));
+        self
+    }
+
+    /// After TLS (or on an implicit-TLS port) without a capability code: remembered
+    /// capabilities make the machine ready at once; else ask and wait.
+    fn ask_capabilities(&mut self, before_tls: bool, out: &mut Vec<u8>) -> Option<UpStep> {
+        if !before_tls && let Some(known) = self.known.clone() {
+            self.caps = known;
+            self.ask_with_login = true;
+            self.state = State::Ready;
+            return Some(UpStep::Ready {
+                capabilities: self.caps.clone(),
+            });
+        }
+        self.send("CAPABILITY", out);
+        self.state = if before_tls {
+            State::CapabilityBeforeTls
+        } else {
+            State::Capability
+        };
+        None
+    }
+
+    /// A response while the `CAPABILITY` sent with the login is unanswered: `Some` when it
+    /// belongs to that command.
+    fn on_login_capability(&mut self, response: &Response<'_>) -> Option<Option<UpStep>> {
+        let tag = self.caps_tag.as_deref()?;
+        match response {
+            Response::Untagged(rest) => {
+                if let Some(caps) = untagged_capability(rest) {
+                    self.verified = Some(caps);
+                    return Some(None);
+                }
+                None
+            }
+            Response::Tagged {
+                tag: t,
+                status,
+                text,
+            } if *t == tag.as_bytes() => {
+                if matches!(status, Status::Ok)
+                    && let Some(caps) = capability_code(text)
+                {
+                    self.verified = Some(caps);
+                }
+                self.caps_tag = None;
+                if let Some(caps) = &self.verified {
+                    self.caps = caps.clone();
+                }
+                Some(None)
+            }
+            _ => None,
         }
     }
 
@@ -102,6 +196,7 @@ impl ImapUpstream {
             self.state = State::StartTls;
             return None;
         }
+        self.verified = Some(self.caps.clone());
         if !has_capability(&self.caps, "AUTH=XOAUTH2") {
             return Some(self.fail("upstream does not offer AUTH=XOAUTH2".into()));
         }
@@ -121,15 +216,7 @@ impl ImapUpstream {
                     self.caps = caps;
                     self.with_capabilities(self.starttls, out)
                 }
-                None => {
-                    self.send("CAPABILITY", out);
-                    self.state = if self.starttls {
-                        State::CapabilityBeforeTls
-                    } else {
-                        State::Capability
-                    };
-                    None
-                }
+                None => self.ask_capabilities(self.starttls, out),
             },
             Some(Greeting::PreAuth) => {
                 Some(self.fail("upstream greeted with PREAUTH; a login was expected".into()))
@@ -235,12 +322,37 @@ impl ImapUpstream {
                 match status {
                     Status::Ok => {
                         self.state = State::Done;
+                        self.retry_blob = None;
+                        self.assumed_login = false;
                         Some(UpStep::AuthOk {
                             untagged: std::mem::take(&mut self.untagged),
                             text,
                         })
                     }
                     Status::No | Status::Bad => {
+                        // Sent on remembered capabilities that the upstream no longer has:
+                        // not a refusal of the token.
+                        let retry_blob = self.retry_blob.take();
+                        if std::mem::take(&mut self.assumed_login)
+                            && let Some(verified) = self.verified.clone()
+                        {
+                            if !has_capability(&verified, "AUTH=XOAUTH2") {
+                                return Some(
+                                    self.fail("upstream does not offer AUTH=XOAUTH2".into()),
+                                );
+                            }
+                            if let Some(blob) = retry_blob
+                                && !has_capability(&verified, "SASL-IR")
+                            {
+                                tracing::debug!(
+                                    "imap upstream no longer offers SASL-IR; repeating AUTHENTICATE with a continuation"
+                                );
+                                self.untagged.clear();
+                                self.send("AUTHENTICATE XOAUTH2", out);
+                                self.state = State::AuthContinue { blob };
+                                return None;
+                            }
+                        }
                         // Ready for another attempt (the driver retries once with a fresh token).
                         self.state = State::Ready;
                         self.untagged.clear();
@@ -268,6 +380,12 @@ impl UpstreamProtocol for ImapUpstream {
             match &self.state {
                 State::Handshake | State::Done => return UpStep::NeedInput,
                 State::Failed(why) => return UpStep::Failed(why.clone()),
+                State::Assumed => {
+                    self.state = State::Ready;
+                    return UpStep::Ready {
+                        capabilities: self.caps.clone(),
+                    };
+                }
                 _ => {}
             }
             let (first_line, raw) = match self.reader.next(input) {
@@ -286,6 +404,20 @@ impl UpstreamProtocol for ImapUpstream {
                     text_of(first_line.get(..80).unwrap_or(&first_line))
                 ));
             };
+            if let Some(step) = self.on_login_capability(&response) {
+                if let Some(step) = step {
+                    return step;
+                }
+                continue;
+            }
+            if matches!(&response, Response::Untagged(rest) if is_bye(rest))
+                && self.caps_tag.is_some()
+            {
+                return self.closed(match &response {
+                    Response::Untagged(rest) => rest,
+                    _ => b"",
+                });
+            }
             let step = match self.state {
                 State::Greeting => self.on_greeting(response, out),
                 State::CapabilityBeforeTls => self.on_capability(true, response, out),
@@ -300,7 +432,7 @@ impl UpstreamProtocol for ImapUpstream {
                 State::AuthContinue { .. } | State::AuthResult { .. } => {
                     self.on_auth(response, &raw, out)
                 }
-                State::Handshake | State::Done | State::Failed(_) => None,
+                State::Handshake | State::Done | State::Failed(_) | State::Assumed => None,
             };
             if let Some(step) = step {
                 return step;
@@ -316,8 +448,19 @@ impl UpstreamProtocol for ImapUpstream {
         // RFC 3501 §6.2.1: capabilities from before TLS are discarded.
         self.caps.clear();
         self.reader.reset();
+        if self.known.is_some() {
+            // Reported by the next `step`.
+            self.caps = self.known.clone().unwrap_or_default();
+            self.ask_with_login = true;
+            self.state = State::Assumed;
+            return;
+        }
         self.send("CAPABILITY", out);
         self.state = State::Capability;
+    }
+
+    fn verified_capabilities(&self) -> Option<Vec<String>> {
+        self.verified.clone()
     }
 
     fn authenticate(&mut self, mailbox: &str, token: &SecretString, out: &mut Vec<u8>) {
@@ -330,10 +473,20 @@ impl UpstreamProtocol for ImapUpstream {
         }
         let blob = sasl::xoauth2(mailbox, token);
         self.untagged.clear();
+        let assumed = std::mem::take(&mut self.ask_with_login);
+        self.assumed_login = assumed;
+        if assumed {
+            // Verified in the same round trip as the login (module docs).
+            self.send("CAPABILITY", out);
+            self.caps_tag = Some(self.tag.clone());
+        }
         if has_capability(&self.caps, "SASL-IR") {
             let line = SecretString::new(format!("AUTHENTICATE XOAUTH2 {}", blob.expose()));
             self.send(line.expose(), out);
             self.state = State::AuthResult { challenges: 0 };
+            if assumed {
+                self.retry_blob = Some(blob);
+            }
         } else {
             self.send("AUTHENTICATE XOAUTH2", out);
             self.state = State::AuthContinue { blob };

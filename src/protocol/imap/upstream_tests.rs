@@ -321,3 +321,110 @@ fn calls_out_of_order_fail_cleanly() {
     assert!(out.is_empty());
     assert!(matches!(m.step(&mut input, &mut out), UpStep::Failed(_)));
 }
+
+/// Capabilities remembered from an earlier session of the listener.
+fn warm() -> Box<dyn UpstreamProtocol> {
+    Box::new(ImapUpstream::new(false).with_known_capabilities(Some(exchange_caps())))
+}
+
+#[test]
+fn remembered_capabilities_need_no_round_trip_before_authenticate() {
+    // Only the greeting has arrived: a fresh machine must wait for its CAPABILITY answer, a
+    // warm one is ready and sends CAPABILITY and AUTHENTICATE in the same write.
+    let cold = run_upstream(implicit().as_mut(), &[vec![EXCHANGE_GREETING]], 1);
+    assert_eq!(cold.sent(), "A0 CAPABILITY\r\n");
+    assert!(cold.events.is_empty(), "{:?}", cold.events);
+    let hot = run_upstream(warm().as_mut(), &[vec![EXCHANGE_GREETING]], 1);
+    assert_eq!(
+        hot.sent(),
+        format!("A0 CAPABILITY\r\nA1 AUTHENTICATE XOAUTH2 {MS_XOAUTH2}\r\n")
+    );
+    assert_eq!(hot.events, vec![UpEv::Ready(exchange_caps())]);
+    // Then the answers of both, in order: the CAPABILITY lines are not the client's.
+    let server = [
+        EXCHANGE_GREETING,
+        EXCHANGE_CAPS,
+        b"A0 OK CAPABILITY completed.\r\nA1 OK AUTHENTICATE completed.\r\n* 3 EXISTS\r\n",
+    ]
+    .concat();
+    let run = run_upstream_all_chunkings(&warm, &[&server], 1);
+    assert_eq!(
+        run.events,
+        vec![
+            UpEv::Ready(exchange_caps()),
+            UpEv::AuthOk {
+                untagged: Vec::new(),
+                text: "AUTHENTICATE completed.".into()
+            }
+        ]
+    );
+    assert_eq!(run.leftover, b"* 3 EXISTS\r\n");
+    // A set without AUTH=XOAUTH2 is not used.
+    let unusable = || -> Box<dyn UpstreamProtocol> {
+        Box::new(ImapUpstream::new(false).with_known_capabilities(Some(caps("IMAP4rev1 SASL-IR"))))
+    };
+    let run = run_upstream(unusable().as_mut(), &[vec![EXCHANGE_GREETING]], 1);
+    assert_eq!(run.sent(), "A0 CAPABILITY\r\n");
+}
+
+#[test]
+fn an_upstream_that_dropped_sasl_ir_gets_the_continuation_form() {
+    // Remembered: SASL-IR. Now: no SASL-IR, and the one-line form is refused with BAD. The
+    // machine repeats AUTHENTICATE with a continuation; no token refresh is asked for.
+    let server = [
+        EXCHANGE_GREETING,
+        b"* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 IDLE\r\nA0 OK CAPABILITY completed.\r\n",
+        b"A1 BAD Command Argument Error. 12\r\n+ \r\nA2 OK AUTHENTICATE completed.\r\n",
+    ]
+    .concat();
+    let run = run_upstream_all_chunkings(&warm, &[&server], 1);
+    assert_eq!(
+        run.sent(),
+        format!(
+            "A0 CAPABILITY\r\nA1 AUTHENTICATE XOAUTH2 {MS_XOAUTH2}\r\nA2 AUTHENTICATE XOAUTH2\r\n{MS_XOAUTH2}\r\n"
+        )
+    );
+    assert_eq!(
+        run.events,
+        vec![
+            UpEv::Ready(exchange_caps()),
+            UpEv::AuthOk {
+                untagged: Vec::new(),
+                text: "AUTHENTICATE completed.".into()
+            }
+        ]
+    );
+    let mut m = ImapUpstream::new(false).with_known_capabilities(Some(exchange_caps()));
+    run_upstream(&mut m, &[vec![&server]], 1);
+    assert_eq!(
+        m.verified_capabilities(),
+        Some(caps("IMAP4rev1 AUTH=XOAUTH2 IDLE"))
+    );
+}
+
+#[test]
+fn an_upstream_that_dropped_xoauth2_fails_as_a_fresh_session_would() {
+    let server = [
+        EXCHANGE_GREETING,
+        b"* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\nA0 OK CAPABILITY completed.\r\n",
+        b"A1 NO AUTHENTICATE failed.\r\n",
+    ]
+    .concat();
+    let run = run_upstream_all_chunkings(&warm, &[&server], 2);
+    assert_eq!(
+        run.events.last(),
+        Some(&UpEv::Failed("upstream does not offer AUTH=XOAUTH2".into()))
+    );
+    // A real refusal with unchanged capabilities stays a refusal (the driver refreshes).
+    let server = [
+        EXCHANGE_GREETING,
+        EXCHANGE_CAPS,
+        b"A0 OK CAPABILITY completed.\r\nA1 NO AUTHENTICATE failed.\r\n",
+    ]
+    .concat();
+    let run = run_upstream_all_chunkings(&warm, &[&server], 1);
+    assert_eq!(
+        run.events.last(),
+        Some(&UpEv::AuthRejected("AUTHENTICATE failed.".into()))
+    );
+}
