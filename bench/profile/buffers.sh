@@ -4,7 +4,7 @@
 # order, each measuring FETCH 100 MB and DATA 50 MB throughput and CPU (byte relay alongside as
 # the yardstick) and the RSS per idle logged-in IMAP session at N = IDLE. Prints each trial and
 # the medians. Default constant: the largest copy buffer per direction (`pipe_buffers::MAX` in
-# src/limits.rs, buffers growing from 16 KiB on full reads); in trees before growing buffers, the
+# src/limits.rs, buffers growing from pipe_buffers::START on full reads); before growing buffers, the
 # fixed `PIPE_BUFFER` of src/pipe.rs.
 #
 #   bench/profile/buffers.sh                         SIZES_KIB="16 64 256", TRIALS = 3, IDLE = 1000
