@@ -2,7 +2,8 @@
 # Benchmark authbridge against a direct XOAUTH2 connection and email-oauth2-proxy, all against
 # the built-in sandbox (fake Entra ID + fake Exchange Online on 127.0.0.1).
 #
-#   bench/run.sh            full run (about an hour); rewrites the generated blocks of bench/RESULTS.md
+#   bench/run.sh            full run (30–45 minutes; 5 without email-oauth2-proxy); rewrites the
+#                           generated blocks of bench/RESULTS.md
 #   bench/run.sh --smoke    a minute or two: tiny N, checks only that every measurement produced a
 #                           number and that cold bursts (one authbridge, and the Redis replicas) made
 #                           exactly one token request
