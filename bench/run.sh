@@ -2,15 +2,21 @@
 # Benchmark authbridge against a direct XOAUTH2 connection and email-oauth2-proxy, all against
 # the built-in sandbox (fake Entra ID + fake Exchange Online on 127.0.0.1).
 #
-#   bench/run.sh            full run (tens of minutes); rewrites the generated part of bench/RESULTS.md
-#   bench/run.sh --smoke    seconds: tiny N, checks only that every measurement produced a number
-#                           and that a cold burst through authbridge made exactly one token request
+#   bench/run.sh            full run (30–45 minutes; 5 without email-oauth2-proxy); rewrites the
+#                           generated blocks of bench/RESULTS.md
+#   bench/run.sh --smoke    a minute or two: tiny N, checks only that every measurement produced a
+#                           number and that cold bursts (one authbridge, and the Redis replicas) made
+#                           exactly one token request
 #
-# Both modes make two runs: the main one (everything on loopback), then warm logins again with a
-# 20 ms round trip emulated between every system and the sandbox's mail servers (BENCH_WAN=0
-# skips that). Extra arguments go to the main run's load generator (bench/src/main.rs), e.g.
-# --phases login,burst --sessions 300. Environment: BENCH_EMAILPROXY=none skips
-# email-oauth2-proxy; BENCH_WORK=DIR keeps logs and configs there (default: a temporary directory).
+# Both modes make two runs: the main one (everything on loopback: warm logins, relay-mode
+# submission, transfers, idle sessions, cold burst, Redis replicas, login storm), then warm logins
+# again with a 20 ms round trip emulated between every system and the sandbox's mail servers
+# (BENCH_WAN=0 skips that); then `authbridge-bench targets` judges every target from the figures
+# both runs wrote and rewrites the targets block. Extra arguments go to the main run's load
+# generator (bench/src/main.rs), e.g. --phases login,burst --sessions 300. Environment:
+# BENCH_EMAILPROXY=none skips email-oauth2-proxy; BENCH_WORK=DIR keeps logs, configs and the
+# figures (DIR/main/figures.json, DIR/wan/figures.json) there (default: a temporary directory);
+# BENCH_RESULTS=FILE writes the report there instead of bench/RESULTS.md (partial or trial runs).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -66,7 +72,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work="${BENCH_WORK:-}"
 cleanup=0
 if [ -z "$work" ]; then work="$(mktemp -d "${TMPDIR:-/tmp}/authbridge-bench.XXXXXX")"; cleanup=1; fi
-results=bench/RESULTS.md
+results="${BENCH_RESULTS:-bench/RESULTS.md}"
 [ "$smoke" = 1 ] && results="$work/RESULTS.md"
 
 bench() {
@@ -83,9 +89,16 @@ wan=(--sessions 200 --rounds 4)
 set +e
 bench --work "$work/main" --block main "$@"
 rc=$?
+figures=("$work/main/figures.json")
 if [ "$rc" = 0 ] && [ "${BENCH_WAN:-1}" != 0 ]; then
   echo "==> warm logins again with a 20 ms round trip to the mail servers"
   bench --work "$work/wan" --block wan --phases login --upstream-rtt-ms 20 "${wan[@]}"
+  rc=$?
+  figures+=("$work/wan/figures.json")
+fi
+if [ "$rc" = 0 ]; then
+  echo "==> targets"
+  "$target/$profile/authbridge-bench" targets --results "$results" --command "$command_line" "${figures[@]}"
   rc=$?
 fi
 set -e

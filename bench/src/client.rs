@@ -423,6 +423,14 @@ impl Proto {
             Proto::Imap => "IMAP LOGIN",
         }
     }
+
+    /// Lower-case protocol name (file names, figure keys).
+    pub fn short(self) -> &'static str {
+        match self {
+            Proto::Smtp => "smtp",
+            Proto::Imap => "imap",
+        }
+    }
 }
 
 fn quote(s: &str) -> String {

@@ -5,9 +5,12 @@
 mod client;
 mod phases;
 mod procs;
+mod relay_mode;
+mod replicas;
 mod report;
 mod storm;
 mod systems;
+mod targets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +55,21 @@ pub struct Opts {
     pub storm_sources: usize,
     pub storm_glpi_at_secs: u64,
     pub storm_settle_secs: u64,
+    /// Relay-mode submissions per system (split over `rounds`) and the message size.
+    pub submissions: usize,
+    pub submit_bytes: usize,
+    /// Replicas: authbridge processes sharing the Redis store, and warm logins per store and
+    /// protocol (split over `rounds`).
+    pub replicas: usize,
+    pub replica_sessions: usize,
+    /// `redis-server` to start for the replicas phase (`None`: look it up on PATH).
+    pub redis_server: Option<PathBuf>,
+    /// A profiler to attach to authbridge while the login and transfer phases measure:
+    /// a shell command with `{pid}` (authbridge's) and `{phase}` (login-smtp, login-imap,
+    /// transfer) replaced; stopped with SIGINT.
+    pub attach: Option<String>,
+    /// Extra environment for authbridge (`--authbridge-env K=V`, e.g. TOKIO_WORKER_THREADS).
+    pub authbridge_env: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -71,13 +89,7 @@ impl Opts {
                 "bench/RESULTS.md"
             }),
             command: String::new(),
-            phases: vec![
-                "login".into(),
-                "transfer".into(),
-                "idle".into(),
-                "burst".into(),
-                "storm".into(),
-            ],
+            phases: DEFAULT_PHASES.iter().map(|p| p.to_string()).collect(),
             systems: None,
             sessions: if smoke { 20 } else { 1000 },
             ep_sessions: 0,
@@ -101,6 +113,13 @@ impl Opts {
             storm_sources: if smoke { 10 } else { 250 },
             storm_glpi_at_secs: if smoke { 1 } else { 5 },
             storm_settle_secs: if smoke { 2 } else { 60 },
+            submissions: if smoke { 20 } else { 1000 },
+            submit_bytes: 4096,
+            replicas: 3,
+            replica_sessions: if smoke { 20 } else { 1000 },
+            redis_server: None,
+            attach: None,
+            authbridge_env: Vec::new(),
         };
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
@@ -155,6 +174,19 @@ impl Opts {
                 "--storm-sources" => o.storm_sources = num(v()?)?.clamp(1, 250),
                 "--storm-glpi-at" => o.storm_glpi_at_secs = num(v()?)? as u64,
                 "--storm-settle" => o.storm_settle_secs = num(v()?)? as u64,
+                "--submissions" => o.submissions = num(v()?)?,
+                "--submit-bytes" => o.submit_bytes = num(v()?)?.max(100),
+                "--replicas" => o.replicas = num(v()?)?.clamp(1, 16),
+                "--replica-sessions" => o.replica_sessions = num(v()?)?,
+                "--redis-server" => o.redis_server = Some(v()?.into()),
+                "--attach" => o.attach = Some(v()?),
+                "--authbridge-env" => {
+                    let kv = v()?;
+                    let (k, val) = kv
+                        .split_once('=')
+                        .ok_or_else(|| format!("{a}: expected K=V, got {kv:?}"))?;
+                    o.authbridge_env.push((k.to_string(), val.to_string()));
+                }
                 "-h" | "--help" => return Err(String::new()),
                 _ => return Err(format!("unknown option {a:?}")),
             }
@@ -166,13 +198,28 @@ impl Opts {
     }
 }
 
-const USAGE: &str =
-    "usage: authbridge-bench [--smoke] --authbridge BIN --sandbox BIN [--emailproxy BIN|none[:why]]
-  [--work DIR] [--results FILE] [--command TEXT] [--phases login,transfer,idle,burst,storm]
-  [--systems direct,authbridge,email-oauth2-proxy]
+/// Every phase, in the order a full run makes them.
+pub const DEFAULT_PHASES: [&str; 7] = [
+    "login",
+    "relay-mode",
+    "transfer",
+    "idle",
+    "burst",
+    "replicas",
+    "storm",
+];
+
+const USAGE: &str = "usage: authbridge-bench [--smoke] --authbridge BIN --sandbox BIN [--emailproxy BIN|none[:why]]
+  [--work DIR] [--results FILE] [--command TEXT] [--block NAME]
+  [--phases login,relay-mode,transfer,idle,burst,replicas,storm]
+  [--systems direct,relay,authbridge,email-oauth2-proxy]
   [--sessions N] [--ep-sessions N] [--rounds N] [--fetch-mb N] [--data-mb N] [--transfer-rounds N]
   [--idle N,N,..] [--idle-budget SECS] [--burst N] [--burst-rounds N] [--ep-burst-rounds N]
   [--burst-timeout SECS] [--storm N] [--storm-sources N] [--storm-glpi-at SECS] [--storm-settle SECS]
+  [--submissions N] [--submit-bytes N] [--replicas N] [--replica-sessions N] [--redis-server BIN]
+  [--upstream-rtt-ms MS] [--attach 'CMD {pid} {phase}'] [--authbridge-env K=V]...
+       authbridge-bench targets --results FILE --command TEXT FIGURES.json...
+                                      (the targets block, from the figures of earlier runs)
        authbridge-bench relay [--delay-ms D] LISTEN=UPSTREAM...   (started by the former)
 Normally started by bench/run.sh.";
 
@@ -216,8 +263,10 @@ fn relay_main() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("relay") {
-        return relay_main();
+    match std::env::args().nth(1).as_deref() {
+        Some("relay") => return relay_main(),
+        Some("targets") => return targets::main(std::env::args().skip(2).collect()),
+        _ => {}
     }
     let opts = match Opts::parse() {
         Ok(o) => o,

@@ -30,6 +30,8 @@ pub const OPEN_CONCURRENCY_EMAILPROXY: usize = 4;
 pub struct Relay {
     pub proc: procs::Proc,
     pub target: Target,
+    /// Its listener in front of the sandbox's inbound connector.
+    pub connector: SocketAddr,
 }
 
 pub struct Ctx {
@@ -42,6 +44,10 @@ pub struct Ctx {
     pub ab: Proxy,
     pub ep: Option<Proxy>,
     pub mailbox: String,
+    /// The argon2id hash of the local login's password (for further authbridge configs).
+    pub hash: String,
+    /// A profiler attached to authbridge while a phase measures (`--attach`).
+    pub attach: Option<procs::Proc>,
     pub res: Results,
 }
 
@@ -109,7 +115,7 @@ impl Ctx {
 }
 
 /// Rotate the system order by round.
-fn order(systems: &[System], round: usize) -> Vec<System> {
+pub fn order<T: Clone>(systems: &[T], round: usize) -> Vec<T> {
     let mut v = systems.to_vec();
     if !v.is_empty() {
         let k = round % v.len();
@@ -118,7 +124,7 @@ fn order(systems: &[System], round: usize) -> Vec<System> {
     v
 }
 
-fn log(msg: impl AsRef<str>) {
+pub fn log(msg: impl AsRef<str>) {
     eprintln!("[bench] {}", msg.as_ref());
 }
 
@@ -148,13 +154,21 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
         wan = Some(p);
     }
     let hash = systems::hash_password(&opts.authbridge)?;
+    // The relay-mode listener goes to the inbound connector on loopback (not in the WAN run,
+    // which measures logins only).
+    let connector = sb.addr("connector")?;
     let mut ab = Proxy::authbridge(
         &opts.authbridge,
         &opts.work.join("authbridge"),
         &sb,
         &hash,
         (up_smtp, up_imap),
+        &systems::AuthbridgeOptions {
+            connector: wan.is_none().then_some(connector),
+            ..Default::default()
+        },
     )?;
+    ab.env.extend(opts.authbridge_env.iter().cloned());
     ab.start(true).await?;
     let mut ep = match &opts.emailproxy {
         Some(bin) => {
@@ -184,12 +198,17 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
     };
     // A byte relay in front of the sandbox: the least any proxy costs (not with WAN emulation).
     let relay = if wan.is_none() {
-        let (proc, smtp, imap) = spawn_relay(&opts, "relay", up_smtp, up_imap, 0).await?;
+        let (proc, listen) =
+            spawn_relay_to(&opts, "relay", &[up_smtp, up_imap, connector], 0).await?;
         let mut target = direct.clone();
         target.system = System::Relay;
-        target.smtp = smtp;
-        target.imap = imap;
-        Some(Relay { proc, target })
+        target.smtp = listen[0];
+        target.imap = listen[1];
+        Some(Relay {
+            proc,
+            target,
+            connector: listen[2],
+        })
     } else {
         None
     };
@@ -203,6 +222,8 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
         ab,
         ep: None,
         mailbox,
+        hash,
+        attach: None,
     };
     ctx.ep = ep.take();
     ctx.load("start");
@@ -214,6 +235,8 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
             "transfer" => transfers(&mut ctx).await,
             "idle" => idle(&mut ctx).await,
             "burst" => bursts(&mut ctx).await,
+            "relay-mode" => crate::relay_mode::relay_mode(&mut ctx).await,
+            "replicas" => crate::replicas::replicas(&mut ctx).await,
             "storm" => crate::storm::storm(&mut ctx).await,
             other => Err(err(format!("unknown phase {other:?}"))),
         };
@@ -231,6 +254,11 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
     }
     let text = report::render(&ctx);
     report::write(&ctx.opts.results, &ctx.opts.block, &text)?;
+    let figures = report::figures(&ctx);
+    std::fs::write(
+        ctx.opts.work.join("figures.json"),
+        serde_json::to_string_pretty(&figures).map_err(|e| err(e.to_string()))?,
+    )?;
     if ctx.opts.results != std::path::Path::new("/dev/null") {
         log(format!("report written to {}", ctx.opts.results.display()));
     }
@@ -253,20 +281,57 @@ async fn spawn_relay(
     imap: SocketAddr,
     delay_ms: u64,
 ) -> io::Result<(procs::Proc, SocketAddr, SocketAddr)> {
-    let free = || -> io::Result<SocketAddr> {
-        Ok(SocketAddr::from(([127, 0, 0, 1], procs::free_port()?)))
-    };
-    let (l_smtp, l_imap) = (free()?, free()?);
+    let (proc, l) = spawn_relay_to(opts, name, &[smtp, imap], delay_ms).await?;
+    Ok((proc, l[0], l[1]))
+}
+
+/// Start `authbridge-bench relay` in front of each of `upstreams`; returns it and the address
+/// it listens on for each, in order.
+async fn spawn_relay_to(
+    opts: &Opts,
+    name: &str,
+    upstreams: &[SocketAddr],
+    delay_ms: u64,
+) -> io::Result<(procs::Proc, Vec<SocketAddr>)> {
+    let mut listen = Vec::with_capacity(upstreams.len());
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("relay")
-        .args(["--delay-ms", &delay_ms.to_string()])
-        .arg(format!("{l_smtp}={smtp}"))
-        .arg(format!("{l_imap}={imap}"));
+    cmd.arg("relay").args(["--delay-ms", &delay_ms.to_string()]);
+    for up in upstreams {
+        let l = SocketAddr::from(([127, 0, 0, 1], procs::free_port()?));
+        cmd.arg(format!("{l}={up}"));
+        listen.push(l);
+    }
     std::fs::create_dir_all(opts.work.join(name))?;
     let mut proc = procs::Proc::spawn(name, cmd, &opts.work.join(name).join("relay.log"))?;
-    procs::wait_port(l_smtp, &mut proc, Duration::from_secs(10)).await?;
-    procs::wait_port(l_imap, &mut proc, Duration::from_secs(10)).await?;
-    Ok((proc, l_smtp, l_imap))
+    for l in &listen {
+        procs::wait_port(*l, &mut proc, Duration::from_secs(10)).await?;
+    }
+    Ok((proc, listen))
+}
+
+/// `--attach CMD`: start the profiler command with `{pid}` replaced by authbridge's pid, once
+/// the warm-up is over.
+pub fn attach_start(ctx: &mut Ctx, phase: &str) -> io::Result<()> {
+    let Some(cmd) = ctx.opts.attach.clone() else {
+        return Ok(());
+    };
+    let pid = ctx.ab.proc().pid().to_string();
+    let line = cmd.replace("{pid}", &pid).replace("{phase}", phase);
+    log(format!("attaching: {line}"));
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", &format!("exec {line}")]);
+    let logf = ctx.opts.work.join(format!("attach-{phase}.log"));
+    ctx.attach = Some(procs::Proc::spawn("attach", c, &logf)?);
+    // perf needs a moment to set up its buffers before the measured work starts.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
+/// Stop the profiler (SIGINT, as after Ctrl-C: `perf record` then writes its file).
+pub fn attach_stop(ctx: &mut Ctx) {
+    if let Some(mut p) = ctx.attach.take() {
+        p.interrupt(Duration::from_secs(120));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,6 +359,7 @@ async fn logins(ctx: &mut Ctx) -> io::Result<()> {
         }
         let mut series: BTreeMap<System, LoginSeries> = BTreeMap::new();
         let rounds = ctx.opts.rounds;
+        attach_start(ctx, &format!("login-{}", proto.short()))?;
         for r in 0..rounds {
             for s in order(&systems, r) {
                 let total = if s == System::EmailProxy {
@@ -327,6 +393,7 @@ async fn logins(ctx: &mut Ctx) -> io::Result<()> {
                 e.samples_ms.extend(round);
             }
         }
+        attach_stop(ctx);
         ctx.res.logins.push((proto, series));
     }
     Ok(())
@@ -446,6 +513,9 @@ async fn transfers(ctx: &mut Ctx) -> io::Result<()> {
     // One unmeasured round first (allocator and page-cache warm-up everywhere).
     let warm = usize::from(!ctx.opts.smoke);
     for r in 0..ctx.opts.transfer_rounds + warm {
+        if r == warm {
+            attach_start(ctx, "transfer")?;
+        }
         for s in order(&systems, r) {
             for kind in [Transfer::Fetch, Transfer::Data] {
                 let run = one_transfer(ctx, s, kind, &body)
@@ -470,6 +540,7 @@ async fn transfers(ctx: &mut Ctx) -> io::Result<()> {
             }
         }
     }
+    attach_stop(ctx);
     ctx.res.transfers = runs;
     Ok(())
 }

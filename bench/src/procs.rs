@@ -72,6 +72,27 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGINT (what Ctrl-C sends: a profiler then writes its data), wait up to `grace` for the
+    /// process to exit, then SIGKILL.
+    pub fn interrupt(&mut self, grace: Duration) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let end = Instant::now() + grace;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -166,6 +187,10 @@ impl Sandbox {
             "40000",
             "--idle-timeout",
             "7200",
+            // The inbound connector takes mail from loopback (its "static IP" allow-list), so the
+            // direct client, the byte relay and authbridge's relay listener all reach it alike.
+            "--connector-allow-ip",
+            "127.0.0.1",
         ]);
         let mut proc = Proc::spawn("sandbox", cmd, &dir.join("sandbox.log"))?;
         let json = dir.join("sandbox.json");
@@ -213,6 +238,17 @@ impl Sandbox {
 
     /// One HTTPS request; returns (status, body).
     async fn https(&self, method: &str, path: &str, body: &str) -> io::Result<(u16, Vec<u8>)> {
+        let (status, _, body) = self.https_head(method, path, body).await?;
+        Ok((status, body))
+    }
+
+    /// One HTTPS request; returns (status, response head, body).
+    async fn https_head(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> io::Result<(u16, String, Vec<u8>)> {
         let addr = self.token_addr()?;
         let tcp = TcpStream::connect(addr).await?;
         let mut s = self
@@ -246,7 +282,7 @@ impl Sandbox {
         {
             body = dechunk(&body)?;
         }
-        Ok((status, body))
+        Ok((status, head, body))
     }
 
     /// A client-credentials token for the seeded client (what a direct client would fetch).
@@ -270,6 +306,81 @@ impl Sandbox {
         }
     }
 
+    /// A fresh delegated refresh token of the seeded mailbox for the seeded client, the way
+    /// `authbridge login` gets one: the authorization endpoint (the sandbox signs the mailbox in
+    /// and consents at once) redirects with a code, which the token endpoint exchanges. Each call
+    /// starts a new refresh-token family, so two stores never rotate the same token.
+    pub async fn delegated_refresh_token(&self) -> io::Result<String> {
+        const REDIRECT: &str = "http://localhost:8925/callback";
+        let path_of = |url: String| {
+            url.splitn(4, '/')
+                .nth(3)
+                .map(|p| format!("/{p}"))
+                .ok_or_else(|| err(format!("bad URL {url}")))
+        };
+        let query = format!(
+            "client_id={}&response_type=code&redirect_uri={}&scope={}&state=bench",
+            self.s("client_id"),
+            url_encode(REDIRECT),
+            url_encode(&self.s("delegated_scope"))
+        );
+        let authorize = path_of(self.s("authorize_url"))?;
+        let (status, head, _) = self
+            .https_head("GET", &format!("{authorize}?{query}"), "")
+            .await?;
+        let location = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("location")
+                    .then(|| v.trim().to_string())
+            })
+            .ok_or_else(|| err(format!("authorize: no redirect (HTTP {status})")))?;
+        let code = location
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("code="))
+            .ok_or_else(|| err(format!("authorize: no code in {location}")))?
+            .to_string();
+        let form = format!(
+            "grant_type=authorization_code&client_id={}&client_secret={}&code={}&redirect_uri={}&scope={}",
+            self.s("client_id"),
+            url_encode(&self.s("client_secret")),
+            url_encode(&url_decode(&code)),
+            url_encode(REDIRECT),
+            url_encode(&self.s("delegated_scope"))
+        );
+        let (status, body) = self
+            .https("POST", &path_of(self.s("token_url"))?, &form)
+            .await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| err(e.to_string()))?;
+        match v["refresh_token"].as_str() {
+            Some(t) if status == 200 => Ok(t.to_string()),
+            _ => Err(err(format!("code redemption failed: {status} {v}"))),
+        }
+    }
+
+    /// The sandbox's counters (`GET /_sandbox/counters`).
+    pub async fn counters(&self) -> io::Result<Value> {
+        let (status, body) = self.https("GET", "/_sandbox/counters", "").await?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| err(e.to_string()))?;
+        if status != 200 {
+            return Err(err(format!("bad counters reply {status} {v}")));
+        }
+        Ok(v)
+    }
+
+    /// Token requests of one grant type seen so far (`refresh_token`, `client_credentials`, …).
+    pub async fn token_requests_of(&self, grant: &str) -> io::Result<u64> {
+        let v = self.counters().await?;
+        v["token_requests"][grant]
+            .as_u64()
+            .ok_or_else(|| err(format!("no token_requests.{grant} in the counters: {v}")))
+    }
+
     /// Token requests seen so far (all grant types).
     pub async fn token_requests(&self) -> io::Result<u64> {
         let (status, body) = self.https("GET", "/_sandbox/counters", "").await?;
@@ -279,6 +390,45 @@ impl Sandbox {
             .filter(|_| status == 200)
             .ok_or_else(|| err(format!("bad counters reply {status} {v}")))
     }
+}
+
+/// Percent-encoding for a form or query value (everything but unreserved characters).
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Undo [`url_encode`] (and `+` for space) in a query value.
+pub fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn dechunk(mut b: &[u8]) -> io::Result<Vec<u8>> {
@@ -338,6 +488,14 @@ mod tests {
             dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
             b"abcde"
         );
+    }
+
+    #[test]
+    fn url_coding() {
+        assert_eq!(url_encode("a b/c:d"), "a%20b%2Fc%3Ad");
+        assert_eq!(url_decode("a%20b%2Fc%3Ad+e"), "a b/c:d e");
+        assert_eq!(url_decode("100%"), "100%");
+        assert_eq!(url_decode(&url_encode("1.AXEA-x~y")), "1.AXEA-x~y");
     }
 
     #[test]

@@ -12,6 +12,21 @@ use crate::procs::{Proc, Sandbox, free_port, wait_port};
 
 pub const LOCAL_USER: &str = "bench";
 pub const LOCAL_PASS: &str = "bench-password";
+/// The account's name in authbridge's config.
+pub const ACCOUNT: &str = "tickets";
+
+/// What an authbridge config holds besides the SMTP and IMAP listeners of an app-only account.
+#[derive(Clone, Debug, Default)]
+pub struct AuthbridgeOptions {
+    /// A delegated (authorization-code) account, whose refresh token goes into the store.
+    pub delegated: bool,
+    /// `token_store:` as YAML (flow style); `None`: the default file store.
+    pub token_store: Option<String>,
+    /// `key_file:` (replicas sharing a Redis store share one key).
+    pub key_file: Option<PathBuf>,
+    /// A `mode: relay` SMTP listener towards this inbound connector.
+    pub connector: Option<SocketAddr>,
+}
 
 /// argon2id hash of [`LOCAL_PASS`] from `authbridge hash-password`.
 pub fn hash_password(authbridge: &Path) -> io::Result<String> {
@@ -45,10 +60,12 @@ pub struct Proxy {
     log: PathBuf,
     pub smtp: SocketAddr,
     pub imap: SocketAddr,
+    /// authbridge's `mode: relay` SMTP listener, if configured.
+    pub relay: Option<SocketAddr>,
     pub proc: Option<Proc>,
     /// email-oauth2-proxy: the config text without cached tokens.
     fresh_config: String,
-    env: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Proxy {
@@ -59,16 +76,49 @@ impl Proxy {
         sb: &Sandbox,
         hash: &str,
         upstream: (SocketAddr, SocketAddr),
+        opts: &AuthbridgeOptions,
     ) -> io::Result<Proxy> {
         fs::create_dir_all(dir)?;
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().unwrap();
         let imap: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().unwrap();
         let ca = sb.dir.join("ca.pem");
         let (up_smtp, up_imap) = upstream;
+        // An app-only account (client credentials) unless a delegated one is asked for, whose
+        // refresh token is imported into the token store before the first start.
+        let (flow, store) = if opts.delegated {
+            ("authorization_code", opts.token_store.clone())
+        } else {
+            ("client_credentials", None)
+        };
+        let mut head = String::new();
+        if let Some(key) = &opts.key_file {
+            head.push_str(&format!("key_file: {}\n", key.display()));
+        }
+        if let Some(store) = store {
+            head.push_str(&format!("token_store: {store}\n"));
+        }
+        let mut relay = None;
+        let mut relay_yaml = String::new();
+        if let Some(connector) = opts.connector {
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse().unwrap();
+            relay_yaml = format!(
+                r#"  - name: relay
+    protocol: smtp
+    mode: relay
+    listen: {listen}
+    tls: none
+    upstream: {{ host: {host}, port: {port}, tls: starttls, server_name: localhost, ca_file: {ca} }}
+"#,
+                host = connector.ip(),
+                port = connector.port(),
+                ca = ca.display(),
+            );
+            relay = Some(listen);
+        }
         let text = format!(
             r#"# Written by bench/ (authbridge-bench); regenerated on every run.
 state_dir: ./state
-log: {{ level: info, format: text }}
+{head}log: {{ level: info, format: text }}
 hostname: localhost
 providers:
   sandbox:
@@ -76,11 +126,11 @@ providers:
     tenant: {tenant}
     client_id: {client_id}
     client_secret: {client_secret}
-    flow: client_credentials
+    flow: {flow}
     token_url: {token_url}
     ca_file: {ca}
 accounts:
-  - name: tickets
+  - name: {ACCOUNT}
     provider: sandbox
     mailbox: {mailbox}
     logins:
@@ -96,7 +146,7 @@ listeners:
     listen: {imap}
     tls: none
     upstream: {{ host: {imap_host}, port: {imap_port}, tls: implicit, server_name: localhost, ca_file: {ca} }}
-"#,
+{relay_yaml}"#,
             tenant = sb.s("tenant"),
             client_id = sb.s("client_id"),
             client_secret = sb.s("client_secret"),
@@ -117,10 +167,37 @@ listeners:
             log: dir.join("authbridge.log"),
             smtp,
             imap,
+            relay,
             proc: None,
             fresh_config: text,
             env: Vec::new(),
         })
+    }
+
+    /// `authbridge import-token ACCOUNT` with this proxy's config: `refresh_token` on stdin.
+    pub fn import_token(&self, refresh_token: &str) -> io::Result<()> {
+        let mut child = Command::new(&self.bin)
+            .args(["import-token", ACCOUNT, "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| err("no stdin"))?
+            .write_all(refresh_token.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "authbridge import-token failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
     }
 
     pub fn emailproxy(
@@ -162,6 +239,7 @@ listeners:
             log: dir.join("emailproxy.log"),
             smtp,
             imap,
+            relay: None,
             proc: None,
             fresh_config: text,
             // Python's ssl (urllib for the token, the upstream IMAP/SMTP TLS) trusts this CA.
