@@ -284,6 +284,7 @@ mod tests {
             allowed_cert_names: vec!["contoso.com".into()],
             starttls: true,
             reject_direct_send: false,
+            auth: None,
         };
         assert_eq!(refusal(&s, "glpi@contoso.com"), TENANT_ATTRIBUTION);
         s.reject_direct_send = true;
