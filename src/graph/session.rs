@@ -9,11 +9,8 @@
 //! refreshed token and one retry. One log line per message, with Graph's request id, never the
 //! token or the message.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
 use super::connector::{GraphConnector, Outgoing, SendReply};
@@ -21,9 +18,8 @@ use super::{client, reply};
 use crate::config::{Graph, Relay};
 use crate::limits::Limits;
 use crate::protocol::smtp::relay::{RelayEnd, RelayMachine, RelayOut, RelayStep};
+use crate::session::relay::{read_client, send};
 use crate::token::TokenManager;
-
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Who sends and where.
 pub struct Sender<'a> {
@@ -76,16 +72,13 @@ where
         match step {
             RelayStep::Continue | RelayStep::End(_) => {}
             RelayStep::NeedClient => {
-                input.reserve(READ_CHUNK);
-                match timeout(idle, client.read_buf(&mut input)).await {
-                    Err(_) => {
-                        let end = machine.client_idle(&mut out);
-                        let _ = send(&mut client, &out.to_client, client_write).await;
-                        return end;
-                    }
-                    Ok(Ok(0)) => return RelayEnd::ClientClosed,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return RelayEnd::Error(e.to_string()),
+                let read = read_client(&mut client, &mut input, idle);
+                if let Some(end) = read
+                    .await
+                    .ended(&mut machine, &mut client, &mut out, client_write)
+                    .await
+                {
+                    return end;
                 }
             }
             RelayStep::NeedConnector => {
@@ -203,25 +196,5 @@ async fn post(s: &Sender<'_>, message: &Outgoing) -> SendReply {
             );
         }
         return r;
-    }
-}
-
-/// Write and flush within `limit`.
-async fn send<S: AsyncWrite + Unpin>(
-    s: &mut S,
-    bytes: &[u8],
-    limit: Duration,
-) -> Result<(), String> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    let write = async {
-        s.write_all(bytes).await?;
-        s.flush().await
-    };
-    match timeout(limit, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("a write did not complete within {limit:?}")),
     }
 }

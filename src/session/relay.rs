@@ -76,16 +76,13 @@ where
         match step {
             RelayStep::Continue | RelayStep::End(_) => {}
             RelayStep::NeedClient => {
-                client_input.reserve(READ_CHUNK);
-                match timeout(idle, client.read_buf(&mut client_input)).await {
-                    Err(_) => {
-                        let end = machine.client_idle(&mut out);
-                        let _ = send(&mut client, &out.to_client, client_write).await;
-                        return end;
-                    }
-                    Ok(Ok(0)) => return RelayEnd::ClientClosed,
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return RelayEnd::Error(e.to_string()),
+                let read = read_client(&mut client, &mut client_input, idle);
+                if let Some(end) = read
+                    .await
+                    .ended(&mut machine, &mut client, &mut out, client_write)
+                    .await
+                {
+                    return end;
                 }
             }
             RelayStep::NeedConnector => {
@@ -142,8 +139,55 @@ fn log_known_refusals(to_client: &[u8]) {
     }
 }
 
+/// What one wait for the client's next bytes came to.
+pub(crate) enum ClientRead {
+    /// Bytes were added to the input.
+    Data,
+    /// Nothing within the idle limit.
+    Idle,
+    Closed,
+    Failed(String),
+}
+
+/// Read more of the client's input, waiting at most `idle`.
+pub(crate) async fn read_client<C: AsyncRead + Unpin>(
+    client: &mut C,
+    input: &mut BytesMut,
+    idle: Duration,
+) -> ClientRead {
+    input.reserve(READ_CHUNK);
+    match timeout(idle, client.read_buf(input)).await {
+        Err(_) => ClientRead::Idle,
+        Ok(Ok(0)) => ClientRead::Closed,
+        Ok(Ok(_)) => ClientRead::Data,
+        Ok(Err(e)) => ClientRead::Failed(e.to_string()),
+    }
+}
+
+impl ClientRead {
+    /// The session's end, if this read ended it (an idle client is told why first).
+    pub(crate) async fn ended<C: AsyncWrite + Unpin>(
+        self,
+        machine: &mut RelayMachine,
+        client: &mut C,
+        out: &mut RelayOut,
+        client_write: Duration,
+    ) -> Option<RelayEnd> {
+        match self {
+            ClientRead::Data => None,
+            ClientRead::Idle => {
+                let end = machine.client_idle(out);
+                let _ = send(client, &out.to_client, client_write).await;
+                Some(end)
+            }
+            ClientRead::Closed => Some(RelayEnd::ClientClosed),
+            ClientRead::Failed(e) => Some(RelayEnd::Error(e)),
+        }
+    }
+}
+
 /// Write and flush within `limit`: a peer that stops reading cannot hold the session.
-async fn send<S: AsyncWrite + Unpin>(
+pub(crate) async fn send<S: AsyncWrite + Unpin>(
     s: &mut S,
     bytes: &[u8],
     limit: Duration,
