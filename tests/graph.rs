@@ -415,6 +415,13 @@ async fn graph_is_refused_on_imap_pop3_and_relay_listeners() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("upstream.host"), "{e}");
+    // A provider password belongs to relay listeners; Graph sends with tokens only.
+    let yaml = "listeners:\n  - name: l\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: { type: graph, auth: { username: u, password: p } }\n";
+    std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
+    let e = authbridge::config::Config::load(&dir.path().join("c.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("upstream.auth"), "{e}");
 }
 
 /// At trace level, nothing of a Graph session — the local password, the access token, the

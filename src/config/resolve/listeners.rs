@@ -288,7 +288,6 @@ impl Resolver<'_> {
             ("port", u.port.is_some()),
             ("tls", u.tls.is_some()),
             ("server_name", u.server_name.is_some()),
-            ("auth", u.auth.is_some()),
         ] {
             if set {
                 return Err(self.err(
