@@ -259,6 +259,9 @@ pub mod shared_store {
     pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
     /// Idle connections kept for reuse per process.
     pub const POOL_MAX: usize = 4;
+    /// A process that ends waits at most this long for its dropped leases to be released (one
+    /// command, retried once on a new connection).
+    pub const RELEASE_AT_EXIT: Duration = Duration::from_secs(5);
     /// Default lifetime of the refresh lease (`token_store.lease`): the holder renews it every
     /// third of it while its refresh runs; a holder that dies loses it after this long.
     pub const LEASE_DEFAULT: Duration = Duration::from_secs(10);

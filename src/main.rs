@@ -17,6 +17,15 @@ fn main() -> ExitCode {
         }
     };
     let outcome = cli::dispatch(args.command);
+    // A refresh lease left behind would make every replica wait for its expiry.
+    let held =
+        authbridge::token::finish_lease_releases(authbridge::limits::shared_store::RELEASE_AT_EXIT);
+    if held > 0 {
+        eprintln!(
+            "authbridge: {held} refresh lease(s) in Redis could not be released; they expire by \
+             themselves (token_store.lease_ms)"
+        );
+    }
     if let Err(failure) = &outcome {
         eprintln!("authbridge: {}", failure.message());
     }

@@ -377,6 +377,9 @@ async fn migrate_store_copies_file_tokens_and_is_idempotent() {
     let file = file_store.path("tickets").unwrap();
     let file_before = std::fs::read(&file).unwrap();
 
+    let redis_url = redis.url();
+    // Runs a command, which must not leave a refresh lease behind when it exits: one left to
+    // expire holds up every replica's next refresh (their logins time out meanwhile).
     let run = |args: &[&str], stdin: &str| {
         use std::io::Write;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_authbridge"))
@@ -395,6 +398,15 @@ async fn migrate_store_copies_file_tokens_and_is_idempotent() {
             .write_all(stdin.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
+        if let Ok(client) = redis::Client::open(redis_url.as_str())
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let lease: Option<String> = redis::cmd("GET")
+                .arg("authbridge/lease/tickets")
+                .query(&mut conn)
+                .unwrap();
+            assert_eq!(lease, None, "{args:?} left its refresh lease behind");
+        }
         (
             out.status.code(),
             format!(

@@ -82,6 +82,6 @@ pub use settings::TokenSettings;
 pub use state_file::{PersistedStatus, StatusFiles};
 pub use store::{
     CLOCK_SKEW_VAR, FileStore, MasterKey, RedisSettings, RedisStore, SharedAccess, StoreBackend,
-    StoreConfig, StoreError, StoreLock, StoredToken, TokenStore, record,
+    StoreConfig, StoreError, StoreLock, StoredToken, TokenStore, finish_lease_releases, record,
 };
 pub use unix_time::{Civil, MAX_UNIX_SECS, civil, from_unix_secs, unix_secs};

@@ -46,7 +46,9 @@ pub use backend::{StoreBackend, StoreLock, StoredToken};
 pub use crypto::MasterKey;
 pub use error::StoreError;
 pub use file::FileStore;
-pub use redis_backend::{CLOCK_SKEW_VAR, RedisSettings, RedisStore, SharedAccess};
+pub use redis_backend::{
+    CLOCK_SKEW_VAR, RedisSettings, RedisStore, SharedAccess, finish_lease_releases,
+};
 
 /// `token_store:` in the config: which backend holds the refresh tokens.
 #[derive(Clone, Debug, Default)]

@@ -9,7 +9,10 @@
 //! - `<prefix>lease/<account>`: the refresh lease (`SET NX PX`), its value the holder's id. The
 //!   holder renews it every third of its lifetime from a helper thread while its refresh runs,
 //!   and releases it (delete-if-mine) when the guard drops; a holder that dies loses it when it
-//!   expires, by the server's clock. Fencing is by version: the lease only avoids duplicate token
+//!   expires, by the server's clock. A process that ends (a CLI command such as `import-token`
+//!   or `migrate-store`, or `run` on shutdown) first waits, bounded, for the releases its
+//!   dropped guards started ([`finish_lease_releases`]): otherwise the lease would outlive it
+//!   and make every replica's next refresh wait for its expiry. Fencing is by version: the lease only avoids duplicate token
 //!   requests, the compare-and-set on `v` keeps the stored token right whoever holds it.
 //!
 //! Connections: the synchronous client (the store's contract is blocking, see `backend.rs`), a
@@ -25,7 +28,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use ::redis::{Client, Connection, ErrorKind as RedisErrorKind, RedisError, Value};
@@ -593,6 +596,32 @@ impl RedisStore {
     }
 }
 
+/// Lease threads of this process that have not released their lease yet.
+static LEASE_THREADS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+fn lease_threads() -> MutexGuard<'static, usize> {
+    LEASE_THREADS.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits, at most `bound`, until every lease this process took is released (its guard dropped
+/// and the release sent). Called before the process exits; returns how many are still held.
+pub fn finish_lease_releases(bound: Duration) -> usize {
+    let deadline = Instant::now() + bound;
+    let mut live = lease_threads();
+    while *live > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        live = LEASE_THREADS
+            .1
+            .wait_timeout(live, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    *live
+}
+
 /// A held lease: a helper thread renews it every third of its lifetime and releases it when the
 /// guard drops (so dropping it never blocks an async task).
 struct Lease {
@@ -604,6 +633,7 @@ impl Lease {
         let (stop, stopped) = mpsc::channel::<()>();
         let every = store.inner.lease / 3;
         let ms = u64::try_from(store.inner.lease.as_millis()).unwrap_or(u64::MAX);
+        *lease_threads() += 1;
         let spawned = std::thread::Builder::new()
             .name("authbridge-lease".into())
             .spawn(move || {
@@ -615,12 +645,20 @@ impl Lease {
                 if let Err(e) = store.lease_script(&key, &value, None) {
                     tracing::debug!("cannot release the refresh lease {key} (it expires): {e}");
                 }
+                lease_thread_ended();
             });
         if let Err(e) = spawned {
+            lease_thread_ended();
             tracing::warn!("cannot start the lease thread (the lease expires by itself): {e}");
         }
         Lease { stop }
     }
+}
+
+fn lease_thread_ended() {
+    let mut live = lease_threads();
+    *live = live.saturating_sub(1);
+    LEASE_THREADS.1.notify_all();
 }
 
 impl Drop for Lease {
