@@ -5,18 +5,25 @@
 #
 # Installs what it needs from Debian (apt-get, as root), builds authbridge and the sandbox, then
 # starts everything on 127.0.0.1 under one temporary directory:
-#   - the sandbox's token service (fake Entra ID: refresh tokens, access tokens, RFC 7662
-#     introspection);
+#   - the sandbox (fake Entra ID: refresh tokens, access tokens, RFC 7662 introspection; its
+#     fake Graph sendMail, which delivers into its own mailboxes, and its IMAP to read them);
 #   - Dovecot (IMAP with STARTTLS and on implicit TLS, POP3 with STLS and on implicit TLS, LMTP)
-#     taking XOAUTH2/OAUTHBEARER only, each token checked by introspection at the sandbox;
-#   - Postfix: submission (STARTTLS required, SASL through Dovecot, so XOAUTH2 only) delivering
-#     into Dovecot's mailboxes over LMTP, and a port-25 style listener (STARTTLS, no AUTH);
+#     taking XOAUTH2/OAUTHBEARER, each token checked by introspection at the sandbox, and a
+#     password (PLAIN/LOGIN) from one relay user only (a transactional provider's login);
+#   - Postfix: submission (STARTTLS required, SASL through Dovecot: XOAUTH2, or the relay user's
+#     password) delivering into Dovecot's mailboxes over LMTP, and a port-25 style listener
+#     (STARTTLS, no AUTH);
 #   - authbridge in front of them.
 #   - a second Postfix in front of authbridge with deploy/postfix/main.cf (the relay client GLPI
 #     submits to; its own config, queue and log, retry timers shortened), for the outage cases.
 # Then every client (PHPMailer as GLPI 9.5/10, Symfony Mailer as GLPI 11, laminas-mail's bytes,
 # swaks, curl, Python smtplib/imaplib/poplib) sends through authbridge and reads back through
-# authbridge, plus the negative cases. One PASS/FAIL line per case, then "N passed, M failed".
+# authbridge, plus the negative cases. Issue 18: PHPMailer and Symfony Mailer send a full message
+# (Message-ID, UTF-8 line, attachment, Bcc-only recipient) through a Graph listener to the
+# sandbox's Graph, read back over IMAP through authbridge and compared field by field (and Graph
+# refusing: SendAs denied, 429); relay listeners with upstream.auth (PLAIN, LOGIN) log in to
+# Postfix submission as the relay user, the message is read back over IMAP; a wrong relay
+# password gives the client 454 4.7.0 and delivers nothing. One PASS/FAIL line per case, then "N passed, M failed".
 # Everything started is stopped by pid on exit. INTEROP_KEEP=1 keeps the temporary directory.
 set -uo pipefail
 
@@ -275,6 +282,15 @@ reader_case() { # NAME DETAIL FUNCTION ARGS...
 maildir_count() { # MAILBOX
 	find "$T/mail/$1/Maildir/new" "$T/mail/$1/Maildir/cur" -type f 2>/dev/null | wc -l
 }
+maildir_has() { # TEXT: some message in $MBX's Maildir contains it
+	grep -rlF -- "$1" "$T/mail/$MBX/Maildir/new" "$T/mail/$MBX/Maildir/cur" 2>/dev/null | grep -q .
+}
+not() { ! "$@"; }
+wait_maildir() { # TEXT [SECONDS]
+	local i
+	for i in $(seq $((${2:-30} * 10))); do maildir_has "$1" && return 0; sleep 0.1; done
+	return 1
+}
 
 # ================================================================ setup
 install_packages
@@ -304,15 +320,23 @@ GLPI_PASSWORD='gl"pi \interop pass'
 HELPDESK_PASSWORD='helpdesk-pass'
 GLPI_LF_PASSWORD=$'first line\nsecond line'
 FRONT_PASSWORD='postfix relay pass'
+# The transactional provider's login of the relay listeners with upstream.auth (Dovecot knows
+# this one user by password) and the one sender Postfix lets it use.
+RELAY_USER=relay@contoso.com
+RELAY_SENDER=noreply@contoso.com
+RELAY_PASSWORD='provider "relay" pass\word'
+export RELAY_USER RELAY_SENDER
 
 read -r POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
 	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
-	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT AB_POP3S <<<"$(free_ports 20)"
+	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT AB_POP3S \
+	AB_GRAPH AB_IMAP_SANDBOX AB_RELAY_AUTH_PLAIN AB_RELAY_AUTH_LOGIN <<<"$(free_ports 24)"
 export POSTFIX_SUBMISSION POSTFIX_RELAY DOVECOT_IMAP DOVECOT_IMAPS DOVECOT_POP3 DOVECOT_POP3S \
 	AB_SMTP AB_SMTP_TLS AB_IMAP AB_IMAP_UP_ST AB_IMAP_TLS AB_IMAPS AB_POP3 AB_POP3_UP_ST \
-	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT AB_POP3S
+	AB_RELAY AB_RELAY_OPEN FRONT_SMTP AB_ADMIN PROMETHEUS_PORT AB_POP3S \
+	AB_GRAPH AB_IMAP_SANDBOX AB_RELAY_AUTH_PLAIN AB_RELAY_AUTH_LOGIN
 AB_PORTS=($AB_SMTP $AB_SMTP_TLS $AB_IMAP $AB_IMAP_UP_ST $AB_IMAP_TLS $AB_IMAPS $AB_POP3 $AB_POP3_UP_ST
-	$AB_RELAY $AB_RELAY_OPEN $AB_POP3S)
+	$AB_RELAY $AB_RELAY_OPEN $AB_POP3S $AB_GRAPH $AB_IMAP_SANDBOX $AB_RELAY_AUTH_PLAIN $AB_RELAY_AUTH_LOGIN)
 
 step "certificates (a private CA; the server certificate is for localhost and 127.0.0.1)"
 (
@@ -339,7 +363,18 @@ TOKEN_URL=$(json_get "$T/sandbox/sandbox.json" token_url)
 INTROSPECT_URL=$(json_get "$T/sandbox/sandbox.json" introspect_url)
 CONTROL_URL=$(json_get "$T/sandbox/sandbox.json" control_url)
 CLIENT_ID=$(json_get "$T/sandbox/sandbox.json" client_id)
-export SANDBOX_CA TOKEN_URL INTROSPECT_URL
+GRAPH_URL=$(json_get "$T/sandbox/sandbox.json" graph_url)
+SANDBOX_IMAP=$(json_get "$T/sandbox/sandbox.json" imap | sed 's/.*://')
+export SANDBOX_CA TOKEN_URL INTROSPECT_URL GRAPH_URL SANDBOX_IMAP
+
+relay_passwd() { # PASSWORD: Dovecot's passdb for the relay user (replaced atomically; re-read on change)
+	local hash
+	hash=$(printf '%s\n' "$1" | openssl passwd -6 -stdin) || return 1
+	printf '%s:{SHA512-CRYPT}%s\n' "$RELAY_USER" "$hash" >"$T/dovecot/relay.passwd.new" &&
+		chmod 644 "$T/dovecot/relay.passwd.new" && mv "$T/dovecot/relay.passwd.new" "$T/dovecot/relay.passwd"
+}
+relay_passwd "$RELAY_PASSWORD" || die "openssl passwd failed"
+printf '%s' "$RELAY_PASSWORD" >"$T/relay-password" && chmod 600 "$T/relay-password"
 
 step "Dovecot $(dovecot --version | cut -d' ' -f1) (XOAUTH2/OAUTHBEARER only, passdb oauth2 via introspection)"
 render "$HERE/dovecot.conf.in" "$T/dovecot/dovecot.conf" || die "render failed"
@@ -457,6 +492,131 @@ reader_case pop3-python-poplib-upstream-stls "Python poplib: $P_UPST" read_py po
 reader_case pop3-curl "curl pop3://: $P_IMPL" read_curl_pop3 "pop3://127.0.0.1:$AB_POP3"
 reader_case pop3-curl-upstream-stls "curl pop3://: $P_UPST" read_curl_pop3 "pop3://127.0.0.1:$AB_POP3_UP_ST"
 
+# ================================================================ issue 18: Graph, relay upstream.auth
+# A. SMTP AUTH off: PHPMailer (GLPI 9.5/10) and Symfony Mailer (GLPI 11) send through authbridge's
+#    Graph listener; the sandbox's Graph sendMail delivers into the sandbox's mailboxes, read back
+#    over IMAP through authbridge (imap-sandbox listener) and compared: Subject, From, To,
+#    Message-ID, a UTF-8 body line, the attachment byte for byte, and the Bcc-only recipient
+#    (helpdesk, named in RCPT only) has its copy while no copy shows a Bcc header.
+ATTACHMENT="$T/report.bin"
+UTF8_LINE='Grüße aus Köln — ça marche, 東京 ✓'
+"$PY" -c 'import os, sys; open(sys.argv[1], "wb").write(bytes(range(256)) * 4 + os.urandom(3000) + b"\r\n.\r\n\0")' \
+	"$ATTACHMENT" || die "cannot write the attachment"
+G_PATH="authbridge graph (none) -> sandbox Graph sendMail; read back: authbridge imap -> sandbox IMAP"
+graph_counter() { # KEY under graph in the sandbox's counters
+	curl -sS --cacert "$SANDBOX_CA" "$CONTROL_URL/counters" |
+		"$PY" -c 'import json,sys; print(json.load(sys.stdin)["graph"][sys.argv[1]])' "$1"
+}
+rich_send() { # LIB NAME: To tickets, Bcc helpdesk, through the Graph listener
+	"${PHP[@]}" "$HERE/clients/rich.php" "$1" 127.0.0.1 "$AB_GRAPH" glpi "$GLPI_PASSWORD" "$MBX" "$MBX" "$HELPDESK" \
+		"interop $2-$RUN" "body-check $2-$RUN end"$'\n'"$UTF8_LINE"$'\n' "$2-$RUN@glpi.interop.test" "$ATTACHMENT"
+}
+readback() { # MODE USER PASSWORD SUBJECT [...]: readback.py through authbridge's imap-sandbox listener
+	timeout 60 "$PY" "$HERE/clients/readback.py" "$1" 127.0.0.1 "$AB_IMAP_SANDBOX" "${@:2}"
+}
+graph_case() { # LIB NAME
+	local accepted0 accepted1 subject="interop $2-$RUN"
+	accepted0=$(graph_counter accepted)
+	rich_send "$1" "$2" || return 1
+	accepted1=$(graph_counter accepted)
+	say "--- the To recipient ($MBX)"
+	readback match glpi "$GLPI_PASSWORD" "$subject" "$MBX" "$MBX" "$2-$RUN@glpi.interop.test" "$UTF8_LINE" "$ATTACHMENT" ||
+		return 1
+	say "--- the Bcc-only recipient ($HELPDESK)"
+	readback match helpdesk "$HELPDESK_PASSWORD" "$subject" "$MBX" "$MBX" "$2-$RUN@glpi.interop.test" "$UTF8_LINE" "$ATTACHMENT" ||
+		return 1
+	expect "one sendMail accepted by the sandbox's Graph" test $((accepted1 - accepted0)) = 1 &&
+		expect "the client named the Bcc recipient in RCPT" grep -qi "RCPT TO:<$HELPDESK>" "$CASE_LOG" &&
+		expect "and in no Bcc header of what it sent (PHPMailer shows its DATA lines)" \
+			not grep -qi 'CLIENT -> SERVER: Bcc:' "$CASE_LOG"
+}
+run_case graph-phpmailer-glpi10 "PHPMailer, GLPI 9.5/10 SMTP: $G_PATH" graph_case phpmailer graph-phpmailer
+run_case graph-symfony-glpi11 "Symfony Mailer, GLPI 11 DSN: $G_PATH" graph_case symfony graph-symfony
+graph_refused_case() { # LIB NAME FAILURE REPLY-REGEX: Graph switched to FAILURE for one request
+	local accepted0 accepted1 subject="interop $2-$RUN"
+	accepted0=$(graph_counter accepted)
+	sandbox_post graph "{\"failure\":\"$3\",\"times\":1}" && say || return 1
+	rich_send "$1" "$2"
+	say "exit code $?"
+	sandbox_post graph '{}' && say || return 1
+	accepted1=$(graph_counter accepted)
+	readback absent glpi "$GLPI_PASSWORD" "$subject" &&
+		readback absent helpdesk "$HELPDESK_PASSWORD" "$subject" || return 1
+	expect "the client was refused with /$4/" grep -Eq "$4" "$CASE_LOG" &&
+		expect "the client reports the refusal" grep -q '^RESULT refused ' "$CASE_LOG" &&
+		expect "the sandbox's Graph accepted nothing" test "$accepted1" = "$accepted0"
+}
+run_case graph-sendas-denied-phpmailer "Graph 403 ErrorSendAsDenied: PHPMailer gets 550 5.7.60 with the fix, nothing delivered" \
+	graph_refused_case phpmailer graph-sendas send_as_denied '550 5\.7\.60 .*ErrorSendAsDenied.*grant SendAs'
+run_case graph-throttled-symfony "Graph 429 Retry-After: Symfony Mailer gets 451 4.7.0 (GLPI retries), nothing delivered" \
+	graph_refused_case symfony graph-throttled 429:7 '451 4\.7\.0 .*throttling.*retry after 7 seconds'
+
+# B. Relay to a transactional provider: relay listeners with upstream.auth log in to Postfix
+#    submission (STARTTLS) as the relay user, whom Dovecot knows by password; the message is
+#    delivered into Dovecot and read back over IMAP through authbridge.
+relay_auth_case() { # MECHANISM PORT
+	local tag="relay-auth-$1-$RUN" pf0 mech
+	mech=$(tr 'a-z' 'A-Z' <<<"$1")
+	pf0=$(lines "$T/postfix.log")
+	timeout 60 swaks --server "127.0.0.1:$2" --auth "$mech" --auth-user glpi --auth-password "$GLPI_PASSWORD" \
+		--from "$RELAY_SENDER" --to "$MBX" --header "Subject: interop $tag" --body "body-check $tag end" || return 1
+	wait_maildir "Subject: interop $tag" 30
+	new_lines "$T/postfix.log" "$pf0" | grep -E 'sasl_method|status=' | cut -c1-300
+	read_py imap "$AB_IMAP" >"$T/cases/$tag.read" 2>&1
+	grep -F -A3 "Subject: interop $tag" "$T/cases/$tag.read"
+	expect "Postfix logged the relay user's login with $mech" \
+		grep -q "sasl_method=$mech, sasl_username=$RELAY_USER" <(new_lines "$T/postfix.log" "$pf0") &&
+		expect "read back over IMAP through authbridge" grep -qF "body-check $tag end" "$T/cases/$tag.read" &&
+		expect "the relay password is nowhere in authbridge's log" not grep -qF "$RELAY_PASSWORD" "$T/authbridge.log"
+}
+R_AUTH="authbridge relay (upstream.auth) -> Postfix submission (STARTTLS, relay user's password) -> Dovecot; imaplib reads back"
+run_case relay-auth-plain "swaks AUTH PLAIN, upstream.auth mechanism plain: $R_AUTH" relay_auth_case plain "$AB_RELAY_AUTH_PLAIN"
+run_case relay-auth-login "swaks AUTH LOGIN, upstream.auth mechanism login: $R_AUTH" relay_auth_case login "$AB_RELAY_AUTH_LOGIN"
+xoauth2_user_password_case() { # the relay user's password is good, yet no mailbox user logs in with a password
+	local m rc=0
+	for m in PLAIN LOGIN; do
+		timeout 60 swaks --server "127.0.0.1:$POSTFIX_SUBMISSION" --tls --tls-verify --tls-ca-path "$T/certs/ca.pem" \
+			--tls-sni localhost --auth "$m" --auth-user "$MBX" --auth-password "$RELAY_PASSWORD" --quit-after AUTH
+		say "exit code $?"
+	done
+	expect "AUTH PLAIN and AUTH LOGIN for $MBX refused with 535" test "$(grep -Ec '^<~?\*+ +535 ' "$CASE_LOG")" = 2 &&
+		expect "no password login succeeded" not grep -Eq '^<~ +235 ' "$CASE_LOG"
+}
+run_case relay-auth-xoauth2-user-no-password "Postfix submission: a password login for an XOAUTH2 mailbox user is still refused (535)" \
+	xoauth2_user_password_case
+relay_login_rc() { # PASSWORD -> swaks's exit code for the relay user's AUTH PLAIN at Postfix submission (28: refused)
+	timeout 30 swaks --server "127.0.0.1:$POSTFIX_SUBMISSION" --tls --auth PLAIN --auth-user "$RELAY_USER" \
+		--auth-password "$1" --quit-after AUTH >/dev/null 2>&1
+	echo $?
+}
+relay_passwd_now() { # PASSWORD: rotate relay.passwd and wait (bounded) until Postfix/Dovecot take it
+	local i
+	relay_passwd "$1" || return 1
+	# Dovecot looks at a changed passwd-file at most once a second.
+	for i in $(seq 20); do [ "$(relay_login_rc "$1")" = 0 ] && return 0; sleep 0.25; done
+	say "Postfix submission does not take the relay user's new password"
+	return 1
+}
+relay_auth_wrong_case() { # the provider's password changed (relay.passwd), authbridge still has the old one
+	local tag="relay-auth-wrong-$RUN" log0 rc
+	log0=$(lines "$T/authbridge.log")
+	relay_passwd_now "rotated $RELAY_PASSWORD" || { relay_passwd_now "$RELAY_PASSWORD"; return 1; }
+	timeout 60 swaks --server "127.0.0.1:$AB_RELAY_AUTH_PLAIN" --auth PLAIN --auth-user glpi --auth-password "$GLPI_PASSWORD" \
+		--from "$RELAY_SENDER" --to "$MBX" --header "Subject: interop $tag" --body "body-check $tag end"
+	rc=$?
+	say "exit code $rc"
+	relay_passwd_now "$RELAY_PASSWORD" || return 1
+	new_lines "$T/authbridge.log" "$log0" | cut -c1-300
+	expect "swaks was refused at AUTH with 454 4.7.0 naming the relay's own credentials" \
+		grep -Eq '^<~?\*\* +454 4\.7\.0 .*upstream\.auth' "$CASE_LOG" &&
+		expect "swaks failed" test "$rc" != 0 &&
+		expect "nothing delivered" not maildir_has "Subject: interop $tag" &&
+		expect "authbridge's log names upstream.auth" grep -q 'upstream.auth' <(new_lines "$T/authbridge.log" "$log0") &&
+		expect "the relay passwords are nowhere in authbridge's log" not grep -qF "$RELAY_PASSWORD" "$T/authbridge.log"
+}
+run_case relay-auth-wrong-password "relay password rotated at the provider: client gets 454 4.7.0 at AUTH, nothing delivered" \
+	relay_auth_wrong_case
+
 # ================================================================ negative cases
 # 1. An access token the real server refuses (expired at the token service, still cached by
 #    authbridge): Dovecot/Postfix say no, authbridge refreshes once and retries, the client
@@ -559,15 +719,6 @@ run_case relay-sender-not-allowed "relay mode (allow_from): MAIL FROM outside al
 #     control) the hidden message is delivered: the rig reproduces the attack. Through
 #     authbridge the body is refused with 550 5.6.11, the connector connection is dropped so
 #     Postfix delivers neither message, and the session goes on with a clean message.
-maildir_has() { # TEXT: some message in $MBX's Maildir contains it
-	grep -rlF -- "$1" "$T/mail/$MBX/Maildir/new" "$T/mail/$MBX/Maildir/cur" 2>/dev/null | grep -q .
-}
-not() { ! "$@"; }
-wait_maildir() { # TEXT [SECONDS]
-	local i
-	for i in $(seq $((${2:-30} * 10))); do maildir_has "$1" && return 0; sleep 0.1; done
-	return 1
-}
 smuggle_direct_case() { # ENDING
 	local tag="direct-$1-$RUN"
 	timeout 60 "$PY" "$HERE/clients/smuggle.py" body 127.0.0.1 "$POSTFIX_RELAY" "$1" "$MBX" "$MBX" \
