@@ -40,7 +40,9 @@ with JSON keys mailbox, smtp_auth_disabled, imap_disabled, pop_disabled, send_as
 POST /_sandbox/app with client_id, roles (a list), service_principal, mailbox, mailbox_permission;
 POST /_sandbox/permission with mailbox, trustee (a user's mailbox or an app's client id), right
 (FullAccess or SendAs) and granted (default true);
-POST /_sandbox/tokens with opaque, tid (another tenant's id in access tokens, null: the own); the connector's with POST /_sandbox/connector (allowed_ips,
+POST /_sandbox/tokens with opaque, tid (another tenant's id in access tokens, null: the own);
+POST /_sandbox/graph with failure (\"429:SECS\", \"503\", \"send_as_denied\"; absent or null: none) and
+times (the next N sendMail requests; default: until changed); the connector's with POST /_sandbox/connector (allowed_ips,
 allowed_cert_names, starttls, reject_direct_send: 550 5.7.68 TenantInboundAttribution for an
 unattributed sender from an accepted domain).";
 

@@ -101,8 +101,9 @@ def pop3(host, port, user, password, *flags):
 def probe(smtp_port, imap_port, imaps_port, pop3s_port):
     """Check that the upstreams take OAuth2 from the mailbox users, as Exchange Online does.
 
-    PLAIN and LOGIN are offered after TLS (as Exchange offers them) for the one relay user of
-    the suite, a transactional provider's login; a password for a mailbox is always refused.
+    PLAIN and LOGIN are offered after TLS (Exchange Online's IMAP advertises AUTH=PLAIN and its
+    SMTP AUTH LOGIN too) for the one relay user of the suite, a transactional provider's login;
+    a password for a mailbox user is always refused.
     """
     problems = []
     with smtplib.SMTP("127.0.0.1", int(smtp_port), timeout=30) as s:
