@@ -422,7 +422,7 @@ printf '%s\n' "$HELPDESK_RT" | "$AUTHBRIDGE" import-token --config "$T/authbridg
 
 say "cases (client -> authbridge listener -> real server):"
 check_upstreams() { timeout 60 "$PY" "$HERE/clients/pymail.py" probe "$POSTFIX_SUBMISSION" "$DOVECOT_IMAP" "$DOVECOT_IMAPS" "$DOVECOT_POP3S"; }
-run_case upstream-xoauth2-only "Postfix and Dovecot refuse passwords (as Exchange Online)" check_upstreams
+run_case upstream-xoauth2-only "Postfix and Dovecot refuse mailbox users' passwords (as Exchange Online)" check_upstreams
 run_case authbridge-check "authbridge check: tokens + upstream setup/login on all ${#AB_PORTS[@]} listeners" \
 	timeout 120 "$AUTHBRIDGE" check --config "$T/authbridge.yaml"
 
