@@ -323,6 +323,8 @@ where
             mailbox: &mailbox,
             hostname: &shared.hostname,
             limits: &shared.limits,
+            listener: &l.name,
+            metrics: &shared.metrics,
         };
         tokio::select! {
             end = crate::graph::session::run(client, leftover, &sender) => {
