@@ -509,3 +509,75 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `authbridge check --json` for a delegated account whose app has no consent for the Graph
+/// permission: the Graph token request is refused (AADSTS65001) and check fails the Graph
+/// listener naming the permission and the fix (admin consent, its URL, or `authbridge login`).
+/// The shared mailbox's line asks for `Mail.Send.Shared`; with consent both pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_missing_graph_consent_with_the_fix() {
+    let e = env(&Options {
+        helpdesk: true,
+        ..Default::default()
+    })
+    .await;
+    let config = e.dir.path().join("replica0.yaml");
+    let check = |config: PathBuf| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_authbridge"))
+                .args(["check", "--json", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let report: serde_json::Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        report["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["name"] == "graph")
+            .map(|l| (l["account"].as_str().unwrap_or("").to_owned(), l.clone()))
+            .collect::<Vec<_>>()
+    };
+    // Exchange consented, Graph not at all.
+    e.sandbox.set_graph_consent(CLIENT_ID, Some(&[]));
+    let graph = check(config.clone()).await;
+    assert_eq!(graph.len(), 2, "{graph:?}");
+    for (account, report) in &graph {
+        let permission = if account == "helpdesk" {
+            "Mail.Send.Shared"
+        } else {
+            "Mail.Send"
+        };
+        let text = report.to_string();
+        assert_eq!(report["ok"], false, "{text}");
+        assert!(
+            text.contains("consent")
+                && text.contains("AADSTS65001")
+                && text.contains(&format!("Delegated permissions > {permission}"))
+                && text.contains(&format!("adminconsent?client_id={CLIENT_ID}"))
+                && text.contains("authbridge login tickets"),
+            "{text}"
+        );
+    }
+    // Mail.Send consented: the account passes, the shared mailbox still lacks Mail.Send.Shared.
+    e.sandbox.set_graph_consent(CLIENT_ID, Some(&["Mail.Send"]));
+    let graph = check(config.clone()).await;
+    for (account, report) in &graph {
+        assert_eq!(report["ok"], account == "tickets", "{account}: {report}");
+    }
+    e.sandbox
+        .set_graph_consent(CLIENT_ID, Some(&["Mail.Send", "Mail.Send.Shared"]));
+    let graph = check(config.clone()).await;
+    for (account, report) in &graph {
+        assert_eq!(report["ok"], true, "{account}: {report}");
+        if account == "helpdesk" {
+            assert!(report.to_string().contains("Mail.Send.Shared"), "{report}");
+        }
+    }
+    assert_eq!(e.sandbox.graph_counters().requests, 0, "check sends nothing");
+}

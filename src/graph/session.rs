@@ -33,6 +33,9 @@ pub struct Sender<'a> {
     /// The listener's name (metrics label) and the registry.
     pub listener: &'a str,
     pub metrics: &'a Metrics,
+    /// A delegate sends from a shared mailbox (`token_from`): the token needs
+    /// `Mail.Send.Shared` (see [`super::scopes`]).
+    pub on_behalf: bool,
 }
 
 /// Serve the rest of the session. `input` holds client bytes not yet handled.
@@ -111,7 +114,7 @@ async fn post(s: &Sender<'_>, message: &Outgoing) -> SendReply {
     if let Err(why) = super::supported(provider) {
         return reply::for_token(&why);
     }
-    let scopes = super::scopes(provider);
+    let scopes = super::scopes(provider, s.on_behalf);
     let endpoint = super::endpoint(s.graph.endpoint.as_deref(), provider);
     let limit = s.limits.timeouts.relay_reply;
     let mut token = match s.tokens.access_token_for(s.account, &scopes).await {
