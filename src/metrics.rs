@@ -363,7 +363,9 @@ impl Metrics {
             // Delay-seconds (RFC 9110 §10.2.3); an HTTP-date is counted but not shown.
             if let Ok(secs) = value.trim().parse::<u32>() {
                 let secs = i64::from(secs.min(MAX_RETRY_AFTER_SHOWN));
-                self.graph_last_retry_after.get_or_create(&listener).set(secs);
+                self.graph_last_retry_after
+                    .get_or_create(&listener)
+                    .set(secs);
             }
         }
     }

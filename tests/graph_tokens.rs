@@ -215,7 +215,11 @@ async fn graph_tokens_are_refreshed_in_the_background() {
     let r = send(graph, "second").await;
     assert!(r.starts_with("250 "), "{r}");
     let counters = e.sandbox.graph_counters();
-    assert_eq!((counters.accepted, counters.refused), (2, 0), "{counters:?}");
+    assert_eq!(
+        (counters.accepted, counters.refused),
+        (2, 0),
+        "{counters:?}"
+    );
     // The send found a fresh token: it made no token request itself (a background one may run
     // meanwhile, at most one).
     assert!(e.sandbox.token_requests().refresh_token <= before + 1);
@@ -338,7 +342,10 @@ async fn replicas_share_graph_and_exchange_tokens_under_separate_keys() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(keys.iter().any(|k| k == "authbridge/access/tickets"), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k == "authbridge/access/tickets"),
+        "{keys:?}"
+    );
 }
 
 /// A shared mailbox (`helpdesk`, `token_from: tickets`) on a Graph listener posts to
@@ -579,5 +586,9 @@ async fn check_reports_missing_graph_consent_with_the_fix() {
             assert!(report.to_string().contains("Mail.Send.Shared"), "{report}");
         }
     }
-    assert_eq!(e.sandbox.graph_counters().requests, 0, "check sends nothing");
+    assert_eq!(
+        e.sandbox.graph_counters().requests,
+        0,
+        "check sends nothing"
+    );
 }

@@ -1038,7 +1038,10 @@ impl Entra {
         let requested = form.get("scope").map(String::as_str).unwrap_or("");
         let scope = granted_scope(requested, &granted_scope(&rt_scope, DELEGATED_SCOPE));
         let (aud, names) = audience_and_scp(&scope);
-        let consented = self.clients.get(&client_id).and_then(|c| c.graph_consent.as_ref());
+        let consented = self
+            .clients
+            .get(&client_id)
+            .and_then(|c| c.graph_consent.as_ref());
         if aud == GRAPH_AUDIENCE
             && let Some(consented) = consented
             && let Some(missing) = names

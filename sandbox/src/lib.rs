@@ -705,7 +705,9 @@ impl Sandbox {
     /// Graph permission outside the list is refused with `invalid_grant` `AADSTS65001`, as
     /// Entra does when the Graph permission was never consented.
     pub fn set_graph_consent(&self, client_id: &str, permissions: Option<&[&str]>) {
-        self.shared.entra().set_graph_consent(client_id, permissions);
+        self.shared
+            .entra()
+            .set_graph_consent(client_id, permissions);
     }
 
     /// Grant (`Add-MailboxPermission`) or remove the app's right to open `mailbox` with an

@@ -48,11 +48,7 @@ pub fn scopes(provider: &ProviderConfig, on_behalf: bool) -> Vec<String> {
     match provider.flow {
         Flow::ClientCredentials => vec![format!("{r}/.default")],
         Flow::AuthorizationCode | Flow::DeviceCode => {
-            let permission = if on_behalf {
-                SEND_SHARED
-            } else {
-                SEND
-            };
+            let permission = if on_behalf { SEND_SHARED } else { SEND };
             vec![format!("{r}/{permission}"), "offline_access".to_string()]
         }
     }

@@ -201,10 +201,18 @@ mod tests {
             st(judge(&claims(g, &["Mail.Send"], &[]), g, "m", "Mail.Send")),
             Status::Ok
         );
-        assert_eq!(st(judge(&claims(g, &[], &[]), g, "m", "Mail.Send")), Status::Failed);
+        assert_eq!(
+            st(judge(&claims(g, &[], &[]), g, "m", "Mail.Send")),
+            Status::Failed
+        );
         // A delegate sending from a shared mailbox needs Mail.Send.Shared, not Mail.Send.
         assert_eq!(
-            st(judge(&claims(g, &["Mail.Send"], &[]), g, "m", "Mail.Send.Shared")),
+            st(judge(
+                &claims(g, &["Mail.Send"], &[]),
+                g,
+                "m",
+                "Mail.Send.Shared"
+            )),
             Status::Failed
         );
         assert_eq!(

@@ -62,9 +62,7 @@ pub(super) async fn fetch(
     };
     let ctx = ErrorContext::new(provider, &account, "refresh_token");
     let store_err = |e| TokenError::from_store(&e, &ctx);
-    let audience = slot
-        .scoped
-        .then(|| Audience::of_scopes(&provider.scopes));
+    let audience = slot.scoped.then(|| Audience::of_scopes(&provider.scopes));
     let audience = audience.as_ref();
     let _turn = slot.turn.lock().await;
     let rejected = slot.lock().rejected;
@@ -138,14 +136,7 @@ pub(super) async fn fetch(
             let aud = audience.cloned();
             let saved = store
                 .blocking(move |_| {
-                    redis.save_rotation(
-                        &name,
-                        aud.as_ref(),
-                        expected,
-                        &to_store,
-                        &access,
-                        lifetime,
-                    )
+                    redis.save_rotation(&name, aud.as_ref(), expected, &to_store, &access, lifetime)
                 })
                 .await;
             match saved {
@@ -161,7 +152,9 @@ pub(super) async fn fetch(
                         "another replica stored a newer refresh token while this refresh ran; \
                          keeping theirs"
                     );
-                    if let Ok(Some(c)) = adopt(store, &account, audience, rejected, settings, false).await {
+                    if let Ok(Some(c)) =
+                        adopt(store, &account, audience, rejected, settings, false).await
+                    {
                         return outcome(Ok(c), Some(digest), true);
                     }
                 }

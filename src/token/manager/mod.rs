@@ -22,7 +22,8 @@
 //!
 //! Background work ([`TokenManager::spawn_background`]): accounts in use (a client logged in since
 //! start) get their access token refreshed proactively at a jittered point between the soft and the
-//! hard mark, so no login waits on the token endpoint; failed background refreshes are retried with
+//! hard mark, so no login waits on the token endpoint (so do the slots of other scope sets in use,
+//! e.g. the Graph token of a Graph listener; a reload keeps those of unchanged accounts); failed background refreshes are retried with
 //! exponential backoff (honouring `Retry-After`); delegated refresh tokens idle for a week are
 //! refreshed (keep-alive against the 90-day inactivity limit).
 //!
