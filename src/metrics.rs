@@ -87,6 +87,26 @@ pub enum TokenResult {
     pending,
 }
 
+/// How one Microsoft Graph `sendMail` attempt ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum GraphResult {
+    /// 202: Graph took the message.
+    accepted,
+    /// 429: Graph throttles the mailbox or app.
+    throttled,
+    /// 5xx: Graph is unavailable.
+    unavailable,
+    /// 401: Graph refused the access token (one refresh and retry follows the first).
+    unauthorized,
+    /// Any other 4xx (SendAs denied, unknown mailbox, missing Mail.Send, bad message).
+    refused,
+    /// No answer: connect, TLS, timeout, broken answer.
+    network_error,
+    /// No request was made: no Graph access token could be had.
+    no_token,
+}
+
 /// A config reload's outcome.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -126,6 +146,12 @@ struct PipedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GraphLabels {
+    listener: String,
+    result: GraphResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: ReloadResult,
 }
@@ -134,6 +160,9 @@ struct ReloadLabels {
 struct BuildLabels {
     version: &'static str,
 }
+
+/// The largest `Retry-After` the gauge shows (a day); the value comes from the network.
+const MAX_RETRY_AFTER_SHOWN: u32 = 86_400;
 
 /// Bucket bounds (seconds) of the upstream latency histograms: 5 ms to 10 s, the range between a
 /// loopback upstream and a login that runs into its budget.
@@ -158,6 +187,9 @@ pub struct Metrics {
     upstream_connect: Family<ListenerLabels, Histogram>,
     upstream_login: Family<ListenerLabels, Histogram>,
     config_reloads: Family<ReloadLabels, Counter>,
+    graph_requests: Family<GraphLabels, Counter>,
+    graph_retry_after: Family<ListenerLabels, Counter>,
+    graph_last_retry_after: Family<ListenerLabels, Gauge>,
     /// Logins per listener over the last hour (the admin page; not exported).
     recent_logins: crate::recent_logins::RecentLogins,
 }
@@ -239,6 +271,27 @@ impl Metrics {
             "Config reloads by result (invalid: the old config kept serving)",
             config_reloads.clone(),
         );
+        let graph_requests = Family::<GraphLabels, Counter>::default();
+        registry.register(
+            "graph_requests",
+            "Microsoft Graph sendMail attempts by listener and result (no_token: none was made, \
+             no Graph access token could be had)",
+            graph_requests.clone(),
+        );
+        let graph_retry_after = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "graph_retry_after",
+            "Microsoft Graph answers that carried Retry-After (throttling or outage), by listener",
+            graph_retry_after.clone(),
+        );
+        let graph_last_retry_after = Family::<ListenerLabels, Gauge>::default();
+        registry.register_with_unit(
+            "graph_last_retry_after",
+            "The last Retry-After Microsoft Graph sent on the listener, in seconds (capped at a \
+             day; absent until one was seen)",
+            Unit::Seconds,
+            graph_last_retry_after.clone(),
+        );
         // A gauge rather than an OpenMetrics `info`: the classic text parser (promtool) knows
         // no `info` type.
         let build_info = Family::<BuildLabels, Gauge>::default();
@@ -259,6 +312,9 @@ impl Metrics {
             upstream_connect,
             upstream_login,
             config_reloads,
+            graph_requests,
+            graph_retry_after,
+            graph_last_retry_after,
             recent_logins: crate::recent_logins::RecentLogins::new(),
         })
     }
@@ -288,6 +344,30 @@ impl Metrics {
                 listener: listener.to_owned(),
             })
             .map_or(0, |g| g.get())
+    }
+
+    /// One Microsoft Graph `sendMail` attempt on `listener` ended with `result`; `retry_after`
+    /// is the answer's `Retry-After` header as sent, if it had one.
+    pub fn graph_request(&self, listener: &str, result: GraphResult, retry_after: Option<&str>) {
+        let listener = ListenerLabels {
+            listener: listener.to_owned(),
+        };
+        self.graph_requests
+            .get_or_create(&GraphLabels {
+                listener: listener.listener.clone(),
+                result,
+            })
+            .inc();
+        if let Some(value) = retry_after {
+            self.graph_retry_after.get_or_create(&listener).inc();
+            // Delay-seconds (RFC 9110 §10.2.3); an HTTP-date is counted but not shown.
+            if let Ok(secs) = value.trim().parse::<u32>() {
+                let secs = i64::from(secs.min(MAX_RETRY_AFTER_SHOWN));
+                self.graph_last_retry_after
+                    .get_or_create(&listener)
+                    .set(secs);
+            }
+        }
     }
 
     /// One token endpoint request for `account` (a configured account name).

@@ -79,6 +79,9 @@ struct Client {
     app_mailboxes: Vec<String>,
     /// Application permissions with admin consent (`roles` of its app-only tokens).
     app_roles: Vec<String>,
+    /// Delegated Microsoft Graph permissions consented for the app (`None`: every one). A
+    /// refresh for a Graph permission outside it is refused with `AADSTS65001`.
+    graph_consent: Option<Vec<String>>,
 }
 
 impl Client {
@@ -333,6 +336,14 @@ impl Entra {
         self.ensure_client(client_id);
         if let Some(c) = self.clients.get_mut(client_id) {
             c.app_roles = roles.iter().map(|r| r.to_string()).collect();
+        }
+    }
+
+    /// Which delegated Microsoft Graph permissions `client_id` has consent for (`None`: all).
+    pub(crate) fn set_graph_consent(&mut self, client_id: &str, permissions: Option<&[&str]>) {
+        self.ensure_client(client_id);
+        if let Some(c) = self.clients.get_mut(client_id) {
+            c.graph_consent = permissions.map(|p| p.iter().map(|s| s.to_string()).collect());
         }
     }
 
@@ -1026,6 +1037,24 @@ impl Entra {
         let rt_scope = rt.scope.clone();
         let requested = form.get("scope").map(String::as_str).unwrap_or("");
         let scope = granted_scope(requested, &granted_scope(&rt_scope, DELEGATED_SCOPE));
+        let (aud, names) = audience_and_scp(&scope);
+        let consented = self
+            .clients
+            .get(&client_id)
+            .and_then(|c| c.graph_consent.as_ref());
+        if aud == GRAPH_AUDIENCE
+            && let Some(consented) = consented
+            && let Some(missing) = names
+                .iter()
+                .find(|n| !consented.iter().any(|c| c.eq_ignore_ascii_case(n)))
+        {
+            let text = format!(
+                "The user or administrator has not consented to use the application with ID \
+                 '{client_id}' named 'authbridge' for the permission '{missing}'. Send an \
+                 interactive authorization request for this user and resource."
+            );
+            return self.bad_grant(65001, &text);
+        }
         if let Some(rt) = self.refresh.get_mut(token)
             && rt.rotated_at.is_none()
         {

@@ -4,7 +4,9 @@
 //! What it checks, in order, with Graph's status and error code for each failure:
 //! 1. a bearer token the fake Entra issued and still valid, with the Graph audience
 //!    (`401 InvalidAuthenticationToken`);
-//! 2. `Mail.Send`: delegated `scp` or application `roles` (`403 ErrorAccessDenied`);
+//! 2. `Mail.Send`: delegated `scp` or application `roles` (`403 ErrorAccessDenied`); a
+//!    delegated token sending from another mailbox than its user's needs `Mail.Send.Shared`
+//!    (`403 ErrorAccessDenied`), as Microsoft documents for shared mailboxes;
 //! 3. the mailbox exists (`404 ErrorInvalidUser`; every address exists unless removed with
 //!    [`crate::Sandbox::remove_graph_mailbox`]);
 //! 4. the token may send as the mailbox and as the `From:` address
@@ -248,10 +250,13 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Answer {
     {
         return error(401, "InvalidAuthenticationToken", "Invalid audience.");
     }
-    let has = |list: &[String]| list.iter().any(|p| p.eq_ignore_ascii_case("Mail.Send"));
+    let has = |list: &[String], p: &str| list.iter().any(|s| s.eq_ignore_ascii_case(p));
     let permitted = match &info.user {
-        Some(_) => has(&info.scp),
-        None => has(&info.roles),
+        Some(u) if u.eq_ignore_ascii_case(&mailbox) => {
+            has(&info.scp, "Mail.Send") || has(&info.scp, "Mail.Send.Shared")
+        }
+        Some(_) => has(&info.scp, "Mail.Send.Shared"),
+        None => has(&info.roles, "Mail.Send"),
     };
     if !permitted {
         return error(

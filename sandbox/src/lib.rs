@@ -700,6 +700,16 @@ impl Sandbox {
         self.shared.entra().set_app_roles(client_id, roles);
     }
 
+    /// Which delegated Microsoft Graph permissions (`Mail.Send`, `Mail.Send.Shared`) `client_id`
+    /// has user or admin consent for; `None` (the default): all. A refresh token redeemed for a
+    /// Graph permission outside the list is refused with `invalid_grant` `AADSTS65001`, as
+    /// Entra does when the Graph permission was never consented.
+    pub fn set_graph_consent(&self, client_id: &str, permissions: Option<&[&str]>) {
+        self.shared
+            .entra()
+            .set_graph_consent(client_id, permissions);
+    }
+
     /// Grant (`Add-MailboxPermission`) or remove the app's right to open `mailbox` with an
     /// app-only token. Without it IMAP and POP3 accept the login and fail the next command
     /// ("User is authenticated but not connected."); SMTP answers `535 5.7.3`.

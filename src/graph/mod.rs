@@ -40,16 +40,24 @@ pub fn resource(provider: &ProviderConfig) -> &'static str {
 /// The scopes of a Graph token for `provider`'s accounts: app-only `{resource}/.default` (the
 /// app's Mail.Send application permission), delegated `{resource}/Mail.Send` and
 /// `offline_access` (redeemed with the account's refresh token: Microsoft refresh tokens are
-/// multi-resource).
-pub fn scopes(provider: &ProviderConfig) -> Vec<String> {
+/// multi-resource). `on_behalf`: a delegated token that sends from another mailbox than its
+/// user's (a shared mailbox, `token_from`) needs `{resource}/Mail.Send.Shared` instead, and the
+/// user SendAs (or Send on Behalf) on that mailbox.
+pub fn scopes(provider: &ProviderConfig, on_behalf: bool) -> Vec<String> {
     let r = resource(provider);
     match provider.flow {
         Flow::ClientCredentials => vec![format!("{r}/.default")],
         Flow::AuthorizationCode | Flow::DeviceCode => {
-            vec![format!("{r}/Mail.Send"), "offline_access".to_string()]
+            let permission = if on_behalf { SEND_SHARED } else { SEND };
+            vec![format!("{r}/{permission}"), "offline_access".to_string()]
         }
     }
 }
+
+/// Graph's permission to send as the signed-in user (delegated) or as any mailbox (application).
+pub const SEND: &str = "Mail.Send";
+/// Graph's delegated permission to send from another mailbox the user may send as.
+pub const SEND_SHARED: &str = "Mail.Send.Shared";
 
 /// Can `provider`'s accounts use Graph at all (only Microsoft providers)?
 pub fn supported(provider: &ProviderConfig) -> Result<(), String> {

@@ -99,7 +99,7 @@ pub fn for_status(status: u16, retry_after: Option<&str>, body: &[u8], mailbox: 
         403 => r(
             550,
             format!(
-                "5.7.1 Microsoft Graph refused ({label}{said}): the app needs the Mail.Send permission (application permission with admin consent, or delegated Mail.Send and `authbridge login` again), and an Application Access Policy must include {mailbox}"
+                "5.7.1 Microsoft Graph refused ({label}{said}): the app needs the Mail.Send permission (application permission with admin consent, or delegated Mail.Send — Mail.Send.Shared to send from a shared mailbox — and `authbridge login` again), and an Application Access Policy must include {mailbox}"
             ),
         ),
         404 => r(

@@ -17,6 +17,7 @@ use super::connector::{GraphConnector, Outgoing, SendReply};
 use super::{client, reply};
 use crate::config::{Graph, Relay};
 use crate::limits::Limits;
+use crate::metrics::{GraphResult, Metrics};
 use crate::protocol::smtp::relay::{RelayEnd, RelayMachine, RelayOut, RelayStep};
 use crate::session::relay::{read_client, send};
 use crate::token::TokenManager;
@@ -29,6 +30,12 @@ pub struct Sender<'a> {
     pub mailbox: &'a str,
     pub hostname: &'a str,
     pub limits: &'a Limits,
+    /// The listener's name (metrics label) and the registry.
+    pub listener: &'a str,
+    pub metrics: &'a Metrics,
+    /// A delegate sends from a shared mailbox (`token_from`): the token needs
+    /// `Mail.Send.Shared` (see [`super::scopes`]).
+    pub on_behalf: bool,
 }
 
 /// Serve the rest of the session. `input` holds client bytes not yet handled.
@@ -107,13 +114,15 @@ async fn post(s: &Sender<'_>, message: &Outgoing) -> SendReply {
     if let Err(why) = super::supported(provider) {
         return reply::for_token(&why);
     }
-    let scopes = super::scopes(provider);
+    let scopes = super::scopes(provider, s.on_behalf);
     let endpoint = super::endpoint(s.graph.endpoint.as_deref(), provider);
     let limit = s.limits.timeouts.relay_reply;
     let mut token = match s.tokens.access_token_for(s.account, &scopes).await {
         Ok(t) => t,
         Err(e) => {
             warn!(account = s.account, error = %e, "graph: no access token for Microsoft Graph; message not sent");
+            s.metrics
+                .graph_request(s.listener, GraphResult::no_token, None);
             return reply::for_token(&e.to_string());
         }
     };
@@ -134,6 +143,8 @@ async fn post(s: &Sender<'_>, message: &Outgoing) -> SendReply {
         let answer = match answer {
             Ok(a) => a,
             Err(why) => {
+                s.metrics
+                    .graph_request(s.listener, GraphResult::network_error, None);
                 let r = reply::for_network(&why);
                 warn!(
                     account = s.account,
@@ -147,6 +158,11 @@ async fn post(s: &Sender<'_>, message: &Outgoing) -> SendReply {
                 return r;
             }
         };
+        s.metrics.graph_request(
+            s.listener,
+            result_of(answer.status),
+            answer.retry_after.as_deref(),
+        );
         if answer.status == 401 && !retried {
             retried = true;
             info!(account = s.account, request_id = ?answer.request_id, "graph: Microsoft Graph refused the access token; refreshing it and retrying once");
@@ -196,5 +212,16 @@ async fn post(s: &Sender<'_>, message: &Outgoing) -> SendReply {
             );
         }
         return r;
+    }
+}
+
+/// The metrics label of a Graph answer's HTTP status.
+fn result_of(status: u16) -> GraphResult {
+    match status {
+        200..=299 => GraphResult::accepted,
+        401 => GraphResult::unauthorized,
+        429 => GraphResult::throttled,
+        400..=499 => GraphResult::refused,
+        _ => GraphResult::unavailable,
     }
 }

@@ -311,10 +311,16 @@ where
     if let Some(graph) = &l.graph
         && let Some(account) = session.account.take()
     {
-        let (token_account, mailbox) = shared
+        let (token_account, mailbox, on_behalf) = shared
             .mailboxes
             .get(&account)
-            .map(|i| (i.token_account.clone(), i.imap_pop3_user.clone()))
+            .map(|i| {
+                (
+                    i.token_account.clone(),
+                    i.imap_pop3_user.clone(),
+                    !i.delegate.is_empty(),
+                )
+            })
             .unwrap_or_default();
         let sender = crate::graph::session::Sender {
             graph,
@@ -323,6 +329,9 @@ where
             mailbox: &mailbox,
             hostname: &shared.hostname,
             limits: &shared.limits,
+            listener: &l.name,
+            metrics: &shared.metrics,
+            on_behalf,
         };
         tokio::select! {
             end = crate::graph::session::run(client, leftover, &sender) => {
@@ -723,11 +732,11 @@ impl Session {
     ) -> (LoginOutcome, LoginResult) {
         let shared = Arc::clone(&self.shared);
         // A shared mailbox (`token_from`) sends with its token owner's Graph token.
-        let token_account = shared
+        let (token_account, on_behalf) = shared
             .mailboxes
             .get(&account)
-            .map(|i| i.token_account.clone())
-            .unwrap_or_else(|| account.clone());
+            .map(|i| (i.token_account.clone(), !i.delegate.is_empty()))
+            .unwrap_or_else(|| (account.clone(), false));
         let Some(config) = shared.tokens.account(&token_account) else {
             let why = format!("account {token_account} is not configured");
             return (
@@ -742,7 +751,7 @@ impl Session {
                 LoginResult::token_unavailable,
             );
         }
-        let scopes = crate::graph::scopes(&config.provider);
+        let scopes = crate::graph::scopes(&config.provider, on_behalf);
         let fetched = tokio::time::timeout_at(
             deadline,
             shared.tokens.access_token_for(&token_account, &scopes),

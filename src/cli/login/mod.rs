@@ -159,7 +159,17 @@ fn graph_consent(config: &Config, provider: &crate::token::ProviderConfig) -> Ve
     if !graph_listener || crate::graph::supported(provider).is_err() {
         return Vec::new();
     }
-    crate::graph::scopes(provider)
+    // A shared mailbox sent from with this provider's delegated token needs Mail.Send.Shared.
+    let on_behalf = config
+        .accounts
+        .iter()
+        .any(|a| a.provider.name == provider.name && a.delegate().is_some());
+    let mut wanted = crate::graph::scopes(provider, false);
+    if on_behalf {
+        wanted.extend(crate::graph::scopes(provider, true));
+        wanted.dedup();
+    }
+    wanted
         .into_iter()
         .filter(|s| !provider.scopes.contains(s))
         .collect()

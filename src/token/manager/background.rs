@@ -1,6 +1,7 @@
 //! What the [`TokenManager`] runs in the background until shutdown: the proactive refresher (each
 //! account in use gets a new access token at its jittered refresh point, with backoff after
-//! failures), the save retries of rotated refresh tokens the store refused (with backoff, and
+//! failures; so does each of its other scope sets in use, such as the Graph token of a Graph
+//! listener), the save retries of rotated refresh tokens the store refused (with backoff, and
 //! once more at shutdown), and the refresh-token keep-alive (delegated refresh tokens expire
 //! after 90 days unused).
 
@@ -85,7 +86,7 @@ impl TokenManager {
         loop {
             let now = Instant::now();
             let mut next = now + Duration::from_secs(3600);
-            for slot in &self.slots {
+            for slot in &self.all_slots() {
                 let mut st = slot.lock();
                 // A fetch in flight settles the unsaved token itself.
                 let fetching = st.live_inflight().is_some();
@@ -123,9 +124,19 @@ impl TokenManager {
         self.save_unsaved_before_exit().await;
     }
 
+    /// The accounts' own slots, then the slots of their other scope sets (created on first use).
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
+        let scoped = self.scoped.lock().unwrap_or_else(|p| p.into_inner());
+        self.slots
+            .iter()
+            .chain(scoped.values())
+            .map(Arc::clone)
+            .collect()
+    }
+
     /// One last save of every rotated refresh token still only in memory; says which are lost.
     async fn save_unsaved_before_exit(&self) {
-        for slot in &self.slots {
+        for slot in &self.all_slots() {
             if slot.pending().is_none() {
                 continue;
             }

@@ -16,6 +16,11 @@
 //!    adopts the winner's access token. A non-rotating refresh publishes the access token only
 //!    while its refresh token's version is still the stored one.
 //!
+//! A slot for other scopes than the account's own (a Graph token) publishes and adopts under
+//! its own audience's key (`access/<account>/<audience>`), never the account's: a replica never
+//! takes an Exchange token for a Graph one nor the reverse. The lease and the refresh token are
+//! the account's, shared by all its scope sets (one refresh of the account at a time).
+//!
 //! Redis down: adopting and leasing fail with [`StoreError::Unavailable`], a transient error
 //! (temporary replies); no token request is made and nothing stored is touched. Sessions with
 //! a cached access token are not affected (they never get here).
@@ -33,7 +38,7 @@ use crate::token::failure::ErrorKind;
 use crate::token::grant;
 use crate::token::response::TokenResponse;
 use crate::token::settings::TokenSettings;
-use crate::token::store::{RedisStore, SharedAccess, TokenStore};
+use crate::token::store::{Audience, RedisStore, SharedAccess, TokenStore};
 
 /// A published access token valid for less than this is never adopted.
 const MIN_ADOPT: Duration = Duration::from_secs(30);
@@ -57,13 +62,15 @@ pub(super) async fn fetch(
     };
     let ctx = ErrorContext::new(provider, &account, "refresh_token");
     let store_err = |e| TokenError::from_store(&e, &ctx);
+    let audience = slot.scoped.then(|| Audience::of_scopes(&provider.scopes));
+    let audience = audience.as_ref();
     let _turn = slot.turn.lock().await;
     let rejected = slot.lock().rejected;
 
     // 1 and 2: adopt, or take the lease, or wait.
     let deadline = started + LEASE_WAIT;
     let _lease = loop {
-        match adopt(store, &account, rejected, settings, true).await {
+        match adopt(store, &account, audience, rejected, settings, true).await {
             Ok(Some(c)) => return outcome(Ok(c), None, false),
             Ok(None) => {}
             Err(e) => return outcome(Err(store_err(e)), None, false),
@@ -96,7 +103,7 @@ pub(super) async fn fetch(
     };
 
     // 3: holding the lease.
-    match adopt(store, &account, rejected, settings, true).await {
+    match adopt(store, &account, audience, rejected, settings, true).await {
         Ok(Some(c)) => return outcome(Ok(c), None, false),
         Ok(None) => {}
         Err(e) => return outcome(Err(store_err(e)), None, false),
@@ -126,9 +133,10 @@ pub(super) async fn fetch(
             let (name, redis, rotated) = (account.clone(), shared.clone(), rotated.clone());
             let expected = chosen.version;
             let to_store = rotated.clone();
+            let aud = audience.cloned();
             let saved = store
                 .blocking(move |_| {
-                    redis.save_rotation(&name, expected, &to_store, &access, lifetime)
+                    redis.save_rotation(&name, aud.as_ref(), expected, &to_store, &access, lifetime)
                 })
                 .await;
             match saved {
@@ -144,7 +152,9 @@ pub(super) async fn fetch(
                         "another replica stored a newer refresh token while this refresh ran; \
                          keeping theirs"
                     );
-                    if let Ok(Some(c)) = adopt(store, &account, rejected, settings, false).await {
+                    if let Ok(Some(c)) =
+                        adopt(store, &account, audience, rejected, settings, false).await
+                    {
                         return outcome(Ok(c), Some(digest), true);
                     }
                 }
@@ -160,9 +170,11 @@ pub(super) async fn fetch(
         }
         _ => {
             if let Some(version) = chosen.version {
-                let (name, redis) = (account.clone(), shared.clone());
+                let (name, redis, aud) = (account.clone(), shared.clone(), audience.cloned());
                 let published = store
-                    .blocking(move |_| redis.publish_access(&name, version, &access, lifetime))
+                    .blocking(move |_| {
+                        redis.publish_access(&name, aud.as_ref(), version, &access, lifetime)
+                    })
                     .await;
                 if let Err(e) = published {
                     tracing::warn!(account, "could not share the new access token: {e}");
@@ -182,6 +194,7 @@ pub(super) async fn fetch(
 async fn adopt(
     store: &TokenStore,
     account: &str,
+    audience: Option<&Audience>,
     rejected: Option<([u8; 32], Instant)>,
     settings: &TokenSettings,
     fresh_only: bool,
@@ -190,7 +203,10 @@ async fn adopt(
     let Some(redis) = store.shared().cloned() else {
         return Ok(None);
     };
-    let found = store.blocking(move |_| redis.load_access(&name)).await?;
+    let aud = audience.cloned();
+    let found = store
+        .blocking(move |_| redis.load_access(&name, aud.as_ref()))
+        .await?;
     let Some(SharedAccess {
         access_token,
         lifetime,

@@ -22,7 +22,8 @@
 //!
 //! Background work ([`TokenManager::spawn_background`]): accounts in use (a client logged in since
 //! start) get their access token refreshed proactively at a jittered point between the soft and the
-//! hard mark, so no login waits on the token endpoint; failed background refreshes are retried with
+//! hard mark, so no login waits on the token endpoint (so do the slots of other scope sets in use,
+//! e.g. the Graph token of a Graph listener; a reload keeps those of unchanged accounts); failed background refreshes are retried with
 //! exponential backoff (honouring `Retry-After`); delegated refresh tokens idle for a week are
 //! refreshed (keep-alive against the 90-day inactivity limit).
 //!
@@ -209,6 +210,24 @@ impl TokenManager {
         }
         *self.ctx.hook.lock().unwrap_or_else(|p| p.into_inner()) = hook_of(&settings);
         let manager = Self::with_slots(self.store.clone(), settings, slots, Arc::clone(&self.ctx));
+        // The other scope sets (Graph tokens) of kept accounts keep their slots too, with the
+        // account's new settings under their own scopes; those of renewed or removed accounts
+        // are dropped with the account's.
+        {
+            let old = self.scoped.lock().unwrap_or_else(|p| p.into_inner());
+            let mut new = manager.scoped.lock().unwrap_or_else(|p| p.into_inner());
+            for ((account, scopes), slot) in old.iter() {
+                if !report.kept.contains(account) {
+                    continue;
+                }
+                let Some(base) = manager.account(account) else {
+                    continue;
+                };
+                *slot.config.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(with_scopes(&base, scopes));
+                new.insert((account.clone(), scopes.clone()), Arc::clone(slot));
+            }
+        }
         (manager, report)
     }
 
@@ -257,13 +276,7 @@ impl TokenManager {
         if let Some(s) = map.get(&key) {
             return Ok(Arc::clone(s));
         }
-        let config = base.config();
-        let mut provider = (*config.provider).clone();
-        provider.scopes = scopes.to_vec();
-        let config = AccountConfig {
-            provider: Arc::new(provider),
-            ..(*config).clone()
-        };
+        let config = with_scopes(&base.config(), scopes);
         let slot = Arc::new(Slot {
             name: account.to_owned(),
             config: Mutex::new(Arc::new(config)),
@@ -607,6 +620,16 @@ fn new_slot(store: &TokenStore, status_files: &StatusFiles, config: AccountConfi
         turn: Arc::new(tokio::sync::Mutex::new(())),
         scoped: false,
     })
+}
+
+/// `config` asking for `scopes` instead of its provider's.
+fn with_scopes(config: &AccountConfig, scopes: &[String]) -> AccountConfig {
+    let mut provider = (*config.provider).clone();
+    provider.scopes = scopes.to_vec();
+    AccountConfig {
+        provider: Arc::new(provider),
+        ..config.clone()
+    }
 }
 
 fn hook_of(settings: &TokenSettings) -> Option<ReauthHook> {

@@ -47,7 +47,7 @@ pub use crypto::MasterKey;
 pub use error::StoreError;
 pub use file::FileStore;
 pub use redis_backend::{
-    CLOCK_SKEW_VAR, RedisSettings, RedisStore, SharedAccess, finish_lease_releases,
+    Audience, CLOCK_SKEW_VAR, RedisSettings, RedisStore, SharedAccess, finish_lease_releases,
 };
 
 /// `token_store:` in the config: which backend holds the refresh tokens.

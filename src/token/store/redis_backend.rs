@@ -6,6 +6,11 @@
 //!   server's own expiry (`PX` = its lifetime); readers take its remaining life from `PTTL`, never
 //!   from their own clock. Published in the same script as the refresh token it came with, and
 //!   only while that refresh token's version is the stored one.
+//! - `<prefix>access/<account>/<audience>`: the same for a token of other scopes than the
+//!   account's own (a Microsoft Graph token next to the Exchange one; `<audience>` is a digest of
+//!   the scope set, [`Audience`]). Sealed under `<account>/<audience>`, so a record copied from
+//!   one audience's key to another's does not open: replicas never take one resource's token
+//!   for another's.
 //! - `<prefix>lease/<account>`: the refresh lease (`SET NX PX`), its value the holder's id. The
 //!   holder renews it every third of its lifetime from a helper thread while its refresh runs,
 //!   and releases it (delete-if-mine) when the guard drops; a holder that dies loses it when it
@@ -72,6 +77,29 @@ impl fmt::Debug for RedisSettings {
             .field("ca_file", &self.ca_file)
             .field("lease", &self.lease)
             .finish()
+    }
+}
+
+/// Which access token of an account: its own scopes' (`None`) or another scope set's (a digest,
+/// see [`Audience::of_scopes`]).
+pub type AudienceRef<'a> = Option<&'a Audience>;
+
+/// The shared-store name of a scope set other than an account's own: the first 16 hex digits of
+/// the SHA-256 of the scopes, sorted and space-separated. Only hex digits, so it is safe in a key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Audience(String);
+
+impl Audience {
+    pub fn of_scopes(scopes: &[String]) -> Audience {
+        use sha2::{Digest, Sha256};
+        let mut sorted: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        let digest = Sha256::digest(sorted.join(" ").as_bytes());
+        Audience(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -240,6 +268,23 @@ impl RedisStore {
     fn key(&self, what: &str, account: &str) -> Result<String, StoreError> {
         super::file::check_account_name(account)?;
         Ok(format!("{}{what}/{account}", self.inner.prefix))
+    }
+
+    /// The key of `account`'s published access token for `audience`, and the name its record is
+    /// sealed under.
+    fn access_key(
+        &self,
+        account: &str,
+        audience: AudienceRef<'_>,
+    ) -> Result<(String, String), StoreError> {
+        let key = self.key("access", account)?;
+        Ok(match audience {
+            None => (key, account.to_owned()),
+            Some(a) => (
+                format!("{key}/{}", a.as_str()),
+                format!("{account}/{}", a.as_str()),
+            ),
+        })
     }
 
     fn health_lock(&self) -> MutexGuard<'_, Health> {
@@ -444,19 +489,21 @@ impl RedisStore {
         expected: Option<u64>,
         refresh_token: &SecretString,
         access: Option<(&SecretString, Duration)>,
+        audience: AudienceRef<'_>,
     ) -> Result<Result<u64, Option<u64>>, StoreError> {
         let new = expected
             .map_or(Some(1), |v| v.checked_add(1))
             .ok_or_else(|| self.corrupt(account, "its version cannot grow any more".into()))?;
         let rec = self.seal(RecordKind::Refresh, account, new, None, refresh_token)?;
+        let (access_key, label) = self.access_key(account, audience)?;
         let access_rec = match access {
             Some((token, lifetime)) => Some((
-                self.seal(RecordKind::Access, account, new, Some(lifetime), token)?,
+                self.seal(RecordKind::Access, &label, new, Some(lifetime), token)?,
                 lifetime.as_millis().max(1),
             )),
             None => None,
         };
-        let (token_key, access_key) = (self.key("token", account)?, self.key("access", account)?);
+        let token_key = self.key("token", account)?;
         let reply: Vec<Value> = self.call(|c| {
             let mut cmd = ::redis::cmd("EVAL");
             cmd.arg(SAVE_SCRIPT)
@@ -490,18 +537,20 @@ impl RedisStore {
     pub fn publish_access(
         &self,
         account: &str,
+        audience: AudienceRef<'_>,
         version: u64,
         access_token: &SecretString,
         lifetime: Duration,
     ) -> Result<bool, StoreError> {
+        let (access_key, label) = self.access_key(account, audience)?;
         let rec = self.seal(
             RecordKind::Access,
-            account,
+            &label,
             version,
             Some(lifetime),
             access_token,
         )?;
-        let (token_key, access_key) = (self.key("token", account)?, self.key("access", account)?);
+        let token_key = self.key("token", account)?;
         let done: i64 = self.call(|c| {
             ::redis::cmd("EVAL")
                 .arg(PUBLISH_SCRIPT)
@@ -516,9 +565,14 @@ impl RedisStore {
         Ok(done == 1)
     }
 
-    /// The access token the last refresh published, if the server still holds it.
-    pub fn load_access(&self, account: &str) -> Result<Option<SharedAccess>, StoreError> {
-        let key = self.key("access", account)?;
+    /// The access token for `audience` the last refresh published, if the server still holds
+    /// it.
+    pub fn load_access(
+        &self,
+        account: &str,
+        audience: AudienceRef<'_>,
+    ) -> Result<Option<SharedAccess>, StoreError> {
+        let (key, label) = self.access_key(account, audience)?;
         let (rec, pttl): (Option<Vec<u8>>, i64) = self.call(|c| {
             ::redis::pipe()
                 .cmd("GET")
@@ -530,7 +584,7 @@ impl RedisStore {
         let (Some(rec), Ok(remaining_ms)) = (rec, u64::try_from(pttl)) else {
             return Ok(None);
         };
-        let (token, r) = self.open_record(&key, RecordKind::Access, account, &rec)?;
+        let (token, r) = self.open_record(&key, RecordKind::Access, &label, &rec)?;
         Ok(Some(SharedAccess {
             access_token: token,
             version: r.version,
@@ -545,12 +599,19 @@ impl RedisStore {
     pub fn save_rotation(
         &self,
         account: &str,
+        audience: AudienceRef<'_>,
         expected: Option<u64>,
         rotated: &SecretString,
         access_token: &SecretString,
         lifetime: Duration,
     ) -> Result<Result<u64, Option<u64>>, StoreError> {
-        self.cas(account, expected, rotated, Some((access_token, lifetime)))
+        self.cas(
+            account,
+            expected,
+            rotated,
+            Some((access_token, lifetime)),
+            audience,
+        )
     }
 
     /// Takes the refresh lease of `account` if nobody holds it; `None` if someone does.
@@ -691,7 +752,7 @@ impl StoreBackend for RedisStore {
         expected_version: Option<u64>,
     ) -> Result<u64, StoreError> {
         if let Some(expected) = expected_version {
-            return match self.cas(account, Some(expected), refresh_token, None)? {
+            return match self.cas(account, Some(expected), refresh_token, None, None)? {
                 Ok(v) => Ok(v),
                 Err(found) => Err(StoreError::Conflict {
                     account: account.to_owned(),
@@ -703,7 +764,7 @@ impl StoreBackend for RedisStore {
         // Replace whatever is stored: compare-and-set on what we just read, a few times.
         for _ in 0..8 {
             let current = self.read_token(account)?.map(|(v, _)| v);
-            if let Ok(v) = self.cas(account, current, refresh_token, None)? {
+            if let Ok(v) = self.cas(account, current, refresh_token, None, None)? {
                 return Ok(v);
             }
         }
