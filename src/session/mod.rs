@@ -4,6 +4,9 @@
 //! The upstream connection is opened as soon as the client connects, in its own task, so a
 //! login costs max(client dialogue, upstream setup) rather than their sum — within the caps on
 //! such early connections ([`early`]); a session over them connects after its local login.
+//! A relay that logs in to a transactional provider (`upstream.auth`) never connects early:
+//! each connection costs a provider login, so it waits for a client that has earned one
+//! (`provider_login`).
 //! Generic over the client stream, so tests can use in-memory duplex streams.
 
 pub mod early;
