@@ -6,16 +6,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::process::Running;
 use common::*;
 
 fn bin() -> Command {
@@ -24,30 +24,11 @@ fn bin() -> Command {
 
 /// `authbridge run` with its listeners' and admin listener's addresses, killed on drop.
 struct Proxy {
-    child: Child,
+    _run: Running,
     addrs: std::collections::HashMap<String, SocketAddr>,
     admin: SocketAddr,
-    /// The log lines up to the admin listener's.
+    /// The log lines up to the admin listener's and the listeners'.
     startup: String,
-    /// Keeps the log reader's channel open.
-    _logs: Receiver<String>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn field(line: &str, key: &str) -> String {
-    let start = line.find(key).map(|i| i + key.len()).unwrap_or(0);
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .trim_matches('"')
-        .to_string()
 }
 
 /// The test environment's config with `state_dir` replaced and an admin listener on a free port
@@ -70,45 +51,14 @@ fn admin_config_on(env: &Env, state_dir: &str, ip: &str) -> PathBuf {
 }
 
 fn start(config: &Path) -> Proxy {
-    let mut child = bin()
-        .args(["run", "--config"])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut addrs = std::collections::HashMap::new();
-    let mut admin = None;
-    let mut seen = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (addrs.len() < 8 || admin.is_none()) && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if line.contains("admin listening") {
-                admin = Some(field(&line, "addr=").parse().unwrap());
-            } else if line.contains("listening") {
-                addrs.insert(
-                    field(&line, "listener="),
-                    field(&line, "addr=").parse().unwrap(),
-                );
-            }
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-    }
-    let admin = admin.unwrap_or_else(|| panic!("no admin listening line: {seen}"));
+    let run = Running::start(config, &[]);
+    let admin = run.admin_addr_blocking();
+    let addrs = run.listeners_blocking(8);
     Proxy {
-        child,
+        startup: run.log(),
+        _run: run,
         addrs,
         admin,
-        startup: seen,
-        _logs: rx,
     }
 }
 

@@ -3,10 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::Running;
 use common::*;
 
 fn bin() -> Command {
@@ -227,35 +228,8 @@ async fn import_check_run_at_trace_level_leak_nothing_and_stop_on_sigterm() {
     logs += &String::from_utf8_lossy(&out.stderr);
 
     // run: log in over SMTP, IMAP and POP3, with a wrong password too, then SIGTERM.
-    let mut child = bin()
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut addrs = std::collections::HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while addrs.len() < 8 && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if line.contains("listening") {
-                let name = field(&line, "listener=");
-                let addr = field(&line, "addr=");
-                addrs.insert(name, addr.parse::<std::net::SocketAddr>().unwrap());
-            }
-            logs.push_str(&line);
-            logs.push('\n');
-        }
-    }
-    assert_eq!(addrs.len(), 8, "listening lines: {logs}");
+    let mut run = Running::start(&config, &[("RUST_LOG", "trace")]);
+    let addrs = run.listeners_blocking(8);
 
     let r = smtp_send(addrs["smtp"], "trace run", 2).await;
     assert!(r.starts_with("250"), "{r}");
@@ -285,17 +259,10 @@ async fn import_check_run_at_trace_level_leak_nothing_and_stop_on_sigterm() {
     p.line().await;
 
     // SIGTERM: the process stops accepting and exits 0 within the grace period.
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    run.signal("TERM");
     let t = Instant::now();
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = run.try_wait() {
             break s;
         }
         assert!(
@@ -305,10 +272,7 @@ async fn import_check_run_at_trace_level_leak_nothing_and_stop_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
-        logs.push_str(&line);
-        logs.push('\n');
-    }
+    logs += &run.log_after_exit();
     assert!(logs.contains("login ok"), "trace logs look empty: {logs}");
     assert!(logs.contains("SIGTERM"), "{logs}");
 
@@ -327,16 +291,6 @@ async fn import_check_run_at_trace_level_leak_nothing_and_stop_on_sigterm() {
         rotated.refresh_token.expose().clone(),
     ];
     assert_no_secrets(&logs, &forbidden);
-}
-
-fn field(line: &str, key: &str) -> String {
-    let start = line.find(key).map(|i| i + key.len()).unwrap_or(0);
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .trim_matches('"')
-        .to_string()
 }
 
 /// Runs the binary with `args`, `stdin` piped in: (exit code, stdout, stderr).

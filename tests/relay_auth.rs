@@ -33,6 +33,16 @@ impl Relay {
 /// towards the sandbox connector, which requires `provider` (when set). `password` is what the
 /// relay's config holds (in a secret file).
 async fn start(provider: Option<PasswordAuth>, password: &str, extra: &str) -> Relay {
+    start_listener(provider, password, extra, "").await
+}
+
+/// [`start`] with more keys for the listener (`listener_extra`, each line indented by four).
+async fn start_listener(
+    provider: Option<PasswordAuth>,
+    password: &str,
+    extra: &str,
+    listener_extra: &str,
+) -> Relay {
     common::log_capture();
     let sandbox = Sandbox::start(SandboxOptions {
         connector_allowed_ips: vec![],
@@ -60,7 +70,7 @@ listeners:
     mode: relay
     listen: 127.0.0.1:0
     allowed_senders: ["@contoso.com"]
-    upstream:
+{listener_extra}    upstream:
       host: 127.0.0.1
       port: {port}
       tls: starttls
@@ -255,6 +265,128 @@ async fn allowed_senders_and_body_checks_stay_in_force() {
     let msgs = relay.sandbox.messages();
     assert_eq!(msgs.len(), 1, "only the clean message was delivered");
     assert_eq!(relay.sandbox.connector_counters().connector_auth_ok, 2);
+}
+
+/// An allow-listed relay without a local login (the other way a client reaches the relay).
+const OPEN: &str = "    require_login: false\n    allow_from: [127.0.0.0/8]\n";
+
+/// Wait (bounded) for the relay to open a connection to the provider; `false` if it did not.
+/// The old behaviour connected as soon as a client did, so this would see it within the wait.
+async fn provider_contacted(relay: &Relay) -> bool {
+    for _ in 0..20 {
+        if relay.sandbox.connector_counters().connector_connections > 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A client that only connects, or says EHLO/NOOP/RSET, fails its local login, or (without a
+/// login) names a sender outside `allowed_senders`, costs no provider login, nor even a
+/// connection to the provider; a client that sends mail costs exactly one.
+#[tokio::test]
+async fn no_provider_login_before_the_client_has_earned_it() {
+    for listener in ["", OPEN] {
+        let relay = start_listener(Some(provider()), RELAY_PASSWORD, "", listener).await;
+        // Connect and go.
+        drop(tokio::net::TcpStream::connect(relay.addr()).await.unwrap());
+        // Connect, read the greeting, go.
+        let mut c = LineClient::connect(relay.addr()).await;
+        assert!(c.code().await.starts_with("220"));
+        drop(c);
+        // Small talk, and what the listener refuses.
+        let mut c = LineClient::connect(relay.addr()).await;
+        assert!(c.code().await.starts_with("220"));
+        c.send("EHLO scanner").await;
+        let ehlo = c.reply().await;
+        assert!(ehlo.last().unwrap().starts_with("250 "), "{ehlo:?}");
+        assert!(c.cmd("NOOP").await.starts_with("250"));
+        assert!(c.cmd("RSET").await.starts_with("250"));
+        if listener.is_empty() {
+            assert!(
+                c.cmd("MAIL FROM:<tickets@contoso.com>")
+                    .await
+                    .starts_with("530")
+            );
+            let wrong = format!("AUTH PLAIN {}", b64(format!("\0{USER}\0wrong").as_bytes()));
+            let r = c.cmd(&wrong).await;
+            assert!(r.starts_with("535"), "{r}");
+        } else {
+            let r = c.cmd("MAIL FROM:<someone@example.org>").await;
+            assert!(r.starts_with("550 5.7.1"), "{r}");
+            assert!(
+                c.cmd("RCPT TO:<customer@example.net>")
+                    .await
+                    .starts_with("503 5.5.1")
+            );
+            assert!(c.cmd("NOOP").await.starts_with("250"));
+        }
+        assert!(
+            !provider_contacted(&relay).await,
+            "{listener:?}: the relay connected to the provider for a client that sent no mail: {:?}",
+            relay.sandbox.connector_counters()
+        );
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+        let counters = relay.sandbox.connector_counters();
+        assert_eq!(
+            counters.connector_connections, 0,
+            "{listener:?}: {counters:?}"
+        );
+        assert_eq!(
+            counters.connector_auth_ok + counters.connector_auth_failed,
+            0
+        );
+
+        // A client that sends mail: one connection, one provider login.
+        let mut c = LineClient::connect(relay.addr()).await;
+        if listener.is_empty() {
+            assert!(login(&mut c).await.starts_with("235"));
+        } else {
+            assert!(c.code().await.starts_with("220"));
+            c.send("EHLO glpi").await;
+            c.reply().await;
+        }
+        let r = send(&mut c, "notifications@contoso.com", "earned").await;
+        assert!(r.starts_with("250"), "{listener:?}: {r}");
+        let r = send(&mut c, "tickets@contoso.com", "second").await;
+        assert!(r.starts_with("250"), "{listener:?}: {r}");
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+        let counters = relay.sandbox.connector_counters();
+        assert_eq!(
+            counters.connector_connections, 1,
+            "{listener:?}: {counters:?}"
+        );
+        assert_eq!(counters.connector_auth_ok, 1, "{listener:?}: {counters:?}");
+        assert_eq!(relay.sandbox.messages().len(), 2);
+        assert_no_secrets(&common::log_capture().text(), &secrets());
+    }
+}
+
+/// Without a local login the provider's refusal comes at the first allowed MAIL FROM: a
+/// temporary `421 4.4.2` with the reason, and the connection closes (the client keeps its
+/// message).
+#[tokio::test]
+async fn without_a_login_the_provider_refusal_comes_at_mail_from() {
+    let relay = start_listener(Some(provider()), "not-the-password", "", OPEN).await;
+    let mut c = LineClient::connect(relay.addr()).await;
+    assert!(c.code().await.starts_with("220"));
+    c.send("EHLO glpi").await;
+    c.reply().await;
+    let r = c.cmd("MAIL FROM:<tickets@contoso.com>").await;
+    assert!(
+        r.starts_with("421 4.4.2 Relay connector unavailable"),
+        "{r}"
+    );
+    assert!(r.contains("refused this relay's own credentials"), "{r}");
+    assert!(r.contains("535 5.7.8"), "{r}");
+    assert!(c.closed().await);
+    let counters = relay.sandbox.connector_counters();
+    assert_eq!(counters.connector_auth_failed, 1, "{counters:?}");
+    assert_eq!(counters.connector_mail, 0, "{counters:?}");
+    let logs = common::log_capture().text();
+    assert_no_secrets(&logs, &secrets());
+    assert!(!logs.contains("not-the-password"));
 }
 
 fn parse(upstream: &str, mode: &str) -> Result<authbridge::config::Config, String> {

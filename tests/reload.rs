@@ -8,112 +8,20 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::process::{LOG_WAIT, Running};
 use common::*;
 
-/// The binary's output lines (stdout and stderr), collected by reader threads.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-fn spawn_run(config: &Path, envs: &[(&str, &str)], with_flag: bool) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authbridge"));
-    cmd.arg("run");
+/// `authbridge run`, with `--config` or (`with_flag: false`) its config from `envs`.
+fn spawn_run(config: &Path, envs: &[(&str, &str)], with_flag: bool) -> Running {
     if with_flag {
-        cmd.arg("--config").arg(config);
-    }
-    cmd.env_remove("AUTHBRIDGE_CONFIG")
-        .env_remove("AUTHBRIDGE_LOG_FORMAT")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("RUST_LOG")
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    for out in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let lines = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(l);
-            }
-        });
-    }
-    Proc { child, lines }
-}
-
-impl Proc {
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Waits (up to 30 s) for a line satisfying `f`.
-    async fn wait_line(&self, what: &str, f: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| f(l)) {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} in:\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The address of listener `name` from its latest `listening` log line (text format).
-    async fn addr(&self, name: &str) -> SocketAddr {
-        let needle = format!("listener={name} ");
-        self.wait_line(&format!("listening line for {name}"), |l| {
-            l.contains("listening") && l.contains(&needle)
-        })
-        .await;
-        let lines = self.lines.lock().unwrap();
-        let l = lines
-            .iter()
-            .rev()
-            .find(|l| l.contains(" listening ") && l.contains(&needle))
-            .unwrap();
-        let a = l.split("addr=").nth(1).unwrap().split_whitespace().next();
-        a.unwrap().parse().unwrap()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("authbridge did not stop:\n{}", self.output());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Running::start(config, envs)
+    } else {
+        Running::start_without_flag(envs)
     }
 }
 
@@ -284,26 +192,26 @@ async fn twenty_reloads_under_load_on_every_protocol() {
     let base = std::fs::read_to_string(&env.config_path).unwrap();
     std::fs::write(&env.config_path, with_hostname(&base, "r0.test")).unwrap();
     let mut proc = spawn_run(&env.config_path, &[], true);
-    let smtp = proc.addr("smtp").await;
-    let imap = proc.addr("imap").await;
-    let pop3 = proc.addr("pop3").await;
+    let smtp = proc.addr_of("smtp").await;
+    let imap = proc.addr_of("imap").await;
+    let pop3 = proc.addr_of("pop3").await;
 
     // A second `run` on the same state_dir is refused while this one lives.
     let mut second = spawn_run(&env.config_path, &[], true);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(s) = second.child.try_wait().unwrap() {
+        if let Some(s) = second.try_wait() {
             break s;
         }
         assert!(
             Instant::now() < deadline,
             "a second run on the same state_dir was not refused:\n{}",
-            second.output()
+            second.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let text = second
-        .wait_line("the refusal", |l| l.contains("already running"))
+        .wait_for_log("the refusal", |l| l.contains("already running"), LOG_WAIT)
         .await;
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(
@@ -376,13 +284,17 @@ async fn twenty_reloads_under_load_on_every_protocol() {
                 "{out}"
             );
             assert!(out.contains("the running config stays in force"), "{out}");
-            proc.wait_line("the failed reload counted", |l| {
-                l.contains("reload finished") && l.contains("reloads_failed=1")
-            })
+            proc.wait_for_log(
+                "the failed reload counted",
+                |l| l.contains("reload finished") && l.contains("reloads_failed=1"),
+                LOG_WAIT,
+            )
             .await;
-            proc.wait_line("the logged key path", |l| {
-                l.contains("config reload failed") && l.contains("protocol")
-            })
+            proc.wait_for_log(
+                "the logged key path",
+                |l| l.contains("config reload failed") && l.contains("protocol"),
+                LOG_WAIT,
+            )
             .await;
             // Old logins still work.
             let mut c = pop3_login(pop3).await.unwrap();
@@ -418,7 +330,7 @@ async fn twenty_reloads_under_load_on_every_protocol() {
     assert!(
         failures.is_empty(),
         "failed logins or cut sessions: {failures:?}\n{}",
-        proc.output()
+        proc.log()
     );
     println!(
         "logins during 20 reloads: smtp {}, imap {}, pop3 {}",
@@ -444,9 +356,9 @@ async fn twenty_reloads_under_load_on_every_protocol() {
 
     // The pid file goes away with a clean exit.
     let status = proc.terminate();
-    assert!(status.success(), "{}", proc.output());
+    assert!(status.success(), "{}", proc.log());
     assert!(!env.state_dir().join("authbridge.pid").exists());
-    let out = proc.output();
+    let out = proc.log();
     assert!(
         !out.contains(PASSWORD) && !out.contains(CLIENT_SECRET),
         "{out}"
@@ -459,8 +371,8 @@ async fn listeners_added_removed_and_password_changed() {
     env.stop_proxy().await;
     let base = std::fs::read_to_string(&env.config_path).unwrap();
     let proc = spawn_run(&env.config_path, &[], true);
-    let smtp = proc.addr("smtp").await;
-    let pop3 = proc.addr("pop3").await;
+    let smtp = proc.addr_of("smtp").await;
+    let pop3 = proc.addr_of("pop3").await;
     let mut live_pop3 = pop3_login(pop3).await.unwrap();
 
     // Add a listener; remove pop3 (a session of it is live).
@@ -477,7 +389,7 @@ async fn listeners_added_removed_and_password_changed() {
         "{out}"
     );
     assert!(out.contains("removed: pop3;"), "{out}");
-    let extra_addr = proc.addr("smtp-extra").await;
+    let extra_addr = proc.addr_of("smtp-extra").await;
     let mut c = smtp_login(extra_addr, PASSWORD).await.unwrap();
     smtp_transaction(&mut c, "via the added listener")
         .await
@@ -494,7 +406,7 @@ async fn listeners_added_removed_and_password_changed() {
     // … and its live session completes.
     pop3_finish(&mut live_pop3).await.unwrap();
     // The kept listener kept its socket (same address).
-    assert_eq!(proc.addr("smtp").await, smtp);
+    assert_eq!(proc.addr_of("smtp").await, smtp);
 
     // A new password for the login: new sessions need it, the old one is refused.
     const NEW_PASSWORD: &str = "a new password for glpi";
@@ -544,11 +456,15 @@ async fn listeners_added_removed_and_password_changed() {
     std::fs::write(&probe, &base).unwrap();
     let pid = std::fs::read_to_string(env.state_dir().join("authbridge.pid")).unwrap();
     let _ = Command::new("kill").args(["-HUP", pid.trim()]).status();
-    proc.wait_line("a refused reload naming state_dir", |l| {
-        l.contains("config reload refused")
-            && l.contains("`state_dir`")
-            && l.contains("needs a restart")
-    })
+    proc.wait_for_log(
+        "a refused reload naming state_dir",
+        |l| {
+            l.contains("config reload refused")
+                && l.contains("`state_dir`")
+                && l.contains("needs a restart")
+        },
+        LOG_WAIT,
+    )
     .await;
     let mut c = smtp_login(smtp, NEW_PASSWORD).await.unwrap();
     smtp_transaction(&mut c, "after a refused reload")
@@ -594,7 +510,7 @@ async fn sd_notify_ready_reloading_watchdog_stopping() {
         "{got:?}"
     );
     // The listeners are bound when READY=1 arrives.
-    let smtp = proc.addr("smtp").await;
+    let smtp = proc.addr_of("smtp").await;
     let c = smtp_login(smtp, PASSWORD).await.unwrap();
     drop(c);
     recv_until("WATCHDOG=1");
@@ -633,14 +549,16 @@ async fn json_logs_on_stdout_from_authbridge_config_without_secrets() {
         false,
     );
     let line = proc
-        .wait_line("a JSON listening line", |l| l.contains("\"listening\""))
+        .wait_for_log(
+            "a JSON listening line",
+            |l| l.contains("\"listening\""),
+            LOG_WAIT,
+        )
         .await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["message"], "listening");
     let addr: SocketAddr = proc
-        .lines
-        .lock()
-        .unwrap()
+        .log_lines()
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["message"] == "listening" && v["listener"] == "smtp")
@@ -650,10 +568,14 @@ async fn json_logs_on_stdout_from_authbridge_config_without_secrets() {
     smtp_transaction(&mut c, "json").await.unwrap();
     let (code, out) = reload(&env.config_path).await;
     assert_eq!(code, Some(0), "{out}");
-    proc.wait_line("the reload logged", |l| l.contains("config reloaded"))
-        .await;
+    proc.wait_for_log(
+        "the reload logged",
+        |l| l.contains("config reloaded"),
+        LOG_WAIT,
+    )
+    .await;
     proc.terminate();
-    let raw = proc.output();
+    let raw = proc.log();
     // Every line is JSON; secrets are looked for in the raw lines and in every decoded string
     // value (JSON escapes the quotes and backslashes of PASSWORD).
     let mut out = raw.clone();

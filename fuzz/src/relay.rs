@@ -21,7 +21,10 @@
 //!   the relay's verbs (EHLO, HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, HELP) followed by a
 //!   space or the line end, and holds no control character;
 //! - **no bare CR or LF** ever reaches the connector (SMTP smuggling), and a connection the
-//!   relay drops delivers nothing it had not finished.
+//!   relay drops delivers nothing it had not finished;
+//! - **no connection unasked** (bit 2 of the configuration byte: the machine starts without a
+//!   connector connection, as a relay with `upstream.auth` does for a client without a local
+//!   login): nothing is sent before the machine asked for a connection and got one.
 
 use authbridge::config::{Relay, SenderRule};
 use authbridge::limits::ProtocolLimits;
@@ -84,6 +87,11 @@ impl<'a> RelayInput<'a> {
 
     pub fn limits(&self) -> ProtocolLimits {
         self.cfg.limits()
+    }
+
+    /// Bit 2 of the configuration byte: the machine starts without a connection.
+    pub fn unconnected(&self) -> bool {
+        self.cfg.0 & 4 != 0
     }
 }
 
@@ -370,8 +378,16 @@ pub struct RelayRun {
 /// pieces of `reply_chunk` bytes (0: all that is pending).
 pub fn run_relay(input: &RelayInput<'_>, chunks: &[&[u8]], reply_chunk: usize) -> RelayRun {
     let limits = input.limits();
-    let mut machine = RelayMachine::new(input.settings(), &limits);
+    let mut machine = if input.unconnected() {
+        RelayMachine::unconnected(input.settings(), &limits)
+    } else {
+        RelayMachine::new(input.settings(), &limits)
+    };
     let mut connector = Connector::new(input.script);
+    let mut connected = !input.unconnected();
+    if !connected {
+        connector.drop_connection();
+    }
     let total: usize = chunks.iter().map(|c| c.len()).sum();
     let mut chunks = chunks.iter();
     let (mut client_in, mut connector_in) = (BytesMut::new(), BytesMut::new());
@@ -386,6 +402,11 @@ pub fn run_relay(input: &RelayInput<'_>, chunks: &[&[u8]], reply_chunk: usize) -
             "relay machine makes no progress ({steps} steps for {total} bytes)"
         );
         let step = machine.step(&mut client_in, &mut connector_in, &mut out);
+        assert!(
+            connected || out.to_connector.is_empty(),
+            "sent to the connector before asking for a connection: {:?}",
+            String::from_utf8_lossy(&out.to_connector)
+        );
         connector.receive(&out.to_connector);
         to_connector.append(&mut out.to_connector);
         to_client.append(&mut out.to_client);
@@ -430,6 +451,7 @@ pub fn run_relay(input: &RelayInput<'_>, chunks: &[&[u8]], reply_chunk: usize) -
             RelayStep::Reconnect => {
                 reconnects += 1;
                 let result = if connector.reconnect_ok() {
+                    connected = true;
                     Ok(())
                 } else {
                     Err("refused".to_string())

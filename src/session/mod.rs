@@ -4,6 +4,9 @@
 //! The upstream connection is opened as soon as the client connects, in its own task, so a
 //! login costs max(client dialogue, upstream setup) rather than their sum — within the caps on
 //! such early connections ([`early`]); a session over them connects after its local login.
+//! A relay that logs in to a transactional provider (`upstream.auth`) never connects early:
+//! each connection costs a provider login, so it waits for a client that has earned one
+//! (`provider_login`).
 //! Generic over the client stream, so tests can use in-memory duplex streams.
 
 pub mod early;
@@ -248,13 +251,15 @@ where
     // Early connect, unless this source or the server holds as many pre-login upstream
     // connections as allowed: then after the local login.
     // A Graph listener has no upstream connection: each message is one HTTPS request.
-    let early = if l.graph.is_some() {
+    // A relay that logs in to a provider connects only for a client that has earned it.
+    let early = if l.graph.is_some() || provider_login(l) {
         None
     } else {
         shared.early.try_take(peer.ip())
     };
     let upstream = match early {
         _ if l.graph.is_some() => UpstreamSlot::Taken,
+        _ if provider_login(l) => UpstreamSlot::Deferred,
         Some(_) => connect_upstream(&shared),
         None => {
             info!(
@@ -341,8 +346,36 @@ where
         }
         return;
     }
-    let UpstreamSlot::Ready(conn) = std::mem::replace(&mut session.upstream, UpstreamSlot::Taken)
-    else {
+    let slot = std::mem::replace(&mut session.upstream, UpstreamSlot::Taken);
+    if let Some(settings) = &l.relay {
+        let upstream = match slot {
+            UpstreamSlot::Ready(conn) => Some((conn.stream, conn.input)),
+            // An allow-listed client of a relay with `upstream.auth`: connected (and logged
+            // in to the provider) at its first command that needs it.
+            UpstreamSlot::Deferred => None,
+            _ => return,
+        };
+        // After a refused message body the connector connection is dropped; the next command
+        // that needs it gets a new one, set up as at login.
+        let reconnect = || {
+            let (upstream, hostname) = (l.upstream.clone(), shared.hostname.clone());
+            let timeouts = shared.limits.timeouts.clone();
+            async move {
+                upstream::connect(&upstream, Protocol::Smtp, true, &hostname, &timeouts)
+                    .await
+                    .map(|c| (c.stream, c.input))
+                    .map_err(|e| e.to_string())
+            }
+        };
+        tokio::select! {
+            end = relay::relay(client, leftover, upstream, settings, &shared.limits, reconnect) => {
+                info!(end = ?end, secs = started.elapsed().as_secs(), "relay session ended");
+            }
+            _ = stop.hard.cancelled() => info!("session closed: server stopped"),
+        }
+        return;
+    }
+    let UpstreamSlot::Ready(conn) = slot else {
         return;
     };
     let Connected {
@@ -365,27 +398,6 @@ where
             listener: l.name.clone(),
         });
     let idle = shared.limits.timeouts.pipe_idle;
-    if let Some(settings) = &shared.listener.relay {
-        // After a refused message body the connector connection is dropped; the next command
-        // that needs it gets a new one, set up as at login.
-        let reconnect = || {
-            let (upstream, hostname) = (l.upstream.clone(), shared.hostname.clone());
-            let timeouts = shared.limits.timeouts.clone();
-            async move {
-                upstream::connect(&upstream, Protocol::Smtp, true, &hostname, &timeouts)
-                    .await
-                    .map(|c| (c.stream, c.input))
-                    .map_err(|e| e.to_string())
-            }
-        };
-        tokio::select! {
-            end = relay::relay(client, leftover, up, up_leftover, settings, &shared.limits, reconnect) => {
-                info!(end = ?end, secs = started.elapsed().as_secs(), "relay session ended");
-            }
-            _ = stop.hard.cancelled() => info!("session closed: server stopped"),
-        }
-        return;
-    }
     // IMAP and POP3: Exchange accepts the XOAUTH2 login of a token that may not open the
     // mailbox and fails every later command with "User is authenticated but not connected."
     // The upstream's replies to the client's first commands are watched for it (no probe
@@ -445,6 +457,16 @@ struct Session {
     /// The account whose upstream login was tried last (for the piped session's
     /// hints); on Graph listeners, the account logged in.
     account: Option<String>,
+}
+
+/// A relay listener that logs in to its upstream (a transactional provider) with
+/// `upstream.auth`. It opens no upstream connection before the client has earned one: each
+/// costs a provider login, which providers rate-limit and alert on. So the connection (with
+/// its TLS and AUTH) starts at the client's local login, or, for an allow-listed client
+/// without one, at its first command that needs the provider (`relay::relay`). Relays without
+/// it (the tenant's connector: no login) connect early like every other listener.
+fn provider_login(l: &Listener) -> bool {
+    l.relay.is_some() && l.upstream.auth.is_some()
 }
 
 /// Start the upstream setup of `shared`'s listener in its own task.
@@ -621,6 +643,14 @@ impl Session {
                             return None;
                         }
                     }
+                }
+                Step::ProceedWithoutLogin if provider_login(&self.shared.listener) => {
+                    // Relay mode with `upstream.auth`, allow-listed client: the provider login
+                    // waits for a command that needs it (a MAIL FROM in `allowed_senders`).
+                    info!(
+                        "allow-listed client relaying without login; the relay connects to its upstream at the first command that needs it"
+                    );
+                    return Some((client, input));
                 }
                 Step::ProceedWithoutLogin => {
                     // Relay mode, allow-listed client: the connector must be there.

@@ -1,6 +1,10 @@
 //! Drives a relay-mode session after login: reads the client and the connector, feeds
 //! [`RelayMachine`] and writes what it asks for, each await under its named deadline.
 //!
+//! Without a connector connection at the start (a relay with `upstream.auth` and no local
+//! login: see `crate::protocol::smtp::relay`), the first one is opened through `reconnect`
+//! when the machine asks for it.
+//!
 //! Deadlines: `pipe_idle` for client silence, `client_write` for one write to the client, and
 //! `relay_reply` for one write to the connector and for one whole connector reply; a new
 //! connector connection (after a refused message body) is opened under the upstream setup's
@@ -22,13 +26,13 @@ use crate::protocol::smtp::relay::{RelayEnd, RelayMachine, RelayOut, RelayStep};
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Relay the rest of the session. `client_input` holds client bytes not yet handled (e.g. the
-/// MAIL FROM of an allow-listed client); `upstream_input` upstream bytes not yet read.
+/// MAIL FROM of an allow-listed client); `upstream` the set-up connector connection and its
+/// bytes not yet read, or `None` to open one only when the client's commands need it.
 /// `reconnect` opens a new connector connection, set up as at login, with its unread bytes.
 pub async fn relay<C, U, R, F>(
     mut client: C,
     mut client_input: BytesMut,
-    upstream: U,
-    mut upstream_input: BytesMut,
+    upstream: Option<(U, BytesMut)>,
     settings: &Relay,
     limits: &Limits,
     mut reconnect: R,
@@ -42,10 +46,18 @@ where
     let idle = limits.timeouts.pipe_idle;
     let client_write = limits.timeouts.client_write;
     let connector = limits.timeouts.relay_reply;
-    let mut machine = RelayMachine::new(settings.clone(), &limits.protocol);
+    let mut machine = match upstream {
+        Some(_) => RelayMachine::new(settings.clone(), &limits.protocol),
+        None => RelayMachine::unconnected(settings.clone(), &limits.protocol),
+    };
     let mut out = RelayOut::default();
-    // `None` after the machine had the connection dropped, until it asks for a new one.
-    let mut upstream = Some(upstream);
+    // `None` before the first connection of an unconnected start, and after the machine had
+    // the connection dropped, until it asks for a new one.
+    let (mut upstream, mut upstream_input) = match upstream {
+        Some((up, input)) => (Some(up), input),
+        None => (None, BytesMut::new()),
+    };
+    let mut connected_before = upstream.is_some();
     // One deadline for a whole connector reply, however it trickles in.
     let mut reply_deadline: Option<Instant> = None;
     loop {
@@ -109,13 +121,22 @@ where
             }
             RelayStep::Reconnect => match reconnect().await {
                 Ok((up, input)) => {
-                    info!("relay reconnected to the connector");
+                    if connected_before {
+                        info!("relay reconnected to the connector");
+                    } else {
+                        info!("relay connected to the connector for the client's first command");
+                    }
+                    connected_before = true;
                     upstream = Some(up);
                     upstream_input = input;
                     machine.reconnected(Ok(()), &mut out);
                 }
-                Err(why) => {
+                Err(why) if connected_before => {
                     warn!(reason = %why, "relay could not reconnect to the connector");
+                    machine.reconnected(Err(why), &mut out);
+                }
+                Err(why) => {
+                    warn!(reason = %why, "relay connector unavailable");
                     machine.reconnected(Err(why), &mut out);
                 }
             },
@@ -244,8 +265,7 @@ mod tests {
             relay(
                 client_proxy,
                 client_input,
-                up_proxy,
-                upstream_input,
+                Some((up_proxy, upstream_input)),
                 &open_relay(),
                 &quick_limits(),
                 no_reconnect,
@@ -273,8 +293,7 @@ mod tests {
             relay(
                 client_proxy,
                 client_input,
-                up_proxy,
-                upstream_input,
+                Some((up_proxy, upstream_input)),
                 &open_relay(),
                 &quick_limits(),
                 no_reconnect,

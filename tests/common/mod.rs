@@ -2,6 +2,7 @@
 //! in-process against it on 127.0.0.1:0, and small line-oriented clients.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod redis;
 
 use std::net::SocketAddr;

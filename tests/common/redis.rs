@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::process::Running;
 use super::{CLIENT_ID, MAILBOX, USER, password_hash};
 
 /// `redis-server` on PATH, else `None` after the CI/skip rule (see the module docs).
@@ -268,14 +269,16 @@ listeners:
     }
 }
 
-/// One `authbridge run` child process.
+/// One `authbridge run` child process ([`Running`]), restartable with the same config and
+/// port; its log spans every start.
 pub struct Replica {
     pub index: usize,
     pub port: u16,
     pub config: PathBuf,
-    pub log: PathBuf,
     envs: Vec<(String, String)>,
-    child: Option<Child>,
+    run: Option<Running>,
+    /// What the replica's earlier processes logged (before a kill or restart).
+    earlier: String,
 }
 
 impl Replica {
@@ -286,40 +289,33 @@ impl Replica {
             index,
             port,
             config,
-            log: cluster.dir.path().join(format!("replica{index}.log")),
             envs: envs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            child: None,
+            run: None,
+            earlier: String::new(),
         };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_authbridge"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("RUST_LOG")
-            .env_remove("AUTHBRIDGE_KEY")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in &self.envs {
-            cmd.env(k, v);
-        }
-        self.child = Some(cmd.spawn().expect("authbridge starts"));
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let addr = self.addr();
+        let run = self.run.insert(Running::start(&self.config, &envs));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.addr()).is_err() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("replica {} exited ({st}): {}", self.index, self.logs());
+        while TcpStream::connect(addr).is_err() {
+            if let Some(st) = run.try_wait() {
+                let log = run.log_after_exit();
+                panic!(
+                    "replica {} exited ({st}): {}{log}",
+                    self.index, self.earlier
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -335,14 +331,15 @@ impl Replica {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.run.as_ref().map(Running::pid)
     }
 
     /// SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut run) = self.run.take() {
+            run.kill();
+            self.earlier += &run.log_after_exit();
+            self.earlier.push('\n');
         }
     }
 
@@ -353,7 +350,8 @@ impl Replica {
     }
 
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let current = self.run.as_ref().map(Running::log).unwrap_or_default();
+        format!("{}{current}", self.earlier)
     }
 }
 

@@ -43,6 +43,18 @@
 //! per session; checking while streaming needs a few bytes of state, and the connector's
 //! contract for an aborted DATA is all it relies on.
 //!
+//! ## Connecting only for a client that has earned it
+//!
+//! A relay that logs in to a transactional provider (`upstream.auth`) has no connection yet
+//! when a client without a local login (`require_login: false`) starts sending
+//! ([`RelayMachine::unconnected`]): every provider login costs a rate-limited, monitored
+//! AUTH, so a client that only says EHLO, NOOP or RSET, sends a MAIL FROM outside
+//! `allowed_senders`, or quits never causes one. RSET, NOOP and QUIT are answered here, RCPT
+//! and DATA get `503 5.5.1` (no MAIL FROM was accepted: the connector never saw one), and the
+//! first command the connector must answer (a MAIL FROM that passed `allowed_senders`, EHLO,
+//! HELO, HELP) asks for the connection ([`RelayStep::Reconnect`]). If it cannot be had, the
+//! client gets `421 4.4.2 Relay connector unavailable: <why>` and the session ends.
+//!
 //! [`RelayMachine`] takes client bytes and connector bytes from buffers the driver owns
 //! (`crate::session::relay`) and puts the bytes for each side into [`RelayOut`]; it does no I/O
 //! and keeps no time.
@@ -99,8 +111,9 @@ pub enum RelayStep {
     /// and nothing more) and forget its buffered input: a message body was refused mid-way and
     /// must not be delivered.
     DropConnector,
-    /// Open a new connector connection (set up as at login: TLS, EHLO), then report with
-    /// [`RelayMachine::reconnected`].
+    /// Open a connector connection (set up as at login: TLS, EHLO, the provider's AUTH), then
+    /// report with [`RelayMachine::reconnected`]: the first one of an
+    /// [unconnected](RelayMachine::unconnected) machine, or a new one after a drop.
     Reconnect,
     /// The session is over; write what is in [`RelayOut`] (best effort) and close.
     End(RelayEnd),
@@ -283,12 +296,32 @@ pub struct RelayMachine {
     state: State,
     bad_commands: u32,
     bad_commands_max: u32,
-    /// False once the connector connection was dropped, until a new one is there.
-    connector_open: bool,
+    connector: Connector,
+}
+
+/// The machine's view of the connector connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connector {
+    /// None was opened yet ([`RelayMachine::unconnected`]).
+    NotYet,
+    Open,
+    /// Dropped after a refused body, until a new one is there.
+    Dropped,
 }
 
 impl RelayMachine {
+    /// A session whose connector connection is open and set up.
     pub fn new(settings: Relay, limits: &ProtocolLimits) -> Self {
+        Self::with(settings, limits, Connector::Open)
+    }
+
+    /// A session without a connector connection yet: the first command the connector must
+    /// answer asks for one (see the module docs).
+    pub fn unconnected(settings: Relay, limits: &ProtocolLimits) -> Self {
+        Self::with(settings, limits, Connector::NotYet)
+    }
+
+    fn with(settings: Relay, limits: &ProtocolLimits, connector: Connector) -> Self {
         RelayMachine {
             settings,
             framer: LineFramer::new(limits.line_max),
@@ -296,7 +329,7 @@ impl RelayMachine {
             state: State::Command,
             bad_commands: 0,
             bad_commands_max: limits.bad_commands_max,
-            connector_open: true,
+            connector,
         }
     }
 
@@ -336,7 +369,7 @@ impl RelayMachine {
                             end: EndScanner::mid_line(),
                             kind,
                         };
-                        self.connector_open = false;
+                        self.connector = Connector::Dropped;
                         self.replies.reset();
                         return RelayStep::DropConnector;
                     }
@@ -409,11 +442,21 @@ impl RelayMachine {
         };
         match result {
             Ok(()) => {
-                self.connector_open = true;
+                self.connector = Connector::Open;
                 self.replies.reset();
                 out.to_connector.extend_from_slice(line.as_bytes());
                 out.to_connector.extend_from_slice(b"\r\n");
                 self.state = State::Reply { sent, sender };
+            }
+            Err(why) if self.connector == Connector::NotYet => {
+                out.to_client.extend_from_slice(
+                    format!(
+                        "421 4.4.2 Relay connector unavailable: {}\r\n",
+                        one_line(&why)
+                    )
+                    .as_bytes(),
+                );
+                self.state = State::Failed(why);
             }
             Err(why) => {
                 out.to_client.extend_from_slice(
@@ -457,11 +500,19 @@ impl RelayMachine {
             RelayCommand::Quit => Sent::Quit,
             _ => Sent::Other,
         };
-        if !self.connector_open {
-            // After a refused body: nothing to reset or say goodbye to on the connector side.
+        if self.connector != Connector::Open {
+            // Not connected yet, or after a refused body: nothing to reset or say goodbye to
+            // on the connector side.
             let local: &[u8] = match cmd {
                 RelayCommand::Quit => b"221 2.0.0 Bye\r\n",
                 RelayCommand::Rset | RelayCommand::Noop => b"250 2.0.0 OK\r\n",
+                // The connector never saw a MAIL FROM: a RCPT or DATA is out of sequence
+                // (RFC 5321 §4.1.4), and not worth a provider login.
+                RelayCommand::Rcpt(_) | RelayCommand::Data
+                    if self.connector == Connector::NotYet =>
+                {
+                    b"503 5.5.1 Bad sequence of commands: MAIL FROM first\r\n"
+                }
                 _ => {
                     self.state = State::Reconnect {
                         line: cmd.to_line(),

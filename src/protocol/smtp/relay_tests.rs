@@ -46,7 +46,17 @@ fn play_chunks(
     replies: &[&str],
     reconnect: Result<(), &str>,
 ) -> Run {
-    let mut m = RelayMachine::new(settings, &ProtocolLimits::default());
+    let m = RelayMachine::new(settings, &ProtocolLimits::default());
+    play_machine(m, chunks, replies, reconnect)
+}
+
+/// [`play_chunks`] with the machine given.
+fn play_machine(
+    mut m: RelayMachine,
+    chunks: &[&[u8]],
+    replies: &[&str],
+    reconnect: Result<(), &str>,
+) -> Run {
     let mut chunks = chunks.iter();
     let mut client_in = BytesMut::new();
     let mut connector_in = BytesMut::new();
@@ -599,6 +609,110 @@ fn refused_bodies_count_toward_the_limit() {
     );
     assert_eq!(run.end, Some(RelayEnd::TooManyInvalidCommands));
     assert_eq!(run.to_connector.matches('+').count(), max);
+}
+
+/// A machine without a connection yet (a relay with `upstream.auth`, client without a local
+/// login): what the client can do without costing a provider login, and the one command that
+/// opens the connection. `+` in the connector column marks the connection being opened; an
+/// empty column, that none was.
+#[test]
+fn unconnected_start_connects_only_for_a_command_the_connector_must_answer() {
+    const SEQ: &str = "503 5.5.1 Bad sequence of commands: MAIL FROM first\r\n";
+    /// Client bytes, connector replies, what the client gets, what the connector gets, end.
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, &'a str, Option<RelayEnd>);
+    let table: &[Case] = &[
+        (
+            "QUIT\r\n",
+            &[],
+            "221 2.0.0 Bye\r\n",
+            "",
+            Some(RelayEnd::Quit),
+        ),
+        (
+            "NOOP\r\nRSET\r\nNOOP x\r\n",
+            &[],
+            "250 2.0.0 OK\r\n250 2.0.0 OK\r\n250 2.0.0 OK\r\n",
+            "",
+            None,
+        ),
+        // Out of sequence without a MAIL FROM the connector accepted.
+        (
+            "RCPT TO:<alerts@contoso.com>\r\nDATA\r\n",
+            &[],
+            &[SEQ, SEQ].concat(),
+            "",
+            None,
+        ),
+        // A sender outside allowed_senders is refused here; no connection for it.
+        (
+            "MAIL FROM:<ceo@evil.example>\r\nMAIL FROM:<>\r\n",
+            &[],
+            &[not_allowed("ceo@evil.example"), not_allowed("")].concat(),
+            "",
+            None,
+        ),
+        // Refused commands stay local too.
+        (
+            "VRFY root\r\nAUTH PLAIN\r\nSTARTTLS\r\n",
+            &[],
+            concat!(
+                "502 5.5.1 Command not available through this relay\r\n",
+                "503 5.5.1 Already authenticated\r\n",
+                "503 5.5.1 TLS is handled by this relay; STARTTLS not available now\r\n"
+            ),
+            "",
+            None,
+        ),
+        // The first allowed MAIL FROM opens the connection, once; the message follows.
+        (
+            "NOOP\r\nMAIL FROM:<tickets@contoso.com>\r\nRCPT TO:<alerts@contoso.com>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n",
+            &[
+                "250 2.1.0 OK\r\n",
+                "250 2.1.5 OK\r\n",
+                "354 go ahead\r\n",
+                "250 2.0.0 queued\r\n",
+                "221 2.0.0 Bye\r\n",
+            ],
+            "250 2.0.0 OK\r\n250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 go ahead\r\n250 2.0.0 queued\r\n221 2.0.0 Bye\r\n",
+            &format!("+{ENVELOPE_SENT}hi\r\n.\r\nQUIT\r\n"),
+            Some(RelayEnd::Quit),
+        ),
+        // A command whose answer only the connector has opens it too.
+        (
+            "EHLO glpi\r\n",
+            &["250 relay.example\r\n"],
+            "250 relay.example\r\n",
+            "+EHLO glpi\r\n",
+            None,
+        ),
+    ];
+    for (client, replies, to_client, to_connector, end) in table {
+        let m = RelayMachine::unconnected(relay(POLICY), &ProtocolLimits::default());
+        let run = play_machine(m, &[client.as_bytes()], replies, Ok(()));
+        assert_eq!(run.to_client, *to_client, "{client:?}");
+        assert_eq!(run.to_connector, *to_connector, "{client:?}");
+        assert_eq!(run.end, *end, "{client:?}");
+    }
+
+    // The connection cannot be had (the provider refused the relay's login): 421 with the
+    // reason, and the session ends; nothing was sent.
+    let m = RelayMachine::unconnected(relay(POLICY), &ProtocolLimits::default());
+    let run = play_machine(
+        m,
+        &[b"MAIL FROM:<tickets@contoso.com>\r\nRCPT TO:<alerts@contoso.com>\r\n"],
+        &[],
+        Err("upstream 127.0.0.1:1 relay_auth: refused\r\nyes"),
+    );
+    assert_eq!(
+        run.to_client,
+        "421 4.4.2 Relay connector unavailable: upstream 127.0.0.1:1 relay_auth: refused  yes\r\n"
+    );
+    assert_eq!(run.to_connector, "+");
+    assert!(
+        matches!(&run.end, Some(RelayEnd::Error(e)) if e.contains("relay_auth")),
+        "{:?}",
+        run.end
+    );
 }
 
 /// `reconnected` outside a reconnect changes nothing.
