@@ -750,7 +750,9 @@ async fn failure_paths_at_trace_level_log_no_secret() {
     }
     let mut env = Env::start_with(EnvOptions {
         log_level: "trace",
-        limits_yaml: "  login_failures_per_source: 1000\n  failure_delay_base_ms: 1\n  failure_delay_max_ms: 2".into(),
+        // A generous login budget: trace logging on a loaded machine is slow, and no path here
+        // waits for it to run out.
+        limits_yaml: "  login_failures_per_source: 1000\n  failure_delay_base_ms: 1\n  failure_delay_max_ms: 2\n  login_budget_secs: 30".into(),
         ..Default::default()
     })
     .await;

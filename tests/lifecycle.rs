@@ -102,10 +102,12 @@ async fn client_credentials_fifty_logins_one_request_then_refreshed_before_expir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn background_refresh_keeps_a_five_second_token_fresh_for_a_minute() {
+async fn background_refresh_keeps_a_ten_second_token_fresh_for_a_minute() {
     let env = Env::start_with(EnvOptions {
         sandbox: SandboxOptions {
-            token_lifetime: Duration::from_secs(5),
+            // 10 s, not less: the refresh starts at half-life, and a loaded 2-core machine must
+            // still finish it within the other half.
+            token_lifetime: Duration::from_secs(10),
             refresh_grace: Duration::ZERO,
             ..Default::default()
         },
@@ -123,10 +125,10 @@ async fn background_refresh_keeps_a_five_second_token_fresh_for_a_minute() {
     let started = Instant::now();
     let mut logins = 0;
     let mut slowest = Duration::ZERO;
-    // A login every 6.5 s, longer than the token lives: each would find an expired token and
+    // A login every 11 s, longer than the token lives: each would find an expired token and
     // wait for the token endpoint if nothing refreshed it in between.
     while started.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(6500)).await;
+        tokio::time::sleep(Duration::from_millis(11_000)).await;
         let (r, took) = smtp_login(addr).await;
         assert!(r.starts_with("235"), "login {logins}: {r}");
         slowest = slowest.max(took);
@@ -141,11 +143,11 @@ async fn background_refresh_keeps_a_five_second_token_fresh_for_a_minute() {
         slowest < Duration::from_secs(3),
         "slowest login {slowest:?}"
     );
-    assert!(logins >= 9);
-    // One refresh per ~2.5–2.8 s of the 5 s lifetime, not one per login, and never a refused token.
+    assert!(logins >= 5);
+    // One refresh per ~5 s of the 10 s lifetime, not one per login, and never a refused token.
     let refreshes = env.sandbox.token_requests().refresh_token;
     assert!(
-        (18..=30).contains(&refreshes),
+        (9..=16).contains(&refreshes),
         "{refreshes} refreshes in 60 s"
     );
     assert_eq!(env.sandbox.mail_auth_attempts().failed(), 0);

@@ -338,14 +338,10 @@ async fn a_caller_that_gives_up_does_not_cancel_the_fetch() {
     }
     assert_eq!(stored(&s), "SECRET-RT-1");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let started = std::time::Instant::now();
+    // Served from the cache: still the one request (no timing asserted, the machine may be busy).
     let token = s.manager.access_token("tickets").await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "served from the cache"
-    );
     assert_eq!(token.token.expose(), "SECRET-AT-1");
-    assert_eq!(fake.count(), 1);
+    assert_eq!(fake.count(), 1, "served from the cache");
     assert_nothing_secret_logged();
 }
 
