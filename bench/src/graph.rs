@@ -224,6 +224,17 @@ listeners:
     }
 }
 
+/// The large message must stay within what a Graph listener takes (it would refuse it, and the
+/// phase would measure the refusal).
+fn large_size_ok(bytes: usize) -> io::Result<()> {
+    if bytes > GRAPH_MESSAGE_MAX {
+        return Err(err(format!(
+            "graph: --graph-large-bytes {bytes} is over the Graph listener's limit of {GRAPH_MESSAGE_MAX} bytes; choose at most that"
+        )));
+    }
+    Ok(())
+}
+
 /// One message in a new session: connect, log in, send; the time to the `250` after it.
 async fn submit(t: &Target, from: &str, body: &[u8]) -> io::Result<Duration> {
     let start = Instant::now();
@@ -246,13 +257,7 @@ fn graph_accepted(counters: &serde_json::Value) -> u64 {
 }
 
 pub async fn graph(ctx: &mut Ctx) -> io::Result<()> {
-    let o = &ctx.opts;
-    if o.graph_large_bytes > GRAPH_MESSAGE_MAX {
-        return Err(err(format!(
-            "graph: --graph-large-bytes {} is over the Graph listener's limit of {GRAPH_MESSAGE_MAX} bytes",
-            o.graph_large_bytes
-        )));
-    }
+    large_size_ok(ctx.opts.graph_large_bytes)?;
     let client_id = ctx.sb.s("client_id");
     ctx.sb
         .control("app", &json!({"client_id": client_id, "roles": ROLES}))
@@ -787,6 +792,14 @@ mod tests {
         let mut text = String::new();
         render(&run, 2, 1, &mut text);
         assert!(text.contains("| 2018 B message, concurrency 1: p50 (ms) | 1.00 | 1.00 | 1.00 |"));
+    }
+
+    #[test]
+    fn large_messages_stay_below_the_graph_limit() {
+        assert!(large_size_ok(3_000_000).is_ok());
+        assert!(large_size_ok(GRAPH_MESSAGE_MAX).is_ok());
+        let e = large_size_ok(GRAPH_MESSAGE_MAX + 1).unwrap_err();
+        assert!(e.to_string().contains("limit of 3145728"), "{e}");
     }
 
     #[test]
