@@ -10,8 +10,8 @@
 //! - A large message near Graph's limit (authbridge takes at most 3,145,728 bytes on a Graph
 //!   listener, whose base64 is Graph's 4 MB request limit): several in one logged-in session per
 //!   round, timed from `MAIL` to the last `250` (throughput, the proxy's CPU seconds per GB), then
-//!   a few sessions sending one each at the same moment; the proxy's peak RSS (VmHWM) is read
-//!   after each part.
+//!   a few sessions sending one each at the same moment; the proxy's peak RSS (VmHWM, reset
+//!   before each part) is read after each part.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -99,6 +99,9 @@ impl LargeRound {
 pub struct Memory {
     /// VmRSS after the warm-up, before any large message.
     pub rss_before_kib: u64,
+    /// Whether VmHWM could be reset (`clear_refs`) before each part; if not, the peaks
+    /// include the process's start and the first login (argon2).
+    pub peak_reset: bool,
     /// VmHWM after the large messages sent one at a time.
     pub peak_sequential_kib: u64,
     /// VmHWM after `parallel` sessions each sent one at the same moment.
@@ -402,9 +405,11 @@ pub async fn graph(ctx: &mut Ctx) -> io::Result<()> {
     }
 
     // Large messages: memory before, then one session per path and round.
+    // The peaks count from here: the first login's argon2 and the start are not the messages'.
     for w in Way::ALL {
         let m = run.memory.entry(w).or_default();
         m.rss_before_kib = proc_of(w).map_or(0, Proc::rss_kib);
+        m.peak_reset = proc_of(w).is_some_and(Proc::reset_hwm);
     }
     for r in 0..ctx.opts.transfer_rounds {
         for w in order(&Way::ALL, r) {
@@ -449,6 +454,10 @@ pub async fn graph(ctx: &mut Ctx) -> io::Result<()> {
     }
     // Then `parallel` large messages at the same moment, per path.
     for w in Way::ALL {
+        if let Some(p) = proc_of(w) {
+            let m = run.memory.entry(w).or_default();
+            m.peak_reset &= p.reset_hwm();
+        }
         let start = Instant::now();
         let mut set = JoinSet::new();
         for _ in 0..ctx.opts.graph_parallel {
@@ -503,11 +512,21 @@ pub async fn graph(ctx: &mut Ctx) -> io::Result<()> {
 pub fn render(run: &GraphRun, rounds: usize, transfer_rounds: usize, out: &mut String) {
     let _ = writeln!(
         out,
-        "\n### Microsoft Graph backend: message submission\n\n**authbridge → Graph**: an authbridge SMTP listener with `upstream: {{ type: graph }}` posting each message to the sandbox's Graph `sendMail` stand-in (HTTPS on loopback; an app-only account with the `Mail.Send` application permission); **authbridge → SMTP AUTH**: the same account on an SMTP listener with XOAUTH2 to the sandbox's SMTP server (STARTTLS); **direct SMTP AUTH**: the load generator does STARTTLS and `AUTH XOAUTH2` to that server itself. Each authbridge listener runs in its own process (its CPU and peak RSS are its own); clients log in to authbridge with `AUTH LOGIN` over plaintext loopback.\n\n**Small messages**: one {} B message per session, connect → the `250` after the message, at concurrency C (C sessions at a time); 5 warm-up messages per path, then {rounds} rounds with the order rotating. **Large message**: {} B (authbridge's Graph listener takes at most {GRAPH_MESSAGE_MAX} B, the base64 of which is Graph's 4 MB request limit), {} of them in one logged-in session per path and round ({transfer_rounds} rounds), timed from `MAIL` to the last `250`; CPU = the proxy process's user + system seconds over those messages. Then {} sessions each send one at the same moment. RSS: VmRSS before the large messages, VmHWM (the process's peak) after them. The Graph stand-in accepted {} `sendMail` requests in this phase, the clients saw {} messages accepted through Graph.\n",
+        "\n### Microsoft Graph backend: message submission\n\n**authbridge → Graph**: an authbridge SMTP listener with `upstream: {{ type: graph }}` posting each message to the sandbox's Graph `sendMail` stand-in (HTTPS on loopback; an app-only account with the `Mail.Send` application permission); **authbridge → SMTP AUTH**: the same account on an SMTP listener with XOAUTH2 to the sandbox's SMTP server (STARTTLS); **direct SMTP AUTH**: the load generator does STARTTLS and `AUTH XOAUTH2` to that server itself. Each authbridge listener runs in its own process (its CPU and peak RSS are its own); clients log in to authbridge with `AUTH LOGIN` over plaintext loopback.\n\n**Small messages**: one {} B message per session, connect → the `250` after the message, at concurrency C (C sessions at a time); 5 warm-up messages per path, then {rounds} rounds with the order rotating. **Large message**: {} B (authbridge's Graph listener takes at most {GRAPH_MESSAGE_MAX} B, the base64 of which is Graph's 4 MB request limit), {} of them in one logged-in session per path and round ({transfer_rounds} rounds), timed from `MAIL` to the last `250`; CPU = the proxy process's user + system seconds over those messages. Then {} sessions each send one at the same moment. RSS: VmRSS before the large messages, VmHWM (the process's peak) after the ones sent one at a time and after the ones at once, {}. The Graph stand-in accepted {} `sendMail` requests in this phase, the clients saw {} messages accepted through Graph.\n",
         run.small_bytes,
         run.large_bytes,
         run.large_per_round,
         run.parallel,
+        if run
+            .memory
+            .values()
+            .filter(|m| m.rss_before_kib > 0)
+            .all(|m| m.peak_reset)
+        {
+            "VmHWM reset (`clear_refs`) before each of the two parts"
+        } else {
+            "**VmHWM could not be reset** (`clear_refs` refused): the peaks include the process's start and its first login (argon2)"
+        },
         run.graph_accepted,
         run.client_graph_accepted
     );

@@ -112,6 +112,11 @@ impl Proc {
         status_field(self.pid(), "VmHWM:").unwrap_or(0)
     }
 
+    /// Reset VmHWM to the current RSS (`clear_refs` 5, Linux ≥ 4.0); false if refused.
+    pub fn reset_hwm(&self) -> bool {
+        fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
+
     pub fn threads(&self) -> u64 {
         status_field(self.pid(), "Threads:").unwrap_or(0)
     }
