@@ -12,6 +12,9 @@
 //!   round, timed from `MAIL` to the last `250` (throughput, the proxy's CPU seconds per GB), then
 //!   a few sessions sending one each at the same moment; the proxy's peak RSS (VmHWM, reset
 //!   before each part) is read after each part.
+//!
+//! Over 600 lines: the phase, its section of the report, its figures and smoke checks, and their
+//! unit tests, kept together like the storm's in storm.rs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
