@@ -9,11 +9,11 @@
 #                           exactly one token request
 #
 # Both modes make two runs: the main one (everything on loopback: warm logins, relay-mode
-# submission, transfers, idle sessions, cold burst, Redis replicas, login storm), then warm logins
-# again with a 20 ms round trip emulated between every system and the sandbox's mail servers
-# (BENCH_WAN=0 skips that); then `authbridge-bench targets` judges every target from the figures
-# both runs wrote and rewrites the targets block. Extra arguments go to the main run's load
-# generator (bench/src/main.rs), e.g. --phases login,burst --sessions 300. Environment:
+# submission, transfers, idle sessions, cold burst, Redis replicas, login storm, Graph backend),
+# then warm logins again with a 20 ms round trip emulated between every system and the sandbox's
+# mail servers (BENCH_WAN=0 skips that); then `authbridge-bench targets` judges every target from
+# the figures both runs wrote and rewrites the targets block. Extra arguments go to the main run's
+# load generator (bench/src/main.rs), e.g. --phases login,burst --sessions 300. Environment:
 # BENCH_EMAILPROXY=none skips email-oauth2-proxy; BENCH_WORK=DIR keeps logs, configs and the
 # figures (DIR/main/figures.json, DIR/wan/figures.json) there (default: a temporary directory);
 # BENCH_RESULTS=FILE writes the report there instead of bench/RESULTS.md (partial or trial runs).

@@ -3,6 +3,7 @@
 //! round by round so that a noisy machine hurts them alike. Run it through `bench/run.sh`.
 
 mod client;
+mod graph;
 mod phases;
 mod procs;
 mod relay_mode;
@@ -70,6 +71,15 @@ pub struct Opts {
     pub attach: Option<String>,
     /// Extra environment for authbridge (`--authbridge-env K=V`, e.g. TOKIO_WORKER_THREADS).
     pub authbridge_env: Vec<(String, String)>,
+    /// Graph phase: small messages per path and concurrency (split over `rounds`), their size,
+    /// the concurrencies, the large message's size, how many per session and round (rounds:
+    /// `transfer_rounds`), and how many are sent at the same moment for the peak RSS.
+    pub graph_messages: usize,
+    pub graph_small_bytes: usize,
+    pub graph_concurrency: Vec<usize>,
+    pub graph_large_bytes: usize,
+    pub graph_large_messages: usize,
+    pub graph_parallel: usize,
 }
 
 impl Opts {
@@ -120,6 +130,13 @@ impl Opts {
             redis_server: None,
             attach: None,
             authbridge_env: Vec::new(),
+            graph_messages: if smoke { 12 } else { 600 },
+            graph_small_bytes: 2048,
+            graph_concurrency: if smoke { vec![1, 4] } else { vec![1, 4, 16] },
+            // Below the Graph listener's 3,145,728-byte limit, leaving room for the headers.
+            graph_large_bytes: 3_000_000,
+            graph_large_messages: if smoke { 2 } else { 10 },
+            graph_parallel: if smoke { 2 } else { 8 },
         };
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
@@ -187,6 +204,17 @@ impl Opts {
                         .ok_or_else(|| format!("{a}: expected K=V, got {kv:?}"))?;
                     o.authbridge_env.push((k.to_string(), val.to_string()));
                 }
+                "--graph-messages" => o.graph_messages = num(v()?)?,
+                "--graph-small-bytes" => o.graph_small_bytes = num(v()?)?.max(300),
+                "--graph-concurrency" => {
+                    o.graph_concurrency = v()?
+                        .split(',')
+                        .map(|s| num(s.to_string()).map(|n| n.clamp(1, 256)))
+                        .collect::<Result<_, _>>()?
+                }
+                "--graph-large-bytes" => o.graph_large_bytes = num(v()?)?.max(300),
+                "--graph-large-messages" => o.graph_large_messages = num(v()?)?.max(1),
+                "--graph-parallel" => o.graph_parallel = num(v()?)?.clamp(1, 64),
                 "-h" | "--help" => return Err(String::new()),
                 _ => return Err(format!("unknown option {a:?}")),
             }
@@ -199,7 +227,7 @@ impl Opts {
 }
 
 /// Every phase, in the order a full run makes them.
-pub const DEFAULT_PHASES: [&str; 7] = [
+pub const DEFAULT_PHASES: [&str; 8] = [
     "login",
     "relay-mode",
     "transfer",
@@ -207,16 +235,19 @@ pub const DEFAULT_PHASES: [&str; 7] = [
     "burst",
     "replicas",
     "storm",
+    "graph",
 ];
 
 const USAGE: &str = "usage: authbridge-bench [--smoke] --authbridge BIN --sandbox BIN [--emailproxy BIN|none[:why]]
   [--work DIR] [--results FILE] [--command TEXT] [--block NAME]
-  [--phases login,relay-mode,transfer,idle,burst,replicas,storm]
+  [--phases login,relay-mode,transfer,idle,burst,replicas,storm,graph]
   [--systems direct,relay,authbridge,email-oauth2-proxy]
   [--sessions N] [--ep-sessions N] [--rounds N] [--fetch-mb N] [--data-mb N] [--transfer-rounds N]
   [--idle N,N,..] [--idle-budget SECS] [--burst N] [--burst-rounds N] [--ep-burst-rounds N]
   [--burst-timeout SECS] [--storm N] [--storm-sources N] [--storm-glpi-at SECS] [--storm-settle SECS]
   [--submissions N] [--submit-bytes N] [--replicas N] [--replica-sessions N] [--redis-server BIN]
+  [--graph-messages N] [--graph-small-bytes N] [--graph-concurrency N,N,..]
+  [--graph-large-bytes N] [--graph-large-messages N] [--graph-parallel N]
   [--upstream-rtt-ms MS] [--attach 'CMD {pid} {phase}'] [--authbridge-env K=V]...
        authbridge-bench targets --results FILE --command TEXT FIGURES.json...
                                       (the targets block, from the figures of earlier runs)

@@ -238,6 +238,7 @@ pub async fn run(opts: Opts) -> io::Result<Vec<String>> {
             "relay-mode" => crate::relay_mode::relay_mode(&mut ctx).await,
             "replicas" => crate::replicas::replicas(&mut ctx).await,
             "storm" => crate::storm::storm(&mut ctx).await,
+            "graph" => crate::graph::graph(&mut ctx).await,
             other => Err(err(format!("unknown phase {other:?}"))),
         };
         ctx.load(&format!("after {phase}"));

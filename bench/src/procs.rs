@@ -107,6 +107,16 @@ impl Proc {
         rss_kib(self.pid()).unwrap_or(0)
     }
 
+    /// VmHWM (the peak resident set since the process started) in KiB.
+    pub fn hwm_kib(&self) -> u64 {
+        status_field(self.pid(), "VmHWM:").unwrap_or(0)
+    }
+
+    /// Reset VmHWM to the current RSS (`clear_refs` 5, Linux ≥ 4.0); false if refused.
+    pub fn reset_hwm(&self) -> bool {
+        fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
+
     pub fn threads(&self) -> u64 {
         status_field(self.pid(), "Threads:").unwrap_or(0)
     }
@@ -361,6 +371,19 @@ impl Sandbox {
             Some(t) if status == 200 => Ok(t.to_string()),
             _ => Err(err(format!("code redemption failed: {status} {v}"))),
         }
+    }
+
+    /// One control request (`POST /_sandbox/{what}` with a JSON body), e.g. `app` to change
+    /// the admin-consented application permissions of a client.
+    pub async fn control(&self, what: &str, body: &Value) -> io::Result<Value> {
+        let (status, reply) = self
+            .https("POST", &format!("/_sandbox/{what}"), &body.to_string())
+            .await?;
+        let v: Value = serde_json::from_slice(&reply).map_err(|e| err(e.to_string()))?;
+        if status != 200 {
+            return Err(err(format!("POST /_sandbox/{what}: {status} {v}")));
+        }
+        Ok(v)
     }
 
     /// The sandbox's counters (`GET /_sandbox/counters`).

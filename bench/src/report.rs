@@ -30,6 +30,7 @@ pub struct Results {
     pub storm: Option<crate::storm::StormRun>,
     pub relay_mode: Option<crate::relay_mode::RelayModeRun>,
     pub replicas: Option<crate::replicas::ReplicasRun>,
+    pub graph: Option<crate::graph::GraphRun>,
     pub loads: Vec<(String, String)>,
     pub notes: Vec<String>,
     pub fd_limit: u64,
@@ -110,6 +111,7 @@ impl Results {
             storm: None,
             relay_mode: None,
             replicas: None,
+            graph: None,
             loads: Vec::new(),
             notes: Vec::new(),
             fd_limit,
@@ -132,7 +134,7 @@ pub fn median(v: &[f64]) -> f64 {
     percentile(v, 50.0)
 }
 
-fn f(x: f64, prec: usize) -> String {
+pub fn f(x: f64, prec: usize) -> String {
     if x.is_finite() {
         format!("{x:.prec$}")
     } else if x == f64::INFINITY {
@@ -142,7 +144,7 @@ fn f(x: f64, prec: usize) -> String {
     }
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub fn ratio(a: f64, b: f64) -> String {
     if a.is_finite() && b.is_finite() && b > 0.0 {
         format!("{:.2}×", a / b)
     } else {
@@ -593,9 +595,12 @@ fn details(ctx: &Ctx, out: &mut String) {
     if let Some(rp) = &ctx.res.replicas {
         render_replicas(ctx, rp, out);
     }
+    if let Some(g) = &ctx.res.graph {
+        crate::graph::render(g, ctx.opts.rounds, ctx.opts.transfer_rounds, out);
+    }
 }
 
-fn latency_header(out: &mut String, what: &str) {
+pub fn latency_header(out: &mut String, what: &str) {
     let _ = writeln!(
         out,
         "| measure | {what} | sessions | errors | p50 ms | p90 ms | p99 ms | max ms | p50 of each round (ms) |"
@@ -603,7 +608,7 @@ fn latency_header(out: &mut String, what: &str) {
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|");
 }
 
-fn latency_row(out: &mut String, measure: &str, who: &str, l: &LoginSeries) {
+pub fn latency_row(out: &mut String, measure: &str, who: &str, l: &LoginSeries) {
     let rounds: Vec<String> = l.round_p50_ms.iter().map(|x| f(*x, 2)).collect();
     let _ = writeln!(
         out,
@@ -888,6 +893,9 @@ pub fn figures(ctx: &Ctx) -> serde_json::Value {
             }
         }
     }
+    if let Some(g) = &ctx.res.graph {
+        crate::graph::figures(g, &mut num);
+    }
     let tokens = |s: System| -> Vec<u64> {
         burst_runs(ctx, s)
             .iter()
@@ -914,6 +922,10 @@ pub fn summary(ctx: &Ctx) -> String {
     let mut out = String::new();
     if !storm_only(ctx) {
         summary_table(ctx, &mut out);
+    }
+    if let Some(g) = &ctx.res.graph {
+        let _ = writeln!(out, "\nGraph backend:");
+        crate::graph::table(g, &mut out);
     }
     if let Some(r) = &ctx.res.storm {
         for (what, value, ok) in crate::storm::verdicts(r) {
@@ -972,6 +984,9 @@ pub fn smoke_problems(ctx: &Ctx) -> Vec<String> {
     }
     if ctx.opts.phases.iter().any(|x| x == "storm") {
         p.extend(crate::storm::smoke_problems(ctx.res.storm.as_ref()));
+    }
+    if ctx.opts.phases.iter().any(|x| x == "graph") {
+        p.extend(crate::graph::smoke_problems(ctx.res.graph.as_ref()));
     }
     if ctx.opts.phases.iter().any(|x| x == "relay-mode") {
         match &ctx.res.relay_mode {

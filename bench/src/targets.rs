@@ -1,6 +1,7 @@
 //! The targets table (issues 19 and 17): every target judged from the figures the runs wrote
 //! (`WORK/figures.json` of the main run on loopback and of the 20 ms round-trip run), met or
-//! missed, with the figures that explain a miss. `authbridge-bench targets --results FILE
+//! missed, with the figures that explain a miss; then the Graph backend's figures, for which the
+//! issue sets no target, in an informational table. `authbridge-bench targets --results FILE
 //! --command TEXT FIGURES.json...` rewrites the `targets` block of the results file.
 
 use std::fmt::Write as _;
@@ -285,6 +286,90 @@ pub fn checks(lo: Option<&Run>, wan: Option<&Run>) -> Vec<Check> {
     v
 }
 
+/// Figures issue 19 sets no target for (the Graph backend): the same shape as a target row, in
+/// a table of their own, never judged.
+pub fn informational(lo: Option<&Run>) -> Vec<Check> {
+    let mut v = Vec::new();
+    let Some(lo) = lo else {
+        return v;
+    };
+    let g = |k: &str| lo.get(k);
+    let small = g("graph.small_bytes").unwrap_or(f64::NAN);
+    let mut cs: Vec<u64> = lo.json["figures"]
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.strip_prefix("graph.small.c")?.strip_suffix(".graph.p50"))
+                .filter_map(|c| c.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    cs.sort_unstable();
+    for c in cs {
+        let p = |w: &str, q: &str| g(&format!("graph.small.c{c}.{w}.{q}"));
+        if let (Some(g50), Some(s50), Some(d50), Some(g99), Some(s99)) = (
+            p("graph", "p50"),
+            p("smtp", "p50"),
+            p("direct", "p50"),
+            p("graph", "p99"),
+            p("smtp", "p99"),
+        ) {
+            v.push(Check {
+                target: format!(
+                    "Graph backend: warm {small:.0} B message, concurrency {c}, p50 vs authbridge's SMTP AUTH path"
+                ),
+                result: format!("**{:.2}×** ({} vs {})", g50 / s50, ms(g50), ms(s50)),
+                met: None,
+                context: format!(
+                    "p99 {} vs {}; direct SMTP AUTH p50 {}",
+                    ms(g99),
+                    ms(s99),
+                    ms(d50)
+                ),
+            });
+        }
+    }
+    let mb = g("graph.large_bytes").unwrap_or(f64::NAN) / 1e6;
+    if let (Some(a), Some(s), Some(d)) = (
+        g("graph.large.graph.mbps"),
+        g("graph.large.smtp.mbps"),
+        g("graph.large.direct.mbps"),
+    ) {
+        v.push(Check {
+            target: format!(
+                "Graph backend: {mb:.1} MB messages, throughput vs authbridge's SMTP AUTH path"
+            ),
+            result: format!("**{:.2}×** ({a:.1} vs {s:.1} MB/s)", a / s),
+            met: None,
+            context: format!("direct SMTP AUTH {d:.1} MB/s"),
+        });
+    }
+    if let (Some(a), Some(s)) = (
+        g("graph.large.graph.cpu_s_per_gb"),
+        g("graph.large.smtp.cpu_s_per_gb"),
+    ) {
+        v.push(Check {
+            target: format!("Graph backend: {mb:.1} MB messages, CPU-s/GB in the proxy"),
+            result: format!("**{a:.2}** CPU-s/GB"),
+            met: None,
+            context: format!("SMTP AUTH path {s:.2} CPU-s/GB"),
+        });
+    }
+    if let (Some(a), Some(s), Some(n)) = (
+        g("graph.large.graph.peak_mib"),
+        g("graph.large.smtp.peak_mib"),
+        g("graph.parallel"),
+    ) {
+        v.push(Check {
+            target: format!("Graph backend: peak RSS with {n:.0} × {mb:.1} MB messages at once"),
+            result: format!("**{a:.1} MiB**"),
+            met: None,
+            context: format!("SMTP AUTH path {s:.1} MiB"),
+        });
+    }
+    v
+}
+
 fn thousands(n: u64) -> String {
     if n >= 1000 {
         format!("{},{:03}", n / 1000, n % 1000)
@@ -346,6 +431,18 @@ pub fn render(runs: &[Run], command: &str) -> String {
             },
             c.context
         );
+    }
+    let info = informational(lo);
+    if !info.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nInformational, no target set (issue 19 asks only that the Graph backend be measured):\n"
+        );
+        let _ = writeln!(out, "| measure | result | figures around it |");
+        let _ = writeln!(out, "|---|---|---|");
+        for c in info {
+            let _ = writeln!(out, "| {} | {} | {} |", c.target, c.result, c.context);
+        }
     }
     out
 }
@@ -453,5 +550,45 @@ mod tests {
         assert_eq!(find(&c, "idle").met, None);
         let text = render(&[lo, wan], "bench/run.sh");
         assert!(text.contains("| **no** |") && text.contains("| yes |"));
+        assert!(
+            !text.contains("Informational"),
+            "no Graph figures, no table"
+        );
+    }
+
+    #[test]
+    fn graph_figures_are_informational() {
+        let lo = run(
+            0,
+            json!({
+                "graph.small_bytes": 2018.0, "graph.large_bytes": 2999948.0, "graph.parallel": 8.0,
+                "graph.small.c1.graph.p50": 3.0, "graph.small.c1.smtp.p50": 2.0,
+                "graph.small.c1.direct.p50": 1.0, "graph.small.c1.graph.p99": 6.0,
+                "graph.small.c1.smtp.p99": 4.0,
+                "graph.small.c16.graph.p50": 9.0, "graph.small.c16.smtp.p50": 10.0,
+                "graph.small.c16.direct.p50": 5.0, "graph.small.c16.graph.p99": 20.0,
+                "graph.small.c16.smtp.p99": 30.0,
+                "graph.large.graph.mbps": 50.0, "graph.large.smtp.mbps": 200.0,
+                "graph.large.direct.mbps": 250.0,
+                "graph.large.graph.cpu_s_per_gb": 4.0, "graph.large.smtp.cpu_s_per_gb": 0.8,
+                "graph.large.graph.peak_mib": 80.0, "graph.large.smtp.peak_mib": 20.0,
+            }),
+        );
+        let info = informational(Some(&lo));
+        assert_eq!(info.len(), 5, "{info:?}");
+        assert!(info.iter().all(|c| c.met.is_none()));
+        assert!(info[0].target.contains("concurrency 1,"), "{:?}", info[0]);
+        assert!(info[0].result.starts_with("**1.50×**"), "{:?}", info[0]);
+        assert!(info[1].target.contains("concurrency 16,"), "{:?}", info[1]);
+        assert!(info[2].result.starts_with("**0.25×**"), "{:?}", info[2]);
+        assert!(info[4].target.contains("8 × 3.0 MB"), "{:?}", info[4]);
+        let text = render(&[lo], "bench/run.sh");
+        assert!(text.contains("Informational, no target set"), "{text}");
+        // Not judged: the targets table has no row for the Graph backend.
+        assert!(
+            !checks(None, None)
+                .iter()
+                .any(|c| c.target.contains("Graph"))
+        );
     }
 }
