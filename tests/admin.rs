@@ -102,23 +102,6 @@ fn probe(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-/// `promtool` from Debian's `prometheus` package; in CI its absence fails the test.
-fn promtool() -> Option<&'static str> {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some("promtool");
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "promtool is missing in CI: apt-get install prometheus"
-    );
-    println!("skipping promtool check: promtool not installed (apt-get install prometheus)");
-    None
-}
-
 fn line_value(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
@@ -300,28 +283,7 @@ async fn health_readiness_metrics_and_probe() {
         "{om}"
     );
 
-    if let Some(promtool) = promtool() {
-        let mut check = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        check
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(metrics.as_bytes())
-            .unwrap();
-        let out = check.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics: {}{}\n{metrics}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::promtool::check_metrics(&metrics);
 
     let forbidden = [
         PASSWORD.to_string(),

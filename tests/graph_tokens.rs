@@ -459,7 +459,7 @@ async fn graph_requests_and_throttling_are_in_the_metrics() {
         ),
         "{text}"
     );
-    promtool_check(&text);
+    common::promtool::check_metrics(&text);
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -476,45 +476,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     text.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
-
-/// `promtool check metrics` on `text`; without promtool this fails under `CI=true` and is
-/// skipped with one line otherwise.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "promtool is missing in CI: apt-get install prometheus"
-        );
-        println!("skipping promtool check: promtool not installed (apt-get install prometheus)");
-        return;
-    }
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `authbridge check --json` for a delegated account whose app has no consent for the Graph
