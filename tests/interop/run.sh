@@ -367,11 +367,17 @@ GRAPH_URL=$(json_get "$T/sandbox/sandbox.json" graph_url)
 SANDBOX_IMAP=$(json_get "$T/sandbox/sandbox.json" imap | sed 's/.*://')
 export SANDBOX_CA TOKEN_URL INTROSPECT_URL GRAPH_URL SANDBOX_IMAP
 
+# Dovecot re-reads a passwd-file when its mtime (whole seconds) or size changed, and a
+# SHA512-CRYPT line always has the same size: two rotations within one second would go unseen.
+# So every version gets an mtime of its own (an increasing stamp, not the clock).
+RELAY_PASSWD_STAMP=$(($(date +%s) - 100000))
 relay_passwd() { # PASSWORD: Dovecot's passdb for the relay user (replaced atomically; re-read on change)
 	local hash
 	hash=$(printf '%s\n' "$1" | openssl passwd -6 -stdin) || return 1
+	RELAY_PASSWD_STAMP=$((RELAY_PASSWD_STAMP + 1))
 	printf '%s:{SHA512-CRYPT}%s\n' "$RELAY_USER" "$hash" >"$T/dovecot/relay.passwd.new" &&
-		chmod 644 "$T/dovecot/relay.passwd.new" && mv "$T/dovecot/relay.passwd.new" "$T/dovecot/relay.passwd"
+		chmod 644 "$T/dovecot/relay.passwd.new" && touch -d "@$RELAY_PASSWD_STAMP" "$T/dovecot/relay.passwd.new" &&
+		mv "$T/dovecot/relay.passwd.new" "$T/dovecot/relay.passwd"
 }
 relay_passwd "$RELAY_PASSWORD" || die "openssl passwd failed"
 printf '%s' "$RELAY_PASSWORD" >"$T/relay-password" && chmod 600 "$T/relay-password"
@@ -593,7 +599,7 @@ relay_passwd_now() { # PASSWORD: rotate relay.passwd and wait (bounded) until Po
 	local i
 	relay_passwd "$1" || return 1
 	# Dovecot looks at a changed passwd-file at most once a second.
-	for i in $(seq 20); do [ "$(relay_login_rc "$1")" = 0 ] && return 0; sleep 0.25; done
+	for i in $(seq 40); do [ "$(relay_login_rc "$1")" = 0 ] && return 0; sleep 0.25; done
 	say "Postfix submission does not take the relay user's new password"
 	return 1
 }
