@@ -480,24 +480,13 @@ async fn check_reports_the_graph_token_and_a_missing_mail_send() {
     ] {
         let g = start(Flow::AppOnly, |sb| sb.set_app_roles(CLIENT_ID, roles)).await;
         let config = g.dir.path().join("authbridge.yaml");
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_authbridge"))
-                .args(["check", "--json", "--config"])
-                .arg(&config)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let report: serde_json::Value =
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let report = common::check_json(config).await;
         let graph = report["listeners"]
             .as_array()
             .unwrap()
             .iter()
             .find(|l| l["name"] == "graph")
-            .unwrap_or_else(|| panic!("{stdout}"))
+            .unwrap_or_else(|| panic!("{report}"))
             .clone();
         assert_eq!(graph["mode"], "graph", "{graph}");
         assert_eq!(graph["ok"], ok, "{graph}");

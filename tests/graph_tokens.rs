@@ -491,18 +491,7 @@ async fn check_reports_missing_graph_consent_with_the_fix() {
     .await;
     let config = e.dir.path().join("replica0.yaml");
     let check = |config: PathBuf| async move {
-        let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_authbridge"))
-                .args(["check", "--json", "--config"])
-                .arg(&config)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let report: serde_json::Value =
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let report = common::check_json(config).await;
         report["listeners"]
             .as_array()
             .unwrap()

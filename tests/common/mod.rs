@@ -932,3 +932,19 @@ pub fn app_manager(
     };
     (TokenManager::new(store, vec![account], settings), dir)
 }
+
+/// `authbridge check --json --config CONFIG` (the real binary, on the blocking pool): its parsed
+/// report, whatever its exit code; panics with the output when it is not JSON.
+pub async fn check_json(config: PathBuf) -> serde_json::Value {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_authbridge"))
+            .args(["check", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
