@@ -25,6 +25,8 @@ mod router;
 mod scrape;
 mod snapshot;
 
+/// HTML escaping, shared with the one page `authbridge login` serves on its redirect listener.
+pub(crate) use page::esc as html_escape;
 pub use router::CSP;
 
 use std::net::SocketAddr;

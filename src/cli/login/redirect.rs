@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::admin::html_escape;
+
 /// Largest HTTP request head the callback listener reads.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// A browser connection gets this long to send its request.
@@ -143,21 +145,6 @@ pub(super) async fn respond(stream: &mut TcpStream, status: u16, text: &str) {
         let _ = stream.shutdown().await;
     })
     .await;
-}
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
