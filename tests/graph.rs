@@ -42,22 +42,7 @@ async fn start(flow: Flow, prepare: impl FnOnce(&Sandbox)) -> Graph {
     std::fs::write(dir.path().join("client_secret"), CLIENT_SECRET).unwrap();
     let yaml = format!(
         r#"state_dir: ./state
-providers:
-  m365:
-    type: microsoft
-    tenant: {tenant}
-    client_id: {CLIENT_ID}
-    client_secret: {{ file: client_secret }}
-    flow: {flow}
-    token_url: {token_url}
-    ca_file: ca.pem
-accounts:
-  - name: tickets
-    provider: m365
-    mailbox: {MAILBOX}
-    logins:
-      - {{ username: {USER}, password_hash: "{hash}" }}
-listeners:
+{tickets}listeners:
   - name: graph
     protocol: smtp
     listen: 127.0.0.1:0
@@ -67,13 +52,14 @@ listeners:
     listen: 127.0.0.1:0
     upstream: {{ host: 127.0.0.1, port: {smtp_port}, tls: starttls, server_name: localhost, ca_file: ca.pem }}
 "#,
-        tenant = sandbox.tenant(),
-        flow = match flow {
-            Flow::Delegated => "authorization_code",
-            Flow::AppOnly => "client_credentials",
-        },
-        token_url = sandbox.token_url(),
-        hash = password_hash(),
+        tickets = tickets_yaml(
+            sandbox.tenant(),
+            match flow {
+                Flow::Delegated => "authorization_code",
+                Flow::AppOnly => "client_credentials",
+            },
+            &sandbox.token_url()
+        ),
         graph = sandbox.graph_url(),
         smtp_port = sandbox.smtp_addr().port(),
     );

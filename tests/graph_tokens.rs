@@ -92,22 +92,7 @@ impl Env {
         let yaml = format!(
             r#"state_dir: ./state{i}
 key_file: ./master.key
-{store}{admin}providers:
-  m365:
-    type: microsoft
-    tenant: {tenant}
-    client_id: {CLIENT_ID}
-    client_secret: {{ file: client_secret }}
-    flow: authorization_code
-    token_url: {token_url}
-    ca_file: ca.pem
-accounts:
-  - name: tickets
-    provider: m365
-    mailbox: {MAILBOX}
-    logins:
-      - {{ username: {USER}, password_hash: "{hash}" }}
-{helpdesk}listeners:
+{store}{admin}{tickets}{helpdesk}listeners:
   - name: graph
     protocol: smtp
     listen: 127.0.0.1:0
@@ -117,9 +102,7 @@ accounts:
     listen: 127.0.0.1:0
     upstream: {{ host: 127.0.0.1, port: {smtp_port}, tls: starttls, server_name: localhost, ca_file: ca.pem }}
 "#,
-            tenant = sb.tenant(),
-            token_url = sb.token_url(),
-            hash = password_hash(),
+            tickets = tickets_yaml(sb.tenant(), "authorization_code", &sb.token_url()),
             graph = sb.graph_url(),
             smtp_port = sb.smtp_addr().port(),
         );

@@ -158,22 +158,7 @@ pub fn config_yaml(sandbox: &Sandbox, opts: &EnvOptions) -> String {
     format!(
         r#"state_dir: ./state
 log: {{ level: {level} }}
-{limits}providers:
-  m365:
-    type: microsoft
-    tenant: {tenant}
-    client_id: {CLIENT_ID}
-    client_secret: {{ file: client_secret }}
-    flow: {flow}
-    token_url: {token_url}
-    ca_file: ca.pem
-accounts:
-  - name: tickets
-    provider: m365
-    mailbox: {MAILBOX}
-    logins:
-      - {{ username: {USER}, password_hash: "{hash}" }}
-listeners:
+{limits}{tickets}listeners:
   - name: smtp
     protocol: smtp
     listen: 127.0.0.1:0
@@ -226,9 +211,7 @@ listeners:
     upstream: {{ host: 127.0.0.1, port: {pop3_st_port}, tls: starttls, server_name: localhost, ca_file: ca.pem }}
 "#,
         level = opts.log_level,
-        tenant = sandbox.tenant(),
-        token_url = sandbox.token_url(),
-        hash = password_hash(),
+        tickets = tickets_yaml(sandbox.tenant(), flow, &sandbox.token_url()),
         smtp_tls = opts.smtp_tls,
         smtp_port = smtp_up.port(),
         smtps_port = sandbox.smtps_addr().port(),
@@ -947,4 +930,28 @@ pub async fn check_json(config: PathBuf) -> serde_json::Value {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The config's `providers:` (the sandbox as `m365`, `flow`) and `accounts:` (`tickets` on
+/// `MAILBOX`, local login `USER` with `PASSWORD`) sections, as most tests' configs begin them.
+pub fn tickets_yaml(sandbox_tenant: &str, flow: &str, token_url: &str) -> String {
+    format!(
+        r#"providers:
+  m365:
+    type: microsoft
+    tenant: {sandbox_tenant}
+    client_id: {CLIENT_ID}
+    client_secret: {{ file: client_secret }}
+    flow: {flow}
+    token_url: {token_url}
+    ca_file: ca.pem
+accounts:
+  - name: tickets
+    provider: m365
+    mailbox: {MAILBOX}
+    logins:
+      - {{ username: {USER}, password_hash: "{hash}" }}
+"#,
+        hash = password_hash()
+    )
 }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::process::Running;
-use super::{CLIENT_ID, MAILBOX, USER, password_hash};
+use super::USER;
 
 /// `redis-server` on PATH, else `None` after the CI/skip rule (see the module docs).
 pub fn require_redis(test: &str) -> Option<PathBuf> {
@@ -231,31 +231,14 @@ impl Cluster {
 key_file: ./master.key
 log: {{ level: debug }}
 token_store: {store}
-providers:
-  m365:
-    type: microsoft
-    tenant: {tenant}
-    client_id: {CLIENT_ID}
-    client_secret: {{ file: client_secret }}
-    flow: authorization_code
-    token_url: {token_url}
-    ca_file: ca.pem
-accounts:
-  - name: tickets
-    provider: m365
-    mailbox: {MAILBOX}
-    logins:
-      - {{ username: {USER}, password_hash: "{hash}" }}
-listeners:
+{tickets}listeners:
   - name: imap
     protocol: imap
     listen: 127.0.0.1:{port}
     upstream: {{ host: 127.0.0.1, port: {up}, tls: implicit, server_name: localhost, ca_file: ca.pem }}
 "#,
             store = self.token_store_yaml,
-            tenant = self.tenant,
-            token_url = self.token_url,
-            hash = password_hash(),
+            tickets = super::tickets_yaml(&self.tenant, "authorization_code", &self.token_url),
             up = self.imap_upstream,
         );
         let path = self.dir.path().join(format!("replica{i}.yaml"));
