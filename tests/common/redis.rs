@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::Running;
 use super::USER;
+use super::process::Running;
 
 /// `redis-server` on PATH, else `None` after the CI/skip rule (see the module docs).
 pub fn require_redis(test: &str) -> Option<PathBuf> {
